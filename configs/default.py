@@ -1,0 +1,78 @@
+"""Every config key of diffgen, with its default. Experiment configs import this and override.
+
+Validation (diffgen/config_validation.py) rejects any key that is not defined here.
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+    del arg
+    config = ml_collections.ConfigDict()
+    config.seed = 0                         # every random key derives from this by fold_in
+
+    # --- data -------------------------------------------------------------------------
+    config.data = data = ml_collections.ConfigDict()
+    data.source = 'digits'                  # 'digits' | 'toy2d:<name>' | 'tfds:<name>' | 'npz:<path>'
+    data.data_dir = ''                      # TFDS data dir; '' = $DIFFGEN_DATA_DIR or ~/.diffgen/data
+    data.num_train = -1                     # training-set size N; -1 = all that remain after held-out
+    data.num_heldout = 256                  # held-out images for novelty metrics (0 = none)
+    data.train_split = 'train'              # TFDS split the training set comes from
+    data.heldout_split = ''                 # TFDS split of the held-out set; '' = carved from train_split
+    data.class_balanced = True              # subsets keep the classes balanced where labels exist
+    data.random_flip = False                # random horizontal flips during training
+    data.toy2d_size = 4096                  # points generated for a toy2d source (train + held-out)
+
+    # --- forward process --------------------------------------------------------------
+    config.diffusion = diffusion = ml_collections.ConfigDict()
+    diffusion.num_timesteps = 1000          # T
+    diffusion.schedule = 'linear'           # 'linear' | 'cosine'
+    diffusion.beta_start = 1e-4             # linear schedule: beta_1
+    diffusion.beta_end = 0.02               # linear schedule: beta_T
+
+    # --- network ----------------------------------------------------------------------
+    config.model = model = ml_collections.ConfigDict()
+    model.name = 'unet'                     # 'unet' | 'mlp'
+    model.ch = 64                           # UNet base channels
+    model.ch_mult = (1, 2)                  # UNet channel multiplier per resolution
+    model.num_res_blocks = 2                # UNet residual blocks per resolution
+    model.attn_resolutions = (4,)           # UNet resolutions with self-attention
+    model.dropout = 0.1                     # dropout rate in residual blocks
+    model.num_groups = 32                   # GroupNorm groups (capped by the channel count)
+    model.mlp_hidden = 256                  # MLP width (toy2d)
+    model.mlp_depth = 4                     # MLP hidden layers (toy2d)
+
+    # --- optimiser --------------------------------------------------------------------
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.learning_rate = 2e-4              # Adam peak learning rate
+    optim.warmup_steps = 5000               # linear warm-up steps
+    optim.grad_clip = 1.0                   # global-norm gradient clip (0 = none)
+    optim.beta1 = 0.9
+    optim.beta2 = 0.999
+    optim.eps = 1e-8
+    optim.ema_decay = 0.9999                # EMA of the parameters
+
+    # --- training ---------------------------------------------------------------------
+    config.training = training = ml_collections.ConfigDict()
+    training.objective = 'eps'              # 'eps' (L_eps)
+    training.batch_size = 128               # global batch size
+    training.num_steps = 800_000            # total train steps
+    training.steps_per_call = 50            # train steps per jitted call (one lax.scan)
+    training.log_every = 500                # steps between metric writes and progress lines
+    training.checkpoint_every = 5000        # steps between checkpoints
+    training.keep_checkpoints = 3           # checkpoints kept by the CheckpointManager
+    training.sample_every = 50_000          # steps between sample grids (0 = only at the end)
+
+    # --- sampling ---------------------------------------------------------------------
+    config.sampling = sampling = ml_collections.ConfigDict()
+    sampling.method = 'ddpm'                # 'ddpm' | 'ddim' | 'heun'
+    sampling.num_steps = 0                  # sampler steps; 0 = all T (ddpm/ddim) or 50 (heun)
+    sampling.eta = 0.0                      # DDIM eta (0 = deterministic)
+    sampling.num_samples = 64               # samples drawn by --mode=sample and at the end of training
+    sampling.batch_size = 256               # samples per jitted sampler call
+    sampling.use_ema = True                 # sample with the EMA parameters
+
+    # --- empirical-optimal denoiser ---------------------------------------------------
+    config.optimal = optimal = ml_collections.ConfigDict()
+    optimal.chunk_size = 2048               # training images per online-softmax chunk
+    optimal.storage_dtype = 'float32'       # 'float32' | 'bfloat16' storage of the training set
+    return config

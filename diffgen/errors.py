@@ -1,0 +1,21 @@
+"""Errors that are the user's to fix: main.py prints them as one line and exits 2."""
+
+
+class UserError(Exception):
+    """Bad input (config, data, workdir): reported as one line, exit status 2."""
+
+
+class ConfigError(UserError):
+    """The config names an unknown key, an out-of-range value or an unknown name."""
+
+
+class DataError(UserError):
+    """The data source cannot give what the config asks for."""
+
+
+class WorkdirError(UserError):
+    """The workdir holds state that does not fit the config."""
+
+
+class TrainingDiverged(Exception):
+    """The loss became non-finite; the last good checkpoint is kept."""
