@@ -1,0 +1,146 @@
+"""Samplers: pure functions of (denoiser, x_T, schedule, rng, steps), each one lax.scan in jit.
+
+A denoiser is any callable `(x, t) -> eps_hat` with x of shape (B, ...) and integer t of
+shape (B,) in 1..T: a network, the empirical optimum, a hybrid of the two. Pass it as a
+`jax.tree_util.Partial` whose arrays (parameters, training set) are leaves, and the sampler
+compiles once for all values of those arrays; a plain function is wrapped and its closure
+becomes part of the program. Samplers know nothing of networks.
+
+Notation (DESIGN.md §1): a_t = sqrt(alphas_bar_t), sigma_t = sqrt(1 - alphas_bar_t).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffgen.errors import ConfigError
+
+METHODS = ('ddpm', 'ddim', 'heun')
+
+
+def timestep_grid(num_timesteps, num_steps):
+    """Strided steps 0 = t_0 < t_1 < ... < t_S = T with quadratic spacing (Song et al. 2021,
+    used there for CIFAR-10): t_i = round(T (i/S)^2), duplicates removed (numpy int32).
+    Small t, where the data's fine detail is decided, get the short steps; with S = T it is
+    every step."""
+    if not 1 <= num_steps <= num_timesteps:
+        raise ConfigError(f'sampler steps must be in 1..{num_timesteps}, got {num_steps}')
+    if num_steps == num_timesteps:
+        return np.arange(num_timesteps + 1, dtype=np.int32)
+    frac = np.linspace(0.0, 1.0, num_steps + 1) ** 2
+    return np.unique(np.round(frac * num_timesteps).astype(np.int32))
+
+
+def _eval(denoiser, x, t):
+    return denoiser(x, jnp.full((x.shape[0],), t, jnp.int32))
+
+
+def ddpm(denoiser, x_T, schedule, rng):
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2) over all T steps, t = T..1:
+
+        x_{t-1} = (x_t - beta_t / sigma_t eps_hat(x_t, t)) / sqrt(alpha_t) + sqrt(beta~_t) z,
+        beta~_t = beta_t (1 - alphas_bar_{t-1}) / (1 - alphas_bar_t),  z ~ N(0, I), z = 0 at t = 1.
+    """
+    betas, ab = schedule.betas, schedule.alphas_bar
+
+    def step(x, t):
+        eps = _eval(denoiser, x, t)
+        mean = (x - betas[t] / jnp.sqrt(1 - ab[t]) * eps) / jnp.sqrt(1 - betas[t])  # Alg. 2, line 4
+        var = betas[t] * (1 - ab[t - 1]) / (1 - ab[t])
+        z = jax.random.normal(jax.random.fold_in(rng, t), x.shape, x.dtype)
+        return mean + jnp.where(t > 1, jnp.sqrt(var), 0.0) * z, None
+
+    ts = jnp.arange(schedule.num_timesteps, 0, -1)
+    return jax.lax.scan(step, x_T, ts)[0]
+
+
+def ddim(denoiser, x_T, schedule, rng, num_steps, eta=0.0):
+    """DDIM (Song et al. 2021, eq. 12) on the strided grid t_S = T > ... > t_0 = 0:
+
+        x0_hat = (x_t - sigma_t eps_hat) / a_t
+        s^2 = eta^2 (sigma_{t'}^2 / sigma_t^2) (1 - alphas_bar_t / alphas_bar_{t'})
+        x_{t'} = a_{t'} x0_hat + sqrt(sigma_{t'}^2 - s^2) eps_hat + s z.
+    eta = 0 is deterministic given x_T; eta = 1 with all T steps is DDPM with beta~.
+    """
+    grid = timestep_grid(schedule.num_timesteps, num_steps)
+    a, sigma, ab = schedule.a, schedule.sigma, schedule.alphas_bar
+
+    def step(x, ts):
+        t, t_next = ts
+        eps = _eval(denoiser, x, t)
+        x0 = (x - sigma[t] * eps) / a[t]
+        s2 = eta ** 2 * (sigma[t_next] ** 2 / sigma[t] ** 2) * (1 - ab[t] / ab[t_next])
+        z = jax.random.normal(jax.random.fold_in(rng, t), x.shape, x.dtype)
+        dir_coef = jnp.sqrt(jnp.maximum(sigma[t_next] ** 2 - s2, 0.0))
+        return a[t_next] * x0 + dir_coef * eps + jnp.sqrt(s2) * z, None
+
+    pairs = jnp.stack([grid[1:][::-1], grid[:-1][::-1]], axis=1)
+    return jax.lax.scan(step, x_T, pairs)[0]
+
+
+def heun(denoiser, x_T, schedule, num_steps):
+    """Second-order (Heun) solver of the probability-flow ODE (Karras et al. 2022, Alg. 1).
+
+    In the scaled variables y = x / a_t and s_t = sigma_t / a_t the VP probability-flow ODE
+    is dy/ds = eps_hat(a_t y, t). On the grid t -> t' (s -> s'):
+        y_E = y + (s' - s) eps_hat(x_t, t)                       (Euler; = DDIM with eta = 0)
+        y'  = y + (s' - s) (eps_hat(x_t, t) + eps_hat(a_{t'} y_E, t')) / 2   if t' > 0
+    and the last step (t' = 0, s' = 0) is the Euler step.
+    """
+    grid = timestep_grid(schedule.num_timesteps, num_steps)
+    a, sigma = schedule.a, schedule.sigma
+    s = sigma / a
+
+    def step(y, ts):
+        t, t_next = ts
+        ds = s[t_next] - s[t]
+        eps = _eval(denoiser, a[t] * y, t)
+        y_euler = y + ds * eps
+
+        def correct(_):
+            eps_next = _eval(denoiser, a[t_next] * y_euler, t_next)
+            return y + ds * 0.5 * (eps + eps_next)
+
+        y_next = jax.lax.cond(t_next > 0, correct, lambda _: y_euler, None)
+        return y_next, None
+
+    pairs = jnp.stack([grid[1:][::-1], grid[:-1][::-1]], axis=1)
+    y0 = jax.lax.scan(step, x_T / a[-1], pairs)[0]
+    return y0  # a_0 = 1
+
+
+@functools.partial(jax.jit, static_argnames=('method', 'num_steps'))
+def _sample(denoiser, x_T, schedule, rng, method, num_steps, eta):
+    if method == 'ddpm':
+        return ddpm(denoiser, x_T, schedule, rng)
+    if method == 'ddim':
+        return ddim(denoiser, x_T, schedule, rng, num_steps, eta)
+    return heun(denoiser, x_T, schedule, num_steps)
+
+
+def sample(denoiser, x_T, schedule, method='ddim', num_steps=None, eta=0.0, rng=None):
+    """Runs a sampler from x_T and returns x_0 (one jitted lax.scan over the steps).
+
+    method: 'ddpm' (all T steps; num_steps must be None or T), 'ddim' (num_steps strided
+    steps, default T; eta in [0, 1]) or 'heun' (num_steps intervals, 2 num_steps - 1
+    denoiser calls, default 50). rng is needed for 'ddpm' and for 'ddim' with eta > 0.
+    """
+    T = schedule.num_timesteps
+    if method not in METHODS:
+        raise ConfigError(f'unknown sampler {method!r}; choose one of {METHODS}')
+    if method == 'ddpm' and num_steps not in (None, 0, T):
+        raise ConfigError(f'ddpm runs all T={T} steps; use ddim for fewer (got {num_steps})')
+    if not 0.0 <= eta <= 1.0:
+        raise ConfigError(f'eta must be in [0, 1], got {eta}')
+    num_steps = int(num_steps or (50 if method == 'heun' else T))
+    timestep_grid(T, num_steps)  # validates the step count
+    if rng is None:
+        if method == 'ddpm' or (method == 'ddim' and eta > 0):
+            raise ValueError(f'{method} with noise needs an rng key')
+        rng = jax.random.key(0)
+    if not isinstance(denoiser, jax.tree_util.Partial):
+        denoiser = jax.tree_util.Partial(denoiser)
+    return _sample(denoiser, x_T, schedule, rng, method, num_steps, jnp.float32(eta))
