@@ -20,6 +20,8 @@ def get_config(arg=None):
     data.heldout_split = ''                 # TFDS split of the held-out set; '' = carved from train_split
     data.class_balanced = True              # subsets keep the classes balanced where labels exist
     data.random_flip = False                # random horizontal flips during training
+    data.center_crop = 0                    # crop images to a centred square of this side (0 = none)
+    data.image_size = 0                     # resize images to this side after cropping (0 = as stored)
     data.toy2d_size = 4096                  # points generated for a toy2d source (train + held-out)
 
     # --- forward process --------------------------------------------------------------
@@ -57,6 +59,7 @@ def get_config(arg=None):
     training.batch_size = 128               # global batch size
     training.num_steps = 800_000            # total train steps
     training.steps_per_call = 50            # train steps per jitted call (one lax.scan)
+    training.unroll = False                 # unroll that scan (CPU: XLA's in-loop conv gradients are slow)
     training.log_every = 500                # steps between metric writes and progress lines
     training.checkpoint_every = 5000        # steps between checkpoints
     training.keep_checkpoints = 3           # checkpoints kept by the CheckpointManager

@@ -1,0 +1,202 @@
+"""The empirical-optimal engine against its roofline and against a naive full softmax.
+
+    python benchmarks/bench_optimal.py [--quick]
+
+Two shapes, batch B = 64 queries:
+  cifar: N = 50 000 training images of D = 3072 (CIFAR-10). The work is two GEMMs,
+         x Yᵀ (B×D by D×N) and w Y (B×N by N×D); the roofline is the time of those two plain
+         matmuls, and the target is engine ≤ 1.15 × roofline.
+  large: N = 4 194 304 points of D = 16. The training set is only 256 MiB, but one B×N
+         float32 logit matrix is 1 GiB and a naive softmax holds several: this is where the
+         chunked engine's O(B·C + C·D) working set matters.
+
+Times are the best of interleaved repeats in this process. Memory is XLA's compiled
+temporary-buffer size (memory_analysis) and the peak rise of resident memory while the call
+runs, sampled in a fresh subprocess per method (so the methods do not share an allocator).
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from diffgen import chunked, optimal  # noqa: E402
+from diffgen.schedules import make_schedule  # noqa: E402
+
+BATCH = 64
+SHAPES = {'cifar': (50_000, 3072), 'large': (4_194_304, 16)}
+CHUNKS = {'cifar': (256, 512, 1024, 2048, 4096), 'large': (2048, 8192, 32768)}
+WHY = {
+    'cifar': 'the CIFAR-10 training set; the target is engine <= 1.15 x roofline here.',
+    'large': 'N large, D small (a 4M-point toy set): the training set is small, but one '
+             'B x N float32\nlogit matrix is 1 GiB and the naive softmax must hold it; the '
+             'engine holds B x C. Here\nthe "roofline" matmuls themselves write/read a B x N '
+             'matrix, so compare the engine with naive.',
+}
+TIMESTEP = 500   # every t costs the same; mid-range so the posterior is not one-hot
+MIB = 2.0 ** 20
+
+
+@jax.jit
+def naive_x0(y, sq_norms, schedule, x, t):
+    """x̂₀* with the whole B×N logit matrix: softmax(q Yᵀ − c n) Y."""
+    alpha_bar = schedule.alphas_bar[t]
+    a, sigma2 = jnp.sqrt(alpha_bar), 1.0 - alpha_bar
+    logits = ((a / sigma2)[:, None] * x) @ y.T - (a * a / (2 * sigma2))[:, None] * sq_norms
+    return jax.nn.softmax(logits, axis=1) @ y
+
+
+@jax.jit
+def scores_matmul(x, y):
+    """The first GEMM alone: x Yᵀ."""
+    return x @ y.T
+
+
+@jax.jit
+def values_matmul(w, y):
+    """The second GEMM alone: w Y."""
+    return w @ y
+
+
+def make_inputs(shape_name, chunk_size=None):
+    """Training set (uniform in [-1, 1], made on the device), queries and timesteps."""
+    n, d = SHAPES[shape_name]
+    y = jax.jit(lambda k: jax.random.uniform(k, (n, d), minval=-1.0, maxval=1.0))(
+        jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (BATCH, d))
+    t = jnp.full((BATCH,), TIMESTEP, jnp.int32)
+    rows = None if chunk_size is None else chunked.prepare_rows(y, chunk_size)
+    return y, rows, x, t
+
+
+def method_call(method, y, rows, x, t, schedule):
+    """(function, args) of one measured method."""
+    n = y.shape[0]
+    if method == 'engine':
+        return optimal.optimal_x0, (rows, schedule, x, t)
+    if method == 'naive':
+        return naive_x0, (y, jnp.sum(y * y, axis=1), schedule, x, t)
+    if method == 'scores':
+        return scores_matmul, (x, y)
+    return values_matmul, (jnp.full((x.shape[0], n), 1.0 / n), y)
+
+
+def temp_mib(fn, args):
+    """XLA's temporary buffers for one call, in MiB (arguments and outputs excluded)."""
+    return fn.lower(*args).compile().memory_analysis().temp_size_in_bytes / MIB
+
+
+def best_times(calls, repeats):
+    """Best wall time of each call over interleaved repeats (after a warm-up call)."""
+    for fn, args in calls.values():
+        jax.block_until_ready(fn(*args))
+    best = {name: np.inf for name in calls}
+    for _ in range(repeats):
+        for name, (fn, args) in calls.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def resident_mib():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / MIB
+
+
+def child(shape_name, method, chunk_size):
+    """In a fresh process: the peak rise of resident memory over three calls, in MiB."""
+    schedule = make_schedule('linear', 1000)
+    y, rows, x, t = make_inputs(shape_name, chunk_size if method == 'engine' else None)
+    fn, args = method_call(method, y, rows, x, t, schedule)
+    compiled = fn.lower(*args).compile()
+    jax.block_until_ready(args)
+    del y, rows
+    gc.collect()
+    before, peak, done = resident_mib(), [0.0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], resident_mib())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    for _ in range(3):
+        jax.block_until_ready(compiled(*args))
+    done.set()
+    sampler.join()
+    print(json.dumps({'rss_rise_mib': max(peak[0], resident_mib()) - before}))
+
+
+def rss_rise(shape_name, method, chunk_size):
+    out = subprocess.run([sys.executable, __file__, '--child', shape_name, method,
+                          str(chunk_size)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])['rss_rise_mib']
+
+
+def run_shape(shape_name, schedule, repeats):
+    n, d = SHAPES[shape_name]
+    print(f'\n== {shape_name}: N = {n:,}, D = {d}, B = {BATCH}, t = {TIMESTEP}, '
+          f'training set {n * d * 4 / MIB:,.0f} MiB, one B×N float32 matrix '
+          f'{BATCH * n * 4 / MIB:,.0f} MiB')
+    print(f'why: {WHY[shape_name]}')
+    y, _, x, t = make_inputs(shape_name)
+    calls = {m: method_call(m, y, None, x, t, schedule) for m in ('scores', 'values', 'naive')}
+    engines = {}
+    for c in CHUNKS[shape_name]:
+        rows = chunked.prepare_rows(y, c)
+        engines[c] = f'engine C={rows.chunk_size}'
+        calls[engines[c]] = (optimal.optimal_x0, (rows, schedule, x, t))
+    if shape_name == 'cifar':   # bfloat16 storage is for accelerators; shown for completeness
+        rows = chunked.prepare_rows(y, 512, jnp.bfloat16)
+        calls['engine bf16 C=512'] = (optimal.optimal_x0, (rows, schedule, x, t))
+    temps = {name: temp_mib(fn, args) for name, (fn, args) in calls.items()}
+    times = best_times(calls, repeats)
+    roofline = times['scores'] + times['values']
+    print(f'roofline x Yᵀ + w Y: {times["scores"] * 1e3:8.1f} + {times["values"] * 1e3:.1f} '
+          f'= {roofline * 1e3:.1f} ms   (temp {temps["scores"] + temps["values"]:,.1f} MiB)')
+    for name in [k for k in calls if k.startswith('engine')] + ['naive']:
+        print(f'{name:18s} {times[name] * 1e3:8.1f} ms   {times[name] / roofline:5.2f} × roofline'
+              f'   temp {temps[name]:9,.1f} MiB')
+    return engines, times, roofline
+
+
+def main(quick):
+    schedule = make_schedule('linear', 1000)
+    print(f'devices: {jax.devices()}, {os.cpu_count()} CPU cores; times are best of '
+          f'interleaved repeats')
+    summary = {}
+    for shape_name in SHAPES:
+        engines, times, roofline = run_shape(shape_name, schedule, 3 if quick else 5)
+        best = min(engines.values(), key=times.get)
+        summary[shape_name] = (best, engines[2048], times, roofline)
+    print('\n== peak resident-memory rise during the call (fresh subprocess each)')
+    for shape_name, (best, default, times, roofline) in summary.items():
+        chunk = int(best.split('=')[1])
+        rise = {m: rss_rise(shape_name, m, chunk) for m in ('engine', 'naive')}
+        print(f'{shape_name}: engine (C={chunk}) {rise["engine"]:,.0f} MiB, '
+              f'naive {rise["naive"]:,.0f} MiB')
+    print('\n== summary')
+    for shape_name, (best, default, times, roofline) in summary.items():
+        print(f'{shape_name}: best {best}: {times[best] / roofline:.2f} × roofline; default '
+              f'chunk_size=2048 ({default}): {times[default] / roofline:.2f} × roofline; '
+              f'naive {times["naive"] / roofline:.2f} × roofline')
+
+
+if __name__ == '__main__':
+    if sys.argv[1:2] == ['--child']:
+        child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        main('--quick' in sys.argv)

@@ -1,0 +1,36 @@
+"""Low-dimensional mixtures (for the mutual-information estimates): an MLP on 2-D points.
+
+    --config=configs/toy2d.py            8 Gaussians on a circle
+    --config=configs/toy2d.py:<name>     another toy2d mixture (see diffgen/toy2d.py)
+"""
+from configs import default
+
+
+def get_config(arg=None):
+    config = default.get_config()
+    config.data.source = f'toy2d:{arg or "gmm8"}'
+    config.data.toy2d_size = 4096
+    config.data.num_train = 1024
+    config.data.num_heldout = 1024
+
+    config.model.name = 'mlp'
+    config.model.mlp_hidden = 128
+    config.model.mlp_depth = 3
+    config.model.dropout = 0.0
+
+    config.optim.learning_rate = 1e-3
+    config.optim.warmup_steps = 100
+    config.optim.ema_decay = 0.995
+
+    config.training.batch_size = 256
+    config.training.num_steps = 4000
+    config.training.steps_per_call = 100
+    config.training.log_every = 500
+    config.training.checkpoint_every = 1000
+    config.training.sample_every = 0
+
+    config.sampling.method = 'ddim'
+    config.sampling.num_steps = 100
+    config.sampling.num_samples = 1024
+    config.sampling.batch_size = 1024
+    return config

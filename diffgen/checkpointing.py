@@ -1,0 +1,97 @@
+"""Orbax checkpoints of the TrainState under <workdir>/checkpoints, and the check that a
+workdir's checkpoints came from a compatible config (<workdir>/config.json)."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from diffgen.errors import WorkdirError
+
+# Config sections that fix what a checkpoint holds (parameter shapes, optimiser state) or
+# what it means (data, forward process); the others (steps, logging, sampling) may change
+# between a run and its resumption.
+COMPATIBILITY_SECTIONS = ('seed', 'data', 'diffusion', 'model', 'optim')
+_MUTABLE_DATA_KEYS = ('data_dir',)
+
+
+def checkpoint_dir(workdir):
+    return os.path.join(os.path.abspath(workdir), 'checkpoints')
+
+
+def config_path(workdir):
+    return os.path.join(workdir, 'config.json')
+
+
+def _flatten(tree, prefix=''):
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f'{prefix}.{k}' if prefix else k))
+    return out
+
+
+def _fingerprint(config_dict):
+    """The dotted keys of the compatibility sections, with values as JSON stores them."""
+    fp = json.loads(json.dumps({k: config_dict.get(k) for k in COMPATIBILITY_SECTIONS}))
+    flat = _flatten(fp)
+    return {k: v for k, v in flat.items() if k.split('.')[-1] not in _MUTABLE_DATA_KEYS}
+
+
+def has_checkpoint(workdir):
+    d = checkpoint_dir(workdir)
+    return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
+
+
+def check_compatible(workdir, config):
+    """Raises WorkdirError if the workdir's checkpoints came from an incompatible config."""
+    if not has_checkpoint(workdir):
+        return
+    path = config_path(workdir)
+    if not os.path.exists(path):
+        raise WorkdirError(f'{workdir} holds checkpoints but no config.json; '
+                           'use a new --workdir')
+    with open(path) as f:
+        stored = _fingerprint(json.load(f))
+    current = _fingerprint(config.to_dict())
+    diffs = [f'{k}: {stored.get(k)!r} -> {current.get(k)!r}'
+             for k in sorted(set(stored) | set(current)) if stored.get(k) != current.get(k)]
+    if diffs:
+        raise WorkdirError(f'the checkpoints in {workdir} come from an incompatible config '
+                           f'({"; ".join(diffs[:3])}); use a new --workdir')
+
+
+def write_config(workdir, config):
+    """Stores the run's config beside its checkpoints (process 0 only)."""
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(config_path(workdir), 'w') as f:
+            json.dump(config.to_dict(), f, indent=2, default=list)
+
+
+def make_manager(workdir, keep):
+    """A CheckpointManager keeping the `keep` newest checkpoints (saves are asynchronous)."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def save(manager, state, force=False):
+    step = int(jax.device_get(state.step))
+    manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    return step
+
+
+def restore_latest(manager, target):
+    """The latest checkpoint restored onto target's structure and shardings, or None."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except (ValueError, KeyError, TypeError) as e:
+        raise WorkdirError(f'checkpoint {step} in {manager.directory} does not fit this '
+                           f'config: {str(e).splitlines()[0]}') from e

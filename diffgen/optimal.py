@@ -1,0 +1,144 @@
+"""The empirical-optimal denoiser (DESIGN.md §1), the exact minimiser of L_ε given S:
+
+    w_i(x, t) = softmax_i(s_i),   s_i = −‖x − a_t y_i‖²/(2σ_t²) + const
+                                      = (a_t x·y_i − a_t² ‖y_i‖²/2) / σ_t²   (‖x‖² cancels),
+    x̂₀*(x, t) = Σ_i w_i y_i,    ε*(x, t) = (x − a_t x̂₀*) / σ_t.
+
+It is softmax attention of the query x over keys a_t y_i with values y_i, run on the
+chunked-GEMM core (diffgen.chunked): per chunk G = q Y_cᵀ with q = (a_t/σ_t²) x, then
+s = G − (a_t²/(2σ_t²)) n with n_i = ‖y_i‖² precomputed, and a second GEMM p Y_c. An online
+softmax keeps, relative to the running maximum m of the logits,
+
+    l = Σ_i e^{s_i − m},   acc = Σ_i e^{s_i − m} y_i,   v = Σ_i e^{s_i − m} (s_i − m),
+
+and a larger maximum m' rescales them: (l, acc, v) ← e^{m − m'} (l, acc, v + (m − m') l).
+Across shards m' = pmax(m) and the rescaled sums are psum-ed. At the end
+
+    x̂₀* = acc / l,   max_i w_i = 1 / l,   H(w) = −Σ_i w_i log w_i = log l − v / l.
+
+Precision: at t = 1, σ_t² ≈ 1e-4, so the logits reach ~1e7; subtracting the running maximum
+keeps every exponent ≤ 0 (no overflow; an all-padding chunk contributes nothing). Their
+float32 round-off, about u·D·a_t|x||y|/σ_t² (u = 2⁻²⁴), can exceed 1 there in image
+dimensions, which perturbs only weights between training points whose logits are that close.
+
+bfloat16 storage (GEMM inputs bfloat16, sums float32) halves the stored set on GPU/TPU;
+XLA:CPU has no bfloat16 GEMM and converts the whole set to float32 ahead of the loop, so on
+CPU keep float32.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from diffgen import chunked, conversions, parallel
+
+
+class SoftmaxState(NamedTuple):
+    """Online-softmax sums of one query batch, relative to the running maximum."""
+    max: jax.Array        # (B,) m, -inf before any valid row
+    total: jax.Array      # (B,) l = Σ e^{s_i − m}
+    weighted: jax.Array   # (B, D) acc = Σ e^{s_i − m} y_i
+    spread: jax.Array     # (B,) v = Σ e^{s_i − m} (s_i − m)
+
+
+def _reference(new_max):
+    """The maximum to subtract: 0 where nothing has been seen yet (new_max = -inf)."""
+    return jnp.where(new_max > -jnp.inf, new_max, 0.0)
+
+
+def _rescale(state, new_max):
+    """(l, acc, v) ← e^{m − m'} (l, acc, v + (m − m') l), with m' = new_max ≥ m."""
+    seen = state.max > -jnp.inf
+    scale = jnp.exp(state.max - _reference(new_max))
+    shift = jnp.where(seen, state.max - new_max, 0.0)
+    return SoftmaxState(new_max, scale * state.total, scale[:, None] * state.weighted,
+                        scale * (state.spread + shift * state.total))
+
+
+def _softmax_step(state, g, chunk, norm_scale):
+    """Adds one chunk: s = G − (a²/(2σ²)) n, -inf on padding rows."""
+    logits = jnp.where(chunk.valid, g - norm_scale[:, None] * chunk.sq_norms, -jnp.inf)
+    new_max = jnp.maximum(state.max, jnp.max(logits, axis=1))
+    state = _rescale(state, new_max)
+    centred = logits - _reference(new_max)[:, None]
+    p = jnp.exp(centred)
+    weighted = jnp.dot(p.astype(chunk.rows.dtype), chunk.rows,
+                       preferred_element_type=jnp.float32)
+    return SoftmaxState(new_max, state.total + jnp.sum(p, axis=1),
+                        state.weighted + weighted,
+                        state.spread + jnp.sum(jnp.where(p > 0, p * centred, 0.0), axis=1))
+
+
+def _combine_shards(state):
+    """Merges the per-shard sums: m = pmax(m_k), (l, acc, v) = psum of the rescaled sums."""
+    state = _rescale(state, jax.lax.pmax(state.max, parallel.DATA_AXIS))
+    total, weighted, spread = jax.lax.psum((state.total, state.weighted, state.spread),
+                                           parallel.DATA_AXIS)
+    return SoftmaxState(state.max, total, weighted, spread)
+
+
+@jax.jit
+def _posterior(rows, schedule, x, t):
+    """The online-softmax sums at (x, t) over all of rows."""
+    q = chunked.flatten_queries(x, rows)
+    t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (x.shape[0],))
+    alpha_bar = schedule.alphas_bar[t]
+    a, sigma2 = jnp.sqrt(alpha_bar), 1.0 - alpha_bar
+    batch = q.shape[0]
+    init = SoftmaxState(jnp.full((batch,), -jnp.inf), jnp.zeros((batch,)),
+                        jnp.zeros((batch, rows.dim)), jnp.zeros((batch,)))
+    return chunked.reduce_rows(rows, _softmax_step, _combine_shards, init,
+                               (a / sigma2)[:, None] * q, a * a / (2.0 * sigma2))
+
+
+@jax.jit
+def optimal_x0(rows, schedule, x, t):
+    """x̂₀*(x, t) = Σ_i w_i y_i over prepared rows, shaped like x."""
+    state = _posterior(rows, schedule, x, t)
+    return (state.weighted / state.total[:, None]).reshape(x.shape)
+
+
+@jax.jit
+def optimal_eps(rows, schedule, x, t):
+    """ε*(x, t) = (x − a_t x̂₀*)/σ_t over prepared rows: the pure function of the denoiser."""
+    t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (x.shape[0],))
+    x = x.astype(jnp.float32)
+    return conversions.eps_from_x0(x, optimal_x0(rows, schedule, x, t), schedule.a[t],
+                                   schedule.sigma[t])
+
+
+@jax.jit
+def optimal_stats(rows, schedule, x, t):
+    """(H(w), max_i w_i) at (x, t) over prepared rows: H = log l − v/l, max w = 1/l."""
+    state = _posterior(rows, schedule, x, t)
+    return jnp.log(state.total) - state.spread / state.total, 1.0 / state.total
+
+
+def optimal_denoiser(train_set, schedule, chunk_size=2048, storage_dtype=jnp.float32,
+                     mesh=None):
+    """The denoiser (x, t) -> ε*(x, t) of a training set (N, ...) in [-1, 1].
+
+    A jax.tree_util.Partial of optimal_eps whose leaves are the stored rows (sharded along N
+    over the mesh's data axis when a mesh is given) and the schedule, so jitted samplers take
+    it as an argument instead of baking the training set into the program. train_set may
+    also be chunked.Rows prepared once (it keeps its own chunk size, dtype and mesh).
+    """
+    rows = chunked.prepare_rows(train_set, chunk_size, storage_dtype, mesh)
+    return jax.tree_util.Partial(optimal_eps, rows, schedule)
+
+
+def posterior_mean(x, t, train_set, schedule, chunk_size=2048, storage_dtype=jnp.float32,
+                   mesh=None):
+    """x̂₀*(x, t) = Σ_i w_i y_i = E[x₀ | x_t = x] under the empirical distribution."""
+    rows = chunked.prepare_rows(train_set, chunk_size, storage_dtype, mesh)
+    return optimal_x0(rows, schedule, x, t)
+
+
+def posterior_stats(x, t, train_set, schedule, chunk_size=2048, storage_dtype=jnp.float32,
+                    mesh=None):
+    """(entropy H(w) = −Σ_i w_i log w_i, largest weight max_i w_i), each of shape (B,):
+    how far the posterior over training points is from one-hot (H = 0, max w = 1)."""
+    rows = chunked.prepare_rows(train_set, chunk_size, storage_dtype, mesh)
+    return optimal_stats(rows, schedule, x, t)

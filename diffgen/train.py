@@ -1,0 +1,145 @@
+"""The training loop: data -> state -> jitted train calls -> metrics, checkpoints, samples.
+
+`train_and_evaluate(config, workdir)` resumes from the latest checkpoint in the workdir.
+Checkpoints are written every `checkpoint_every` steps, at the end, and on SIGTERM
+(preemption); a non-finite loss stops the run without saving the diverged state.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+import jax
+import numpy as np
+from clu import metric_writers
+
+from diffgen import checkpointing, data, images, parallel, sampling
+from diffgen.denoisers import network_denoiser
+from diffgen.errors import ConfigError, TrainingDiverged
+from diffgen.networks import get_network
+from diffgen.progress import Progress
+from diffgen.rng import stream
+from diffgen.schedules import get_schedule
+from diffgen.train_state import create_train_state, make_optimizer
+from diffgen.train_step import make_train_call
+
+
+class Preemption:
+    """Turns SIGTERM into a flag the loop checks after each train call."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            del signum, frame
+            self.requested = True
+        try:
+            self._previous = signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread: no handler
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def check_model_fits_data(config, dataset):
+    if dataset.is_image and config.model.name != 'unet':
+        raise ConfigError(f'model.name={config.model.name!r} cannot take images; use unet')
+    if not dataset.is_image and config.model.name == 'unet':
+        raise ConfigError(f'{config.data.source} holds points, not images; use model.name=mlp')
+    if dataset.is_image:
+        size = dataset.image_shape[0]
+        levels = len(config.model.ch_mult) - 1
+        if size % (2 ** levels):
+            raise ConfigError(f'{size}x{size} images cannot be halved {levels} times '
+                              f'(model.ch_mult={tuple(config.model.ch_mult)})')
+
+
+def build(config, dataset):
+    """The schedule, network, optimiser and a fresh (replicated) train state."""
+    schedule = get_schedule(config)
+    model = get_network(config.model)
+    tx = make_optimizer(config.optim)
+    mesh = parallel.get_mesh()
+    if config.training.batch_size % mesh.devices.size:
+        raise ConfigError(f'training.batch_size={config.training.batch_size} does not split '
+                          f'over {mesh.devices.size} devices')
+    state = create_train_state(model, tx, stream(config.seed, 'init'),
+                               dataset.image_shape)
+    return schedule, model, tx, mesh, parallel.replicate(state, mesh)
+
+
+def sample_and_save(config, model, params, schedule, dataset, path, mesh):
+    """Draws config.sampling.num_samples samples from x_T fixed by the seed; writes a PNG."""
+    rng = stream(config.seed, 'sample')
+    x_T = sampling.initial_noise(rng, config.sampling.num_samples, dataset.image_shape,
+                                 config.sampling.batch_size)
+    samples = sampling.generate(network_denoiser(model, params), schedule, x_T,
+                                config.sampling, jax.random.fold_in(rng, 1), mesh)
+    if jax.process_index() == 0:
+        images.save_samples(samples, path, reference=None if dataset.is_image else dataset.train)
+    return samples
+
+
+def train_and_evaluate(config, workdir):
+    """Trains config.training.num_steps steps in workdir, resuming from its checkpoints."""
+    dataset = data.load(config)
+    check_model_fits_data(config, dataset)
+    checkpointing.check_compatible(workdir, config)
+    schedule, model, tx, mesh, state = build(config, dataset)
+
+    checkpointing.write_config(workdir, config)
+    manager = checkpointing.make_manager(workdir, config.training.keep_checkpoints)
+    restored = checkpointing.restore_latest(manager, state)
+    if restored is not None:
+        state = restored
+        print(f'resumed from step {int(state.step)} in {checkpointing.checkpoint_dir(workdir)}',
+              flush=True)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    train_images = parallel.replicate(dataset.train_images, mesh)
+    train_call = make_train_call(config, model, tx, schedule, mesh)
+
+    t = config.training
+    step = int(state.step)
+    progress = Progress('train step', t.num_steps, step)
+    pending = []  # per-call metrics still on the device: fetched only at boundaries
+    with Preemption() as preemption:
+        while step < t.num_steps:
+            state, metrics = train_call(state, train_images)
+            step += t.steps_per_call
+            pending.append(metrics)
+            at_log = step % t.log_every == 0 or step == t.num_steps
+            at_save = step % t.checkpoint_every == 0 or step == t.num_steps
+            if not (at_log or at_save or preemption.requested):
+                continue
+            losses = np.concatenate([np.asarray(m['loss']) for m in pending])
+            if not np.all(np.isfinite(losses)):
+                bad = step - len(losses) + int(np.argmin(np.isfinite(losses))) + 1
+                manager.wait_until_finished()
+                raise TrainingDiverged(
+                    f'loss became non-finite at step {bad}; training stopped, the last good '
+                    f'checkpoint (step {manager.latest_step()}) is kept')
+            if at_log:
+                writer.write_scalars(step, {'loss': float(losses.mean()),
+                                            'grad_norm': float(pending[-1]['grad_norm'][-1])})
+                progress.report(step, f'  loss {losses.mean():.4f}')
+                pending = []
+            if at_save or preemption.requested:
+                checkpointing.save(manager, state, force=preemption.requested)
+            if preemption.requested:
+                manager.wait_until_finished()
+                print(f'SIGTERM: saved step {step} and stopped; rerun the same command to '
+                      'resume', flush=True)
+                writer.close()
+                return state
+            if t.sample_every and step % t.sample_every == 0 and step != t.num_steps:
+                sample_and_save(config, model, state.ema_params, schedule, dataset,
+                                os.path.join(workdir, 'samples', f'step_{step:08d}.png'), mesh)
+    manager.wait_until_finished()
+    writer.flush()
+    writer.close()
+    return state
