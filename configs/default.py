@@ -76,6 +76,6 @@ def get_config(arg=None):
 
     # --- empirical-optimal denoiser ---------------------------------------------------
     config.optimal = optimal = ml_collections.ConfigDict()
-    optimal.chunk_size = 2048               # training images per online-softmax chunk
+    optimal.chunk_size = 1024               # training images per online-softmax chunk
     optimal.storage_dtype = 'float32'       # 'float32' | 'bfloat16' storage of the training set
     return config

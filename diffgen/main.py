@@ -14,7 +14,7 @@ import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 MODES = ('train', 'sample', 'all')
@@ -30,15 +30,28 @@ def fail(message, status=2):
     sys.exit(status)
 
 
+def one_line(error):
+    """An exception's message as one line: its last line if it carries a traceback."""
+    text = str(error).replace('\\n', '\n').replace("\\'", "'").strip()
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    if any(l.startswith('Traceback') for l in lines):
+        lines = lines[-1:]
+    return ' '.join(lines) or type(error).__name__
+
+
 def parse_flags(argv):
     """absl flag parsing, with every problem (unknown key, bad value, missing file) as one
     line and exit status 2 instead of a traceback."""
     try:
         return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError,
-            SyntaxError) as e:
-        message = str(e).strip().strip("'").replace('\\n', ' ').replace('\n', ' ')
-        fail(message.replace("\\'", "'").replace('\\"', '"'))
+    except AttributeError as e:  # ml_collections: an override of a key the config lacks
+        keys = [a.split('=')[0][len('--config.'):] for a in argv if a.startswith('--config.')]
+        unknown = [k for k in keys if k.split('.')[-1] in str(e)]
+        hint = [l for l in one_line(e).split("'") if 'Did you mean' in l]
+        fail(f'unknown config key {unknown[0] if unknown else one_line(e)!r}'
+             + (f' ({hint[0].strip()})' if hint else ''))
+    except (flags.Error, KeyError, TypeError, ValueError, OSError, SyntaxError) as e:
+        fail(one_line(e))
 
 
 def run(config, workdir, mode):
@@ -47,18 +60,25 @@ def run(config, workdir, mode):
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)  # progress lines are printed; keep library chatter out
     if len(argv) > 1:
         fail(f'unexpected arguments {argv[1:]}')
     from diffgen.config_validation import validate
     from diffgen.errors import TrainingDiverged, UserError
     try:
-        if _CONFIG.value is None:
+        try:
+            config = _CONFIG.value
+            if config is not None:
+                config.keys()  # a config file that failed to load raises here
+        except Exception as e:  # noqa: BLE001 -- the config file failed to load or run
+            fail(f'cannot load --config: {one_line(e)}')
+        if config is None:
             fail('--config is required, e.g. --config=configs/digits.py')
         if not _WORKDIR.value:
             fail('--workdir is required')
         if _MODE.value not in MODES:
             fail(f'--mode={_MODE.value!r} is not one of {MODES}')
-        config = validate(_CONFIG.value)
+        config = validate(config)
         run(config, _WORKDIR.value, _MODE.value)
     except UserError as e:
         fail(str(e))

@@ -8,6 +8,9 @@ lax.top_k puts the lower position first among equal values, and positions follow
 (the running entries, ordered by (d², index), all precede the chunk in index). Shards each
 keep their own top-k; the merge gathers them and sorts on (d², index).
 
+The k rows found are then re-measured directly, d = ‖q − y_i‖, and re-ordered by (d, index):
+the GEMM form cancels catastrophically near 0, and exact copies must measure 0.
+
 The memorisation metrics report distances over √D (root-mean-square difference per
 coordinate): knn(..., normalize=True).
 """
@@ -51,9 +54,13 @@ def nearest(rows, queries, k, normalize=False):
     q = chunked.flatten_queries(queries, rows)
     batch = q.shape[0]
     init = (jnp.full((batch, k), jnp.inf), jnp.full((batch, k), _NO_INDEX, jnp.int32))
-    best_sq, best_index = chunked.reduce_rows(rows, _topk_step, _merge_shards, init, q,
-                                              jnp.sum(q * q, axis=1))
-    distances = jnp.sqrt(best_sq)
+    _, best_index = chunked.reduce_rows(rows, _topk_step, _merge_shards, init, q,
+                                        jnp.sum(q * q, axis=1))
+    # The k found rows' distances recomputed as ‖q − y‖: exact near 0, where the GEMM form
+    # loses ~sqrt(u ‖y‖²) to cancellation (exact copies must measure 0).
+    diff = q[:, None, :] - rows.rows[best_index].astype(jnp.float32)
+    exact = jnp.sqrt(jnp.sum(diff * diff, axis=-1))
+    distances, best_index = jax.lax.sort((exact, best_index), dimension=1, num_keys=2)
     if normalize:
         distances = distances / jnp.sqrt(jnp.float32(rows.dim))
     return distances, best_index

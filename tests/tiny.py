@@ -1,0 +1,40 @@
+"""Small configs that compile and train in seconds, and a helper to run diffgen.main."""
+import os
+import subprocess
+import sys
+
+from configs import digits
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY_OVERRIDES = {
+    'model.ch': 8, 'model.num_res_blocks': 1, 'model.attn_resolutions': (), 'model.dropout': 0.0,
+    'training.batch_size': 16, 'training.num_steps': 8, 'training.steps_per_call': 2,
+    'training.log_every': 2, 'training.checkpoint_every': 4, 'training.sample_every': 0,
+    'optim.warmup_steps': 2, 'sampling.method': 'ddim', 'sampling.num_steps': 5,
+    'sampling.num_samples': 8, 'data.num_heldout': 16,
+}
+
+
+def tiny_digits_config(data_dir, **overrides):
+    config = digits.get_config()
+    for key, value in {**TINY_OVERRIDES, **overrides}.items():
+        section, name = key.split('.')
+        config[section][name] = value
+    config.data.data_dir = str(data_dir)
+    return config
+
+
+def override_flags(data_dir, **overrides):
+    """The same tiny config as --config.section.key=value flags for diffgen.main."""
+    flags = [f'--config.{k}={v}' for k, v in {**TINY_OVERRIDES, **overrides}.items()
+             if not isinstance(v, tuple)]
+    flags.append('--config.model.attn_resolutions=()')
+    return flags + [f'--config.data.data_dir={data_dir}']
+
+
+def run_main(*args, timeout=300, **popen):
+    """Runs `python -m diffgen.main ARGS` from the repository root."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    return subprocess.run([sys.executable, '-m', 'diffgen.main', *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout, **popen)
