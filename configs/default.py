@@ -78,4 +78,11 @@ def get_config(arg=None):
     config.optimal = optimal = ml_collections.ConfigDict()
     optimal.chunk_size = 1024               # training images per online-softmax chunk
     optimal.storage_dtype = 'float32'       # 'float32' | 'bfloat16' storage of the training set
+
+    # --- analysis (--mode=analyze): the generalisation report ---------------------------
+    config.analysis = analysis = ml_collections.ConfigDict()
+    analysis.experiments = ('e1', 'e2', 'e3', 'e4', 'e5')  # which experiments the report runs
+    analysis.num_samples = 256              # samples per sampler / model in the experiments
+    analysis.batch_size = 256               # samples per jitted sampler call
+    analysis.sampler_steps = 100            # DDIM / Heun steps in the experiments (DDPM: all T)
     return config

@@ -104,6 +104,14 @@ def validate(config):
     _require(0.0 <= s.eta <= 1.0, 'sampling.eta must be in [0, 1]')
     _require(s.num_samples >= 1 and s.batch_size >= 1, 'sampling.num_samples, batch_size >= 1')
 
+    from diffgen.analysis import EXPERIMENTS
+    for key in config.analysis.experiments:
+        _one_of('analysis.experiments entry', key, EXPERIMENTS)
+    _require(config.analysis.num_samples >= 2 and config.analysis.batch_size >= 1,
+             'analysis.num_samples >= 2 and analysis.batch_size >= 1')
+    _require(1 <= config.analysis.sampler_steps <= f.num_timesteps,
+             f'analysis.sampler_steps must be in 1..{f.num_timesteps}')
+
     _require(config.optimal.chunk_size >= 1, 'optimal.chunk_size must be >= 1')
     _one_of('optimal.storage_dtype', config.optimal.storage_dtype, STORAGE_DTYPES)
     return config

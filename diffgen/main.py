@@ -4,7 +4,8 @@
                            [--config.section.key=value ...]
 
 Modes: train (train, resuming from DIR's checkpoints, then draw a sample grid), sample
-(draw samples from DIR's latest checkpoint), all (train, then sample).
+(draw samples from DIR's latest checkpoint), analyze (the generalisation report in
+DIR/report), all (train, then analyze).
 Bad input (config, data, workdir) is reported as one line with exit status 2.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-MODES = ('train', 'sample', 'all')
+MODES = ('train', 'sample', 'analyze', 'all')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file[:argument].',
                                           lock_config=True)

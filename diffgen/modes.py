@@ -45,8 +45,21 @@ def sample(config, workdir):
     return samples
 
 
+def analyze(config, workdir):
+    """Runs config.analysis.experiments on the trained model; writes DIR/report/."""
+    from diffgen import analysis
+    dataset, schedule, model, mesh, state = restore_trained(config, workdir)
+    params = state.ema_params if config.sampling.use_ema else state.params
+    ctx = analysis.make_context(config, workdir, dataset, schedule, model, params, mesh)
+    return analysis.run_experiments(ctx, list(config.analysis.experiments))
+
+
 def all_(config, workdir):
-    return train(config, workdir)
+    """Trains (resuming), samples, then analyses."""
+    state = train(config, workdir)
+    if int(state.step) == config.training.num_steps:
+        analyze(config, workdir)
+    return state
 
 
-MODES = {'train': train, 'sample': sample, 'all': all_}
+MODES = {'train': train, 'sample': sample, 'analyze': analyze, 'all': all_}
