@@ -61,12 +61,16 @@ class Dataset:
     """Training and held-out examples, in memory.
 
     Images are uint8 (N, H, W, C); toy2d points are float32 (N, D). Labels are int32 (N,)
-    where the source has them, else None.
+    where the source has them, else None. A host's part of a training set sharded over
+    several hosts (load's train_rows) holds training examples [train_start, train_start +
+    len(train_images)) of num_train.
     """
     train_images: np.ndarray
     heldout_images: np.ndarray
     train_labels: np.ndarray | None
     heldout_labels: np.ndarray | None
+    train_start: int = 0
+    num_train: int | None = None   # None: all of them, len(train_images)
 
     @property
     def train(self) -> np.ndarray:
@@ -111,8 +115,13 @@ def data_dir(configured: str) -> str:
     return os.path.expanduser(path)
 
 
-def load(config) -> Dataset:
-    """The data set that config.data (and config.seed) describe."""
+def load(config, train_rows=None) -> Dataset:
+    """The data set that config.data (and config.seed) describe.
+
+    train_rows, a function num_train -> (start, stop), reads only training examples
+    [start, min(stop, num_train)) (one host's part of a sharded training set); the subsets
+    drawn, and the held-out set, are the same whatever it is.
+    """
     cfg = config.data
     kind, arg = parse_source(cfg.source)
     if cfg.num_train == 0 or cfg.num_train < -1:
@@ -146,10 +155,10 @@ def load(config) -> Dataset:
                                   f'not to the points of {cfg.source!r}')
             train_pool = _ArrayPool(cfg.source, toy2d.sample(arg, cfg.toy2d_size, config.seed),
                                     None, transform)
-    return _draw_subsets(train_pool, heldout_pool, cfg, config.seed)
+    return _draw_subsets(train_pool, heldout_pool, cfg, config.seed, train_rows)
 
 
-def _draw_subsets(train_pool, heldout_pool, cfg, seed: int) -> Dataset:
+def _draw_subsets(train_pool, heldout_pool, cfg, seed: int, train_rows=None) -> Dataset:
     """Draws the held-out then the training set (see the module docstring) and reads them."""
     heldout_rng = np.random.default_rng([seed, _SUBSET_STREAM, 0])
     train_rng = np.random.default_rng([seed, _SUBSET_STREAM, 1])
@@ -173,9 +182,12 @@ def _draw_subsets(train_pool, heldout_pool, cfg, seed: int) -> Dataset:
         raise DataError(f'data.num_train={num_train} but only {remaining.size} examples of '
                         f'{train_pool.name} remain after {heldout_idx.size} held out')
     train_idx, _ = _draw(train_pool, remaining, num_train, train_rng, balanced)
-    train_images, train_labels = train_pool.read(train_idx)
+    start, stop = train_rows(num_train) if train_rows else (0, num_train)
+    start = min(start, num_train)
+    train_images, train_labels = train_pool.read(train_idx[start:stop])
     heldout_images, heldout_labels = heldout_pool.read(heldout_idx)
-    return Dataset(train_images, heldout_images, train_labels, heldout_labels)
+    return Dataset(train_images, heldout_images, train_labels, heldout_labels, start,
+                   num_train)
 
 
 def _draw(pool, candidates: np.ndarray, num: int, rng: np.random.Generator, balanced: bool):

@@ -31,5 +31,5 @@ def generate(denoiser, schedule, x_T, sampling_config, rng, mesh=None, batch_siz
         xb = parallel.shard_batch(xb, mesh)
         x0 = samplers.sample(denoiser, xb, schedule, s.method, s.num_steps or None, s.eta,
                              rng=jax.random.fold_in(rng, b))
-        out.append(np.asarray(x0)[:n])
+        out.append(parallel.to_host(x0)[:n])
     return np.concatenate(out)

@@ -25,7 +25,8 @@ from diffgen.train_step import make_train_call
 
 
 class Preemption:
-    """Turns SIGTERM into a flag the loop checks after each train call."""
+    """Turns SIGTERM into a flag the loop checks after each train call (with several
+    processes, a signal to any one of them stops all of them at the same step)."""
 
     def __init__(self):
         self.requested = False
@@ -73,8 +74,17 @@ def build(config, dataset):
     return schedule, model, tx, mesh, parallel.replicate(state, mesh)
 
 
+def place_training_set(dataset, mesh):
+    """The training images as parallel.ShardedRows over the mesh, from each process's own
+    rows (data.load(config, train_rows=...) reads only those; a whole dataset is cut)."""
+    start, stop = parallel.process_rows(dataset.num_train, mesh)
+    local = dataset.train_images[start - dataset.train_start:stop - dataset.train_start]
+    return parallel.shard_process_rows(local, dataset.num_train, mesh)
+
+
 def sample_and_save(config, model, params, schedule, dataset, path, mesh):
-    """Draws config.sampling.num_samples samples from x_T fixed by the seed; writes a PNG."""
+    """Draws config.sampling.num_samples samples from x_T fixed by the seed; writes a PNG.
+    The batch is sharded over the whole mesh; every process gets all the samples."""
     rng = stream(config.seed, 'sample')
     x_T = sampling.initial_noise(rng, config.sampling.num_samples, dataset.image_shape,
                                  config.sampling.batch_size)
@@ -87,7 +97,8 @@ def sample_and_save(config, model, params, schedule, dataset, path, mesh):
 
 def train_and_evaluate(config, workdir):
     """Trains config.training.num_steps steps in workdir, resuming from its checkpoints."""
-    dataset = data.load(config)
+    mesh = parallel.get_mesh()
+    dataset = data.load(config, train_rows=lambda n: parallel.process_rows(n, mesh))
     check_model_fits_data(config, dataset)
     checkpointing.check_compatible(workdir, config)
     schedule, model, tx, mesh, state = build(config, dataset)
@@ -100,7 +111,7 @@ def train_and_evaluate(config, workdir):
         print(f'resumed from step {int(state.step)} in {checkpointing.checkpoint_dir(workdir)}',
               flush=True)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    train_images = parallel.replicate(dataset.train_images, mesh)
+    train_set = place_training_set(dataset, mesh)
     train_call = make_train_call(config, model, tx, schedule, mesh)
 
     t = config.training
@@ -109,9 +120,10 @@ def train_and_evaluate(config, workdir):
     pending = []  # per-call metrics still on the device: fetched only at boundaries
     with Preemption() as preemption:
         while step < t.num_steps:
-            state, metrics = train_call(state, train_images)
+            state, metrics = train_call(state, train_set)
             step += t.steps_per_call
             pending.append(metrics)
+            preemption.requested = parallel.any_process(preemption.requested)
             at_log = step % t.log_every == 0 or step == t.num_steps
             at_save = step % t.checkpoint_every == 0 or step == t.num_steps
             if not (at_log or at_save or preemption.requested):
