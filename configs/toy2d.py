@@ -33,4 +33,8 @@ def get_config(arg=None):
     config.sampling.num_steps = 100
     config.sampling.num_samples = 1024
     config.sampling.batch_size = 1024
+
+    # The report of a toy2d run is E7, the direct estimate of I(z; S) (see configs/default.py
+    # for its e7_* keys); E1-E6 are image experiments.
+    config.analysis.experiments = ('e7',)
     return config

@@ -1,10 +1,13 @@
-"""Memorisation metrics of generated samples against a training set (DESIGN.md §1).
+"""Memorisation metrics of generated samples against a training set, and the relative gap
+between two denoisers (DESIGN.md §1).
 
 Distances are over √D (root-mean-square difference per coordinate, [-1, 1] units):
   d_1, d_2  distances to the nearest and second-nearest training image;
   memorised iff d_1 / d_2 < 1/3 (Gu et al. 2023; d_1 = d_2 = 0, a copy of a duplicated
             image, counts as memorised); memorisation ratio = fraction memorised;
-  exact copy iff d_1 < tol.
+  exact copy iff d_1 < tol;
+  novelty   d_1 to n training images against d_1 to n held-out images (the same n);
+  gap       E‖ε_θ − ε*‖² / E‖ε*‖² over a set of points at one t.
 The metrics know nothing of how the samples were made.
 """
 from __future__ import annotations
@@ -39,3 +42,39 @@ def memorisation_ratio(d1, d2, ratio=MEMORISED_RATIO):
 def exact_copy_rate(d1, tol=EXACT_COPY_TOL):
     """The fraction of samples with d_1 < tol (over √D)."""
     return float(np.mean(np.asarray(d1) < tol))
+
+
+def nearest_distance(samples, reference, chunk_size=2048, mesh=None):
+    """d_1: the distance (over √D) of each sample to its nearest reference example (NumPy)."""
+    distances, _ = knn(samples, reference, 1, chunk_size=chunk_size, mesh=mesh, normalize=True)
+    return np.asarray(distances)[:, 0]
+
+
+def novelty(d1_train, d1_heldout):
+    """Novelty of samples: d_1 to n training images against d_1 to n held-out images.
+
+    If the samples do not depend on the training set, the two reference sets are i.i.d.
+    draws of the same size from one law, so (d_1^train, d_1^heldout) is exchangeable and
+        closer_to_train = P(d_1^train < d_1^heldout) + P(=)/2 = 1/2,   E d_1^train = E d_1^heldout;
+    a copy of a training image in the set has d_1^train = 0. Returns the mean distances,
+    ratio = mean d_1^train / mean d_1^heldout (1: no pull towards the training set) and
+    closer_to_train (ties count one half)."""
+    d1_train, d1_heldout = np.asarray(d1_train, np.float64), np.asarray(d1_heldout, np.float64)
+    closer = np.mean(d1_train < d1_heldout) + 0.5 * np.mean(d1_train == d1_heldout)
+    return {'d1_train': float(d1_train.mean()), 'd1_heldout': float(d1_heldout.mean()),
+            'ratio': float(d1_train.mean() / d1_heldout.mean()),
+            'closer_to_train': float(closer)}
+
+
+def squared_errors(eps_model, eps_opt):
+    """(‖ε_θ − ε*‖², ‖ε*‖²) per example, summed over all axes but the first (jnp or NumPy)."""
+    axes = tuple(range(1, eps_opt.ndim))
+    diff = eps_model - eps_opt
+    return (diff * diff).sum(axis=axes), (eps_opt * eps_opt).sum(axis=axes)
+
+
+def gap(sq_diff, sq_opt):
+    """gap = E‖ε_θ − ε*‖² / E‖ε*‖² = Σ_b ‖ε_θ − ε*‖²_b / Σ_b ‖ε*‖²_b over the last axis
+    (the examples), from the per-example terms of squared_errors; NumPy float64."""
+    sq_diff, sq_opt = np.asarray(sq_diff, np.float64), np.asarray(sq_opt, np.float64)
+    return sq_diff.sum(axis=-1) / sq_opt.sum(axis=-1)

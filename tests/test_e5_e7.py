@@ -1,0 +1,146 @@
+"""E5 (disjoint-half reproducibility), E6 (EMM) and E7 (I(z; S) on toy2d): their metrics
+against hand computations, the halves, and E7 end to end on a tiny ensemble."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs import digits, toy2d
+from diffgen import analysis, data, parallel, report
+from diffgen.config_validation import validate
+from diffgen.errors import ConfigError
+from diffgen.experiments import e5_reproducibility as e5
+from diffgen.experiments import e6_emm as e6
+from diffgen.experiments import e7_mutual_information as e7
+from diffgen.networks import get_network
+from diffgen.schedules import get_schedule
+from diffgen.rng import stream
+from diffgen.train_state import create_train_state, make_optimizer
+
+
+def test_cosine_similarity_hand_computed():
+    u = np.array([[1.0, 0.0], [1.0, 2.0]])
+    v = np.array([[1.0, 1.0], [-2.0, 1.0]])
+    np.testing.assert_allclose(e5.cosine_similarity(u, v), [1 / np.sqrt(2), 0.0], atol=1e-12)
+    # Centred on (0, -1): u - centre = (1, 1), v - centre = (1, 2).
+    centre = np.array([0.0, -1.0])
+    np.testing.assert_allclose(e5.cosine_similarity(u[:1], v[:1], centre),
+                               [(1 * 1 + 1 * 2) / (np.sqrt(2) * np.sqrt(5))], atol=1e-12)
+
+
+def test_split_halves_are_disjoint_and_equal():
+    images = np.arange(7 * 4, dtype=np.uint8).reshape(7, 2, 2, 1)
+    labels = np.arange(7)
+    (a, la), (b, lb) = e5.split_halves(images, labels)
+    assert len(a) == len(b) == 3 and la.tolist() == [0, 1, 2] and lb.tolist() == [3, 4, 5]
+    assert not set(map(bytes, a)) & set(map(bytes, b))
+    assert e5.split_halves(images, None)[1][1] is None
+
+
+def test_num_steps_rule():
+    config = digits.get_config()                      # 5000 steps, 5 per call
+    assert e5.num_steps(config) == 1000
+    config.analysis.e5_num_steps = 333
+    assert e5.num_steps(config) == 335                # rounded up to a multiple of 5
+
+
+def test_half_config_loads_exactly_the_half(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 1), dtype=np.uint8)
+    path = str(tmp_path / 'half_a.npz')
+    e5._write_npz(path, images, np.arange(10) % 3)
+    config = validate(e5.half_config(digits.get_config('smoke'), path, 100))
+    assert config.training.num_steps == 100
+    assert config.optim.ema_decay == pytest.approx(0.9)   # 1 - 10/100 < the run's 0.999
+    ds = data.load(config)
+    assert len(ds.heldout_images) == 0
+    assert sorted(map(bytes, ds.train_images)) == sorted(map(bytes, images))
+
+
+def test_effective_model_memorisation_hand_computed():
+    assert e6.effective_model_memorisation([16, 32, 64, 128], [1.0, 0.95, 0.5, 0.1]) == 32
+    # Not monotone: the largest N that reaches the threshold counts.
+    assert e6.effective_model_memorisation([16, 32, 64, 128], [1.0, 0.5, 0.9, 0.1]) == 64
+    assert e6.effective_model_memorisation([16, 32], [0.2, 0.1]) is None
+
+
+def test_sweep_summary_reads_results(tmp_path):
+    rows = [{'run': 'b', 'e6.num_train': '64', 'e6.memorisation_ratio': '0.25'},
+            {'run': 'a', 'e6.num_train': '16', 'e6.memorisation_ratio': '0.95'},
+            {'run': 'failed', 'e6.num_train': '', 'e6.memorisation_ratio': ''}]
+    num_train, ratios, emm = e6.write_sweep_summary(str(tmp_path), rows, 0.9)
+    assert num_train.tolist() == [16, 64] and ratios.tolist() == [0.95, 0.25] and emm == 16
+    assert os.path.exists(tmp_path / e6.FIGURE)
+    assert e6.write_sweep_summary(str(tmp_path), rows[2:], 0.9) is None
+
+
+def test_e7_end_to_end(tmp_path):
+    """E7 on 4 tiny models: the optimum's samples are copies (I = ∞), the trained models'
+    estimates are finite, the closed-form case is reported at both K, figures exist."""
+    config = toy2d.get_config()
+    config.diffusion.num_timesteps = 100
+    config.model.mlp_hidden, config.model.mlp_depth = 32, 1
+    config.training.batch_size = 32
+    config.training.steps_per_call = 20
+    config.training.log_every = 20
+    config.analysis.sampler_steps = 20
+    config.analysis.num_samples = 8
+    a = config.analysis
+    a.e7_num_sets, a.e7_num_train, a.e7_num_samples = 4, 8, 64
+    a.e7_train_steps, a.e7_num_bootstrap, a.e7_validation_num_sets = (20, 40), 100, 16
+    validate(config)
+    dataset = data.load(config)
+    schedule, model = get_schedule(config), get_network(config.model)
+    params = create_train_state(model, make_optimizer(config.optim), stream(0, 'init'),
+                                (2,)).ema_params
+    ctx = analysis.make_context(config, str(tmp_path), dataset, schedule, model, params,
+                                parallel.get_mesh())
+    section = e7.run(ctx)
+    report.write_report([section], ctx.report_dir, 'test')
+    numbers = json.load(open(os.path.join(ctx.report_dir, 'report.json')))['e7']
+    assert numbers['optimum']['value'] == 'inf'
+    assert numbers['optimum']['exact_copy_rate'] > 0.5
+    assert [t['steps'] for t in numbers['trained']] == [20, 40]
+    assert all(np.isfinite(t['value']) and t['low'] <= t['value'] <= t['high']
+               for t in numbers['trained'])
+    assert [v['num_sets'] for v in numbers['validation']] == [4, 16]
+    assert all(v['analytic'] == pytest.approx(np.log(2.0)) for v in numbers['validation'])
+    for name in section.figures:
+        assert os.path.exists(os.path.join(ctx.report_dir, name))
+
+
+def test_e7_rejects_images():
+    with pytest.raises(ConfigError, match='toy2d'):
+        e7.run(analysis.Context(digits.get_config(), '', '', None, None, None, None, None,
+                                None, None, None, None))
+
+
+@pytest.mark.slow
+def test_e5_end_to_end(tmp_path):
+    """E5 on a tiny digits config: two half models trained in W/e5/half_{a,b} on disjoint
+    npz halves, similarities in [-1, 1], and a rerun resumes instead of retraining."""
+    from tests.tiny import tiny_digits_config
+    config = tiny_digits_config(tmp_path / 'data', **{'data.num_train': 40})
+    config.analysis.e5_num_steps = 4
+    config.analysis.num_samples = 8
+    config.analysis.sampler_steps = 5
+    validate(config)
+    dataset = data.load(config)
+    schedule, model = get_schedule(config), get_network(config.model)
+    params = create_train_state(model, make_optimizer(config.optim), stream(0, 'init'),
+                                dataset.image_shape).ema_params
+    workdir = tmp_path / 'run'
+    ctx = analysis.make_context(config, str(workdir), dataset, schedule, model, params,
+                                parallel.get_mesh())
+    section = e5.run(ctx)
+    n = section.numbers
+    assert n['half_size'] == 20 and n['num_steps'] == 4 and n['num_samples'] == 8
+    for key in ('cross_similarity_mean', 'train_similarity_mean_a', 'train_similarity_mean_b'):
+        assert -1.0 <= n[key] <= 1.0
+    halves = [data.load(e5.half_config(config, str(workdir / 'e5' / f'half_{h}.npz'), 4))
+              for h in e5.HALVES]
+    assert not set(map(bytes, halves[0].train_images)) & set(map(bytes, halves[1].train_images))
+    for h in e5.HALVES:
+        assert (workdir / 'e5' / f'half_{h}' / 'checkpoints' / '4').is_dir()
+    again = e5.run(ctx)
+    assert again.numbers == n

@@ -1,0 +1,108 @@
+"""The report's experiments E1-E4 on tiny digits (an untrained network suffices for the
+identities): the optimum copies, E4's ends are E1's and E2's samples, E3's trajectory is the
+DDIM sampler's, and the hybrid denoiser selects per t and compiles once."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffgen import analysis, data, metrics, samplers
+from diffgen.denoisers import hybrid_denoiser
+from diffgen.experiments import e1_optimum_copies as e1
+from diffgen.experiments import e2_model_novelty as e2
+from diffgen.experiments import e3_gap as e3
+from diffgen.experiments import e4_hybrid as e4
+from diffgen.train import build
+from tests.tiny import tiny_digits_config
+
+
+@pytest.fixture(scope='module')
+def ctx(tmp_path_factory):
+    config = tiny_digits_config(tmp_path_factory.mktemp('data'), **{
+        'diffusion.num_timesteps': 100, 'data.num_heldout': 64, 'analysis.num_samples': 64,
+        'analysis.batch_size': 64,
+        'analysis.sampler_steps': 10, 'analysis.quality_classifier_steps': 20,
+        'analysis.e4_switch_fractions': (0.5,)})
+    dataset = data.load(config)
+    schedule, model, _, mesh, state = build(config, dataset)
+    return analysis.make_context(config, str(tmp_path_factory.mktemp('work')), dataset,
+                                 schedule, model, state.ema_params, mesh)
+
+
+@pytest.fixture(scope='module')
+def sections(ctx):
+    return {m.__name__.rsplit('.', 1)[1][:2]: m.run(ctx) for m in (e1, e2, e4)}
+
+
+def test_e1_optimum_copies_with_deterministic_samplers(ctx, sections):
+    numbers = sections['e1'].numbers
+    for method in ('ddim', 'heun'):
+        assert numbers[method]['memorisation_ratio'] >= 0.99
+    for name in sections['e1'].figures:
+        assert os.path.getsize(ctx.figure_path(name)) > 0
+
+
+def test_e4_ends_are_e1_and_e2(sections):
+    """t_switch = 0 with ε* first and t_switch = T with ε_θ first are ε* alone (E1); the
+    other two ends are the network alone (E2): the same samples up to float round-off."""
+    one, two, four = (sections[k].numbers for k in ('e1', 'e2', 'e4'))
+    assert four['t_switch'] == [0, 50, 100]
+    assert four['ends_max_abs_diff']['optimum'] <= 1e-5
+    assert four['ends_max_abs_diff']['network'] <= 1e-5
+    for order, index, expected in (('optimum_first', 0, one), ('network_first', -1, one),
+                                   ('optimum_first', -1, two), ('network_first', 0, two)):
+        for key in ('memorisation_ratio', 'exact_copy_rate', 'median_d1', 'fd'):
+            assert four[order][key][index] == pytest.approx(expected['ddim'][key], rel=1e-5,
+                                                            abs=1e-6)
+
+
+def test_e2_reports_novelty(sections):
+    novelty = sections['e2'].numbers['ddim']['novelty']
+    assert 0.0 <= novelty['closer_to_train'] <= 1.0 and novelty['d1_heldout'] > 0
+
+
+def test_e3_trajectory_is_the_ddim_sampler_and_gap_of_the_optimum_is_zero(ctx):
+    grid = samplers.timestep_grid(100, 10)
+    pairs = jnp.stack([grid[1:][::-1], grid[:-1][::-1]], axis=1)
+    x_T = jnp.asarray(ctx.x_T[:16])
+    x0, (sq_diff, sq_opt, entropy, max_weight) = e3.trajectory_gap(
+        ctx.network(), ctx.train_rows, ctx.schedule, x_T, pairs)
+    expected = samplers.sample(ctx.network(), x_T, ctx.schedule, 'ddim', num_steps=10)
+    np.testing.assert_allclose(x0, expected, atol=1e-4)
+    assert sq_diff.shape == (len(pairs), 16) and np.all(np.asarray(sq_opt) > 0)
+    log_n = np.log(ctx.train_rows.num_rows)
+    assert np.all((np.asarray(entropy) >= -1e-4) & (np.asarray(entropy) <= log_n + 1e-4))
+    assert np.all((np.asarray(max_weight) > 0) & (np.asarray(max_weight) <= 1 + 1e-6))
+    _, (sq_diff, sq_opt, _, _) = e3.trajectory_gap(ctx.optimum(), ctx.train_rows, ctx.schedule,
+                                                   x_T, pairs)
+    assert np.all(metrics.gap(sq_diff, sq_opt) < 1e-10)   # ε* against itself (round-off)
+
+
+def test_e3_section(ctx):
+    section = e3.run(ctx)
+    for key in ('gap_train', 'gap_heldout', 'gap_trajectory', 'entropy', 'max_weight'):
+        assert section.numbers[key].shape == section.numbers['t'].shape
+    assert np.all(section.numbers['gap_train'] >= 0)
+
+
+def _constant(value, x, t):
+    return jnp.full(x.shape, value, jnp.float32)
+
+
+def test_hybrid_denoiser_selects_per_t_and_compiles_once(ctx):
+    high = jax.tree_util.Partial(_constant, jnp.float32(1.0))
+    low = jax.tree_util.Partial(_constant, jnp.float32(-1.0))
+    x = jnp.zeros((4, 2))
+    out = hybrid_denoiser(high, low, 50)(x, jnp.array([1, 50, 51, 100]))
+    np.testing.assert_array_equal(out[:, 0], [-1, -1, 1, 1])
+    np.testing.assert_array_equal(hybrid_denoiser(high, low, 0)(x, jnp.full(4, 1)), 1)
+    np.testing.assert_array_equal(hybrid_denoiser(high, low, 100)(x, jnp.full(4, 100)), -1)
+    x_T = jnp.zeros((4, 8, 8, 1))
+    samplers.sample(hybrid_denoiser(high, low, 10), x_T, ctx.schedule, 'ddim', num_steps=7)
+    compiled = samplers._sample._cache_size()
+    for t_switch in (0, 30, 100):
+        samplers.sample(hybrid_denoiser(high, low, t_switch), x_T, ctx.schedule, 'ddim',
+                        num_steps=7)
+    assert samplers._sample._cache_size() == compiled
