@@ -1,11 +1,17 @@
 """Training objectives: config.training.objective -> loss(apply, params, x0, rng, schedule).
 
-The networks know nothing of these; the losses know nothing of optimisers.
+`get_objective(config.training)` returns the loss with its options bound; OBJECTIVES maps a
+name to the loss function. The networks know nothing of these; the losses know nothing of
+optimisers.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 
-from diffgen.conversions import diffuse
+from diffgen.conversions import diffuse, per_example
+
+GAP_WEIGHTINGS = ('eps', 'xi')
 
 
 def sample_timesteps(rng, batch_size, num_timesteps):
@@ -24,4 +30,72 @@ def eps_loss(apply_fn, params, x0, rng, schedule):
     return jnp.mean((pred - eps) ** 2)
 
 
-OBJECTIVES = {'eps': eps_loss}
+def gap_coefficients(schedule, t, s):
+    """(sqrt(r), sqrt(1 - r), c) of the transition s -> t (s < t, or s = t = 0), r = ab_t/ab_s:
+
+        x_t = sqrt(r) x_s + sqrt(1 - r) xi,   c_{t,s} = sqrt((1 - r)/(1 - ab_t)).
+
+    1 - r = -expm1(sum_{s<q<=t} log(1 - beta_q)) from the betas: the quotient of the float32
+    alphas_bar would lose ~u/(1 - r) relative precision (1e-3 for adjacent small steps).
+    With s = 0: r = ab_t, c = 1 (the forward process itself)."""
+    log_ab = jnp.cumsum(jnp.log1p(-schedule.betas))
+    log_r = log_ab[t] - log_ab[s]
+    one_minus_r = -jnp.expm1(log_r)
+    c = jnp.sqrt(one_minus_r / -jnp.expm1(log_ab[t]))
+    return jnp.exp(0.5 * log_r), jnp.sqrt(one_minus_r), c
+
+
+def gap_timesteps(rng, t, max_k, p_zero):
+    """s = max(t - k, 0), k ~ U{1..K}; with probability p_zero, s = 0 instead (L_eps)."""
+    k_rng, zero_rng = jax.random.split(rng)
+    k = jax.random.randint(k_rng, t.shape, 1, max_k + 1)
+    zero = jax.random.bernoulli(zero_rng, p_zero, t.shape)
+    return jnp.where(zero, 0, jnp.maximum(t - k, 0))
+
+
+def gap_pair(x0, t, s, eps_s, xi, schedule, weighting='eps'):
+    """(x_t, target, weight) of the gap objective for given noises eps_s, xi ~ N(0, I):
+
+        x_s = a_s x0 + sigma_s eps_s,   x_t = sqrt(ab_t/ab_s) x_s + sqrt(1 - ab_t/ab_s) xi,
+        target = xi / c_{t,s},   weight = 1 ('eps') or c_{t,s}^2 ('xi'),
+
+    so that weight ||eps_theta - target||^2 is ||eps_theta - xi/c||^2 or ||c eps_theta - xi||^2.
+    E[xi | x_t] = c E[eps | x_t] (Tweedie), and s is independent of x_t given t, so both
+    weightings have the population minimiser E[eps | x_t] of L_eps."""
+    x_s = diffuse(x0, eps_s, schedule.a[s], schedule.sigma[s])
+    sqrt_r, sqrt_one_minus_r, c = gap_coefficients(schedule, t, s)
+    x_t = diffuse(x_s, xi, sqrt_r, sqrt_one_minus_r)
+    target = xi / per_example(c, xi)
+    weight = jnp.ones_like(c) if weighting == 'eps' else c * c
+    return x_t, target, weight
+
+
+def gap_loss(apply_fn, params, x0, rng, schedule, max_k=1, p_zero=0.0, weighting='eps'):
+    """The gap objective (DESIGN.md §1; our formulation from the paper's summary, not its text):
+
+        L_gap(theta) = E weight ||eps_theta(x_t, t) - xi_{t,s}/c_{t,s}||^2,
+        t ~ U{1..T},  s = max(t - k, 0), k ~ U{1..K} (s = 0 with probability p_zero),
+    with x_t, target and weight from gap_pair; averaged over the batch and the D dimensions.
+    K = 1 pairs adjacent steps; s = 0 is L_eps."""
+    t_rng, s_rng, eps_rng, xi_rng, dropout_rng = jax.random.split(rng, 5)
+    t = sample_timesteps(t_rng, x0.shape[0], schedule.num_timesteps)
+    s = gap_timesteps(s_rng, t, max_k, p_zero)
+    eps_s = jax.random.normal(eps_rng, x0.shape, x0.dtype)
+    xi = jax.random.normal(xi_rng, x0.shape, x0.dtype)
+    x_t, target, weight = gap_pair(x0, t, s, eps_s, xi, schedule, weighting)
+    pred = apply_fn(params, x_t, t, train=True, rngs={'dropout': dropout_rng})
+    return jnp.mean(per_example(weight, pred) * (pred - target) ** 2)
+
+
+OBJECTIVES = {'eps': eps_loss, 'gap': gap_loss}
+
+
+def get_objective(training_config):
+    """The loss of config.training.objective, with the gap objective's options bound
+    (training.gap_max_k, gap_p_zero, gap_weighting)."""
+    loss = OBJECTIVES[training_config.objective]
+    if training_config.objective != 'gap':
+        return loss
+    return functools.partial(loss, max_k=training_config.gap_max_k,
+                             p_zero=training_config.gap_p_zero,
+                             weighting=training_config.gap_weighting)

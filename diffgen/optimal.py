@@ -79,6 +79,15 @@ def _combine_shards(state):
     return SoftmaxState(state.max, total, weighted, spread)
 
 
+def softmax_sums(rows, queries, norm_scale):
+    """The online-softmax sums over all of rows of the logits s_i = q·y_i − λ n_i, for
+    queries q (B, D) and scales λ = norm_scale (B,): SoftmaxState with acc = Σ e^{s_i − m} y_i."""
+    batch = queries.shape[0]
+    init = SoftmaxState(jnp.full((batch,), -jnp.inf), jnp.zeros((batch,)),
+                        jnp.zeros((batch, rows.dim)), jnp.zeros((batch,)))
+    return chunked.reduce_rows(rows, _softmax_step, _combine_shards, init, queries, norm_scale)
+
+
 @jax.jit
 def _posterior(rows, schedule, x, t):
     """The online-softmax sums at (x, t) over all of rows."""
@@ -86,11 +95,7 @@ def _posterior(rows, schedule, x, t):
     t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (x.shape[0],))
     alpha_bar = schedule.alphas_bar[t]
     a, sigma2 = jnp.sqrt(alpha_bar), 1.0 - alpha_bar
-    batch = q.shape[0]
-    init = SoftmaxState(jnp.full((batch,), -jnp.inf), jnp.zeros((batch,)),
-                        jnp.zeros((batch, rows.dim)), jnp.zeros((batch,)))
-    return chunked.reduce_rows(rows, _softmax_step, _combine_shards, init,
-                               (a / sigma2)[:, None] * q, a * a / (2.0 * sigma2))
+    return softmax_sums(rows, (a / sigma2)[:, None] * q, a * a / (2.0 * sigma2))
 
 
 @jax.jit

@@ -1,0 +1,232 @@
+"""--mode=compare: two trained models of the same data and forward process side by side,
+typically one trained with L_eps and one with the gap objective (DESIGN.md §1; the gap
+objective's formulation is ours, from the paper's summary). Writes A/report/compare/.
+
+A is --workdir with --config, B is --other_workdir with the config stored in it; both use
+the parameters A's sampling.use_ema selects (EMA or raw). Measured:
+
+  ε predictions, on forward-process points x_t = a_t y + σ_t ε of n training images, per t:
+      diff(t) = E‖ε_A − ε_B‖² / E‖ε*‖²,  gap_A(t) = E‖ε_A − ε*‖² / E‖ε*‖² (and gap_B),
+      bank(t) = E‖ε̂_bank − ε*‖² / E‖ε*‖²  (the gap-bank optimum, diffgen.gap_bank);
+  samples of A, B, ε* and the gap-bank optimum from the same x_T (deterministic DDIM):
+      the cosine similarity of every pair, per sample, centred on the training mean μ:
+      cos(u − μ, v − μ) (diffgen.experiments.e5_reproducibility.cosine_similarity);
+  memorisation (diffgen.metrics) of each sample set: memorisation ratio, exact-copy rate,
+      novelty (d_1 to the training set against d_1 to as many held-out images);
+  sample quality (diffgen.quality): Fréchet distance, precision, recall.
+
+The gap bank has BANK_DRAWS noises per training image and K = the gap model's
+training.gap_max_k (B's if B used the gap objective, else A's, else the default).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from diffgen import analysis, images, metrics, quality, report
+from diffgen.denoisers import network_denoiser
+from diffgen.errors import WorkdirError
+from diffgen.experiments.e5_reproducibility import cosine_similarity
+from diffgen.gap_bank import bank_rows, gap_bank_denoiser
+from diffgen.modes import restore_trained
+
+BANK_DRAWS = 16
+FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)  # t / T
+NAMES = ('A', 'B', 'eps*', 'gap bank')
+BANK_KEY, POINTS_KEY = 1001, 1002  # fold_in constants of the analysis stream
+
+
+def _tuples(value):
+    """JSON lists back to the tuples the configs hold."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def stored_config(workdir, data_dir):
+    """The config stored in a workdir (config.json), reading its data from data_dir."""
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.exists(path):
+        raise WorkdirError(f'{workdir} holds no config.json; train a model there first')
+    with open(path) as f:
+        config = ml_collections.ConfigDict(_tuples(json.load(f)))
+    config.data.data_dir = data_dir
+    return config
+
+
+def gap_max_k(config_a, config_b):
+    for c in (config_b, config_a):
+        if c.training.objective == 'gap':
+            return c.training.gap_max_k
+    return config_a.training.gap_max_k
+
+
+@jax.jit
+def _predict(denoiser, x, t):
+    return denoiser(x, t)
+
+
+def eps_curves(ctx, denoisers, times):
+    """{name: (len(times),)} of diff, gap_A, gap_B, bank (module doc) on n = min(N,
+    analysis.num_samples) training images, one fixed ε per (image, t)."""
+    train = ctx.dataset.train
+    key = jax.random.fold_in(ctx.rng, POINTS_KEY)
+    n = min(len(train), ctx.config.analysis.num_samples)
+    y = train[np.asarray(jax.random.permutation(key, len(train)))[:n]]
+    a, sigma = np.asarray(ctx.schedule.a), np.asarray(ctx.schedule.sigma)
+    batch = ctx.config.analysis.batch_size
+    curves = {k: [] for k in ('diff', 'gap_A', 'gap_B', 'bank')}
+    for t in times:
+        eps = np.asarray(jax.random.normal(jax.random.fold_in(key, t), y.shape))
+        x = (a[t] * y + sigma[t] * eps).astype(np.float32)
+        pred = {}
+        for name, denoiser in denoisers.items():
+            pred[name] = np.concatenate([
+                np.asarray(_predict(denoiser, xb, jnp.full((len(xb),), t)))
+                for xb in np.split(x, range(batch, n, batch))]).astype(np.float64)
+        opt = pred['eps*']
+        for curve, (u, v) in (('diff', ('A', 'B')), ('gap_A', ('A', 'eps*')),
+                              ('gap_B', ('B', 'eps*')), ('bank', ('gap bank', 'eps*'))):
+            sq_diff, _ = metrics.squared_errors(pred[u], pred[v])
+            _, sq_opt = metrics.squared_errors(pred[u], opt)
+            curves[curve].append(float(metrics.gap(sq_diff, sq_opt)))
+    return {k: np.asarray(v) for k, v in curves.items()}
+
+
+def memorisation(samples, ctx):
+    """Memorisation ratio, exact-copy rate and novelty of samples (diffgen.metrics)."""
+    d1, d2, _ = metrics.nearest_two(samples, ctx.train_rows, mesh=ctx.mesh)
+    out = {'memorisation_ratio': metrics.memorisation_ratio(d1, d2),
+           'exact_copy_rate': metrics.exact_copy_rate(d1)}
+    if ctx.heldout_rows is not None:
+        m = ctx.heldout_rows.num_rows
+        d1_train = metrics.nearest_distance(samples, ctx.dataset.train[:m], mesh=ctx.mesh)
+        novelty = metrics.novelty(d1_train, metrics.nearest_distance(samples, ctx.heldout_rows,
+                                                                     mesh=ctx.mesh))
+        out.update({f'novelty_{k}': v for k, v in novelty.items()})
+    return out
+
+
+def _plot_curves(times, curves, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    labels = {'diff': '‖ε_A − ε_B‖² / ‖ε*‖²', 'gap_A': '‖ε_A − ε*‖² / ‖ε*‖²',
+              'gap_B': '‖ε_B − ε*‖² / ‖ε*‖²', 'bank': '‖ε_bank − ε*‖² / ‖ε*‖²'}
+    for key, label in labels.items():
+        ax.loglog(times, curves[key], marker='o', label=label)
+    ax.set_xlabel('t')
+    ax.set_ylabel('relative squared difference')
+    ax.legend()
+    fig.savefig(path, dpi=100, bbox_inches='tight')
+    plt.close(fig)
+
+
+def _table(header, rows):
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
+    return '\n'.join(lines + ['| ' + ' | '.join(r) + ' |' for r in rows])
+
+
+def compare(config, workdir, other_workdir):
+    """Runs the comparison of workdir's model (A) with other_workdir's (B); returns the
+    report Section, written to A/report/compare/."""
+    if not other_workdir:
+        raise WorkdirError('--mode=compare needs --other_workdir=DIR (the second model)')
+    config_b = stored_config(other_workdir, config.data.data_dir)
+    if config_b.diffusion.to_dict() != config.diffusion.to_dict():
+        raise WorkdirError(f'{other_workdir} used another forward process; cannot compare')
+    dataset, schedule, model_a, mesh, state_a = restore_trained(config, workdir)
+    dataset_b, _, model_b, _, state_b = restore_trained(config_b, other_workdir)
+    if not np.array_equal(dataset.train_images, dataset_b.train_images):
+        raise WorkdirError(f'{workdir} and {other_workdir} were trained on different '
+                           'training sets; cannot compare')
+    pick = lambda s: s.ema_params if config.sampling.use_ema else s.params  # A's choice, both
+    ctx = analysis.make_context(config, workdir, dataset, schedule, model_a, pick(state_a), mesh)
+    ctx.report_dir = os.path.join(report.report_dir(workdir), 'compare')
+    os.makedirs(ctx.report_dir, exist_ok=True)
+    max_k = gap_max_k(config, config_b)
+    bank = bank_rows(dataset.train, BANK_DRAWS, jax.random.fold_in(ctx.rng, BANK_KEY),
+                     config.optimal.chunk_size, mesh)
+    denoisers = {'A': ctx.network(), 'B': network_denoiser(model_b, pick(state_b)),
+                 'eps*': ctx.optimum(), 'gap bank': gap_bank_denoiser(bank, schedule, max_k)}
+
+    T = schedule.num_timesteps
+    times = np.unique(np.clip(np.round(np.asarray(FRACTIONS) * T).astype(int), 1, T))
+    print('compare: ε predictions over t ...', flush=True)
+    curves = eps_curves(ctx, denoisers, times)
+    samples = {}
+    for name, denoiser in denoisers.items():
+        print(f'compare: sampling {name} ...', flush=True)
+        samples[name] = ctx.sample(denoiser, 'ddim')
+    centre = dataset.train.mean(axis=0)
+    pairs = [(u, v) for i, u in enumerate(NAMES) for v in NAMES[i + 1:]]
+    cosines = {f'{u} vs {v}': cosine_similarity(samples[u], samples[v], centre) for u, v in pairs}
+    print('compare: memorisation and quality ...', flush=True)
+    memo = {name: memorisation(s, ctx) for name, s in samples.items()}
+    qual = {name: quality.quality_metrics(s, ctx) for name, s in samples.items()}
+
+    _plot_curves(times, curves, ctx.figure_path('compare_eps.png'))
+    figures = ['compare_eps.png']
+    if dataset.is_image:
+        rows = np.concatenate([samples[name][:16] for name in NAMES])
+        images.save_grid(rows, ctx.figure_path('compare_samples.png'), ncols=16)
+        figures.append('compare_samples.png')
+
+    objectives = {'A': _objective(config), 'B': _objective(config_b)}
+    numbers = {
+        'workdirs': {'A': os.path.abspath(workdir), 'B': os.path.abspath(other_workdir)},
+        'objectives': objectives, 'gap_bank': {'draws': BANK_DRAWS, 'max_k': max_k},
+        'times': times, 'eps': curves,
+        'cosine': {k: {'mean': float(v.mean()), 'median': float(np.median(v))}
+                   for k, v in cosines.items()},
+        'memorisation': memo, 'quality': qual,
+        'parameters': 'EMA' if config.sampling.use_ema else 'raw (no EMA)',
+        'num_samples': int(len(ctx.x_T)),
+        'sampler': f'ddim, {config.analysis.sampler_steps} steps',
+    }
+    section = report.Section('compare', f'Comparison: A ({objectives["A"]}) vs B '
+                             f'({objectives["B"]})', _markdown(numbers), numbers, figures)
+    if jax.process_index() == 0:
+        report.write_report([section], ctx.report_dir, f'diffgen comparison: {workdir} vs '
+                            f'{other_workdir}')
+        print(f'compare: wrote {ctx.report_dir}/report.md', flush=True)
+    return section
+
+
+def _objective(config):
+    t = config.training
+    if t.objective != 'gap':
+        return t.objective
+    return f'gap, K={t.gap_max_k}, p_zero={t.gap_p_zero}, weighting={t.gap_weighting}'
+
+
+def _markdown(n):
+    fmt = lambda v: f'{v:.4g}'
+    eps_rows = [[str(t)] + [fmt(n['eps'][k][i]) for k in ('diff', 'gap_A', 'gap_B', 'bank')]
+                for i, t in enumerate(n['times'])]
+    memo_keys = sorted({k for m in n['memorisation'].values() for k in m})
+    memo_rows = [[k] + [fmt(n['memorisation'][name].get(k, float('nan'))) for name in NAMES]
+                 for k in memo_keys]
+    memo_rows += [[k] + [fmt(n['quality'][name][k]) for name in NAMES]
+                  for k in ('fd', 'precision', 'recall')]
+    cos_rows = [[k, fmt(v['mean']), fmt(v['median'])] for k, v in n['cosine'].items()]
+    return '\n\n'.join([
+        f"A = `{n['workdirs']['A']}` ({n['objectives']['A']}), "
+        f"B = `{n['workdirs']['B']}` ({n['objectives']['B']}), {n['parameters']} parameters "
+        "(sampling.use_ema of A's config, for both). The gap-bank optimum uses "
+        f"{n['gap_bank']['draws']} noises per training image and s = max(t − "
+        f"{n['gap_bank']['max_k']}, 0). {n['num_samples']} samples each, {n['sampler']}, "
+        'all from the same x_T.',
+        'ε predictions on forward-process points of training images (relative to E‖ε*‖²):',
+        _table(['t', 'A vs B', 'A vs ε*', 'B vs ε*', 'gap bank vs ε*'], eps_rows),
+        'Cosine similarity of samples from the same x_T (centred on the training mean):',
+        _table(['pair', 'mean', 'median'], cos_rows),
+        'Memorisation (d_1/d_2 < 1/3) and quality (classifier features):',
+        _table(['metric'] + list(NAMES), memo_rows),
+    ])
