@@ -55,7 +55,10 @@ def get_config(arg=None):
 
     # --- training ---------------------------------------------------------------------
     config.training = training = ml_collections.ConfigDict()
-    training.objective = 'eps'              # 'eps' (L_eps)
+    training.objective = 'eps'              # 'eps' (L_eps) | 'gap' (DESIGN.md §1)
+    training.gap_max_k = 100                # gap: s = max(t - k, 0), k ~ U{1..K} (1 = adjacent)
+    training.gap_p_zero = 0.0               # gap: probability of s = 0 (an L_eps term)
+    training.gap_weighting = 'eps'          # gap: 'eps' |eps - xi/c|^2 | 'xi' |c eps - xi|^2
     training.batch_size = 128               # global batch size
     training.num_steps = 800_000            # total train steps
     training.steps_per_call = 50            # train steps per jitted call (one lax.scan)
@@ -85,4 +88,22 @@ def get_config(arg=None):
     analysis.num_samples = 256              # samples per sampler / model in the experiments
     analysis.batch_size = 256               # samples per jitted sampler call
     analysis.sampler_steps = 100            # DDIM / Heun steps in the experiments (DDPM: all T)
+    # e4 (hybrid sampling): eps* above t_switch and the network below, and the reverse order
+    analysis.e4_switch_fractions = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.3, 1.0)  # t_switch / T
+    # sample quality (E1, E2, E4; diffgen/quality.py): features of a classifier of the training set
+    analysis.quality_classifier_steps = 2000  # its Adam steps (batch 128); cached in the data dir
+    analysis.quality_k = 3                  # k of the k-NN manifolds of precision / recall
+    # e5 (reproducibility): two models on the disjoint halves of the training set
+    analysis.e5_num_steps = 0               # steps of each half's model; 0 = training.num_steps // 5
+    # e6 (EMM): the run's own memorisation ratio, plus a launch/sweep.py sweep over N
+    analysis.e6_sweep_dir = ''              # sweep dir whose results.csv E6 reports ('' = none)
+    analysis.e6_threshold = 0.9             # EMM = the largest N with memorisation ratio >= this
+    # e7 (mutual information, toy2d): K models on K training sets S_k ~ P^N, trained with vmap
+    analysis.e7_num_sets = 16               # K training sets (one model each)
+    analysis.e7_num_train = 32              # N points per training set
+    analysis.e7_num_samples = 512           # M samples per model
+    analysis.e7_train_steps = (200, 1000, 3000)  # estimate I(z; S) after these steps (x steps_per_call)
+    analysis.e7_knn_k = 3                   # k of the Kozachenko-Leonenko estimator
+    analysis.e7_num_bootstrap = 1000        # bootstrap resamples (over the K sets) per interval
+    analysis.e7_validation_num_sets = 64    # K of the closed-form case (it also runs at e7_num_sets)
     return config

@@ -2,6 +2,8 @@
 
     --config=configs/digits.py          the default run (minutes on a laptop CPU)
     --config=configs/digits.py:smoke    a reduced run that finishes in under 2 minutes
+
+get_sweep(arg) declares the E6 sweep over the training-set size N (launch/sweep.py).
 """
 from configs import default
 
@@ -36,6 +38,7 @@ def get_config(arg=None):
         config.model.ch = 16
         config.model.num_res_blocks = 1
         config.optim.warmup_steps = 50
+        config.optim.ema_decay = 0.99                     # 600 steps: the EMA must forget the init
         config.training.num_steps = 600
         config.training.log_every = 100
         config.training.checkpoint_every = 200
@@ -43,6 +46,23 @@ def get_config(arg=None):
         config.sampling.method = 'ddim'
         config.sampling.num_steps = 100
         config.sampling.num_samples = 64
+        config.analysis.num_samples = 128                 # E1-E4: fewer samples, steps, t_switch
+        config.analysis.sampler_steps = 50
+        config.analysis.e4_switch_fractions = (0.0, 0.01, 0.05, 0.2, 1.0)
+        config.analysis.quality_classifier_steps = 500
     elif arg is not None:
         raise ValueError(f'unknown variant {arg!r} of configs/digits.py; known: smoke')
     return config
+
+
+SWEEP_NUM_TRAIN = (16, 32, 64, 128, 256, 512, 1024, 1541)   # 1541 = all after 256 held out
+
+
+def get_sweep(arg=None):
+    """The E6 sweep: one run per training-set size N, each reporting only E6 (its own
+    memorisation ratio). arg: the Ns as a comma-separated list (e.g. '16,64,256'), default
+    SWEEP_NUM_TRAIN. Used as
+        python -m launch.sweep --config=configs/digits.py[:variant] --sweep_dir=D [--sweep_arg=...]
+    """
+    sizes = SWEEP_NUM_TRAIN if arg is None else tuple(int(n) for n in str(arg).split(','))
+    return [{'data.num_train': n, 'analysis.experiments': ('e6',)} for n in sizes]

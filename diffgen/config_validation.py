@@ -6,7 +6,7 @@ import ml_collections
 
 from diffgen.errors import ConfigError
 from diffgen.networks import NETWORKS
-from diffgen.objectives import OBJECTIVES
+from diffgen.objectives import GAP_WEIGHTINGS, OBJECTIVES
 from diffgen.samplers import METHODS
 from diffgen.schedules import SCHEDULES
 
@@ -85,6 +85,9 @@ def validate(config):
     _require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1 and o.eps > 0, 'optim betas in [0,1), eps > 0')
 
     _one_of('training.objective', t.objective, OBJECTIVES)
+    _require(t.gap_max_k >= 1, 'training.gap_max_k must be >= 1')
+    _require(0.0 <= t.gap_p_zero <= 1.0, 'training.gap_p_zero must be in [0, 1]')
+    _one_of('training.gap_weighting', t.gap_weighting, GAP_WEIGHTINGS)
     _require(t.batch_size >= 1, 'training.batch_size must be >= 1')
     _require(t.num_steps >= 1 and t.steps_per_call >= 1, 'training.num_steps, steps_per_call >= 1')
     _require(t.keep_checkpoints >= 1, 'training.keep_checkpoints must be >= 1')

@@ -5,7 +5,8 @@
 
 Modes: train (train, resuming from DIR's checkpoints, then draw a sample grid), sample
 (draw samples from DIR's latest checkpoint), analyze (the generalisation report in
-DIR/report), all (train, then analyze).
+DIR/report), all (train, then analyze), compare (DIR's model against
+--other_workdir's, in DIR/report/compare).
 Bad input (config, data, workdir) is reported as one line with exit status 2.
 """
 from __future__ import annotations
@@ -18,12 +19,13 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-MODES = ('train', 'sample', 'analyze', 'all')
+MODES = ('train', 'sample', 'analyze', 'all', 'compare')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file[:argument].',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, samples, reports.')
 _MODE = flags.DEFINE_string('mode', 'all', f'One of {MODES}.')
+flags.DEFINE_string('other_workdir', None, 'The second workdir of --mode=compare.')
 
 
 def fail(message, status=2):
@@ -64,8 +66,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # progress lines are printed; keep library chatter out
     if len(argv) > 1:
         fail(f'unexpected arguments {argv[1:]}')
+    from diffgen import parallel
     from diffgen.config_validation import validate
     from diffgen.errors import TrainingDiverged, UserError
+    try:
+        parallel.initialize()  # several processes (a TPU pod, $DIFFGEN_COORDINATOR ...)
+    except ValueError as e:
+        fail(str(e))
     try:
         try:
             config = _CONFIG.value

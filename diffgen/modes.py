@@ -62,4 +62,13 @@ def all_(config, workdir):
     return state
 
 
-MODES = {'train': train, 'sample': sample, 'analyze': analyze, 'all': all_}
+def compare(config, workdir, other_workdir=None):
+    """Compares DIR's model with --other_workdir's (diffgen.compare); writes DIR/report/compare/."""
+    from absl import flags
+    from diffgen import compare as comparison
+    if other_workdir is None and 'other_workdir' in flags.FLAGS:
+        other_workdir = flags.FLAGS.other_workdir
+    return comparison.compare(config, workdir, other_workdir)
+
+
+MODES = {'train': train, 'sample': sample, 'analyze': analyze, 'all': all_, 'compare': compare}
