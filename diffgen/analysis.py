@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from diffgen import chunked, parallel, report, sampling
+from diffgen import chunked, report, sampling
 from diffgen.denoisers import network_denoiser
 from diffgen.optimal import optimal_denoiser
 from diffgen.rng import stream

@@ -8,6 +8,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from diffgen import files
 from diffgen.errors import WorkdirError
 
 # Config sections that fix what a checkpoint holds (parameter shapes, optimiser state) or
@@ -18,7 +19,8 @@ _MUTABLE_DATA_KEYS = ('data_dir',)
 
 
 def checkpoint_dir(workdir):
-    return os.path.join(os.path.abspath(workdir), 'checkpoints')
+    workdir = str(workdir)
+    return os.path.join(workdir if '://' in workdir else os.path.abspath(workdir), 'checkpoints')
 
 
 def config_path(workdir):
@@ -43,7 +45,7 @@ def _fingerprint(config_dict):
 
 def has_checkpoint(workdir):
     d = checkpoint_dir(workdir)
-    return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
+    return any(n.isdigit() for n in files.listdir(d))
 
 
 def check_compatible(workdir, config):
@@ -51,11 +53,10 @@ def check_compatible(workdir, config):
     if not has_checkpoint(workdir):
         return
     path = config_path(workdir)
-    if not os.path.exists(path):
+    if not files.exists(path):
         raise WorkdirError(f'{workdir} holds checkpoints but no config.json; '
                            'use a new --workdir')
-    with open(path) as f:
-        stored = _fingerprint(json.load(f))
+    stored = _fingerprint(json.loads(files.read_text(path)))
     current = _fingerprint(config.to_dict())
     diffs = [f'{k}: {stored.get(k)!r} -> {current.get(k)!r}'
              for k in sorted(set(stored) | set(current)) if stored.get(k) != current.get(k)]
@@ -67,9 +68,8 @@ def check_compatible(workdir, config):
 def write_config(workdir, config):
     """Stores the run's config beside its checkpoints (process 0 only)."""
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(config_path(workdir), 'w') as f:
-            json.dump(config.to_dict(), f, indent=2, default=list)
+        files.write_text(config_path(workdir),
+                         json.dumps(config.to_dict(), indent=2, default=list))
 
 
 def make_manager(workdir, keep):

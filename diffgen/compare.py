@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffgen import analysis, images, metrics, quality, report
+from diffgen import analysis, files, images, metrics, quality, report
 from diffgen.denoisers import network_denoiser
 from diffgen.errors import WorkdirError
 from diffgen.experiments.e5_reproducibility import cosine_similarity
@@ -51,10 +51,9 @@ def _tuples(value):
 def stored_config(workdir, data_dir):
     """The config stored in a workdir (config.json), reading its data from data_dir."""
     path = os.path.join(workdir, 'config.json')
-    if not os.path.exists(path):
+    if not files.exists(path):
         raise WorkdirError(f'{workdir} holds no config.json; train a model there first')
-    with open(path) as f:
-        config = ml_collections.ConfigDict(_tuples(json.load(f)))
+    config = ml_collections.ConfigDict(_tuples(json.loads(files.read_text(path))))
     config.data.data_dir = data_dir
     return config
 
@@ -124,7 +123,7 @@ def _plot_curves(times, curves, path):
     ax.set_xlabel('t')
     ax.set_ylabel('relative squared difference')
     ax.legend()
-    fig.savefig(path, dpi=100, bbox_inches='tight')
+    files.save_figure(fig, path, dpi=100, bbox_inches='tight')
     plt.close(fig)
 
 
@@ -149,7 +148,6 @@ def compare(config, workdir, other_workdir):
     pick = lambda s: s.ema_params if config.sampling.use_ema else s.params  # A's choice, both
     ctx = analysis.make_context(config, workdir, dataset, schedule, model_a, pick(state_a), mesh)
     ctx.report_dir = os.path.join(report.report_dir(workdir), 'compare')
-    os.makedirs(ctx.report_dir, exist_ok=True)
     max_k = gap_max_k(config, config_b)
     bank = bank_rows(dataset.train, BANK_DRAWS, jax.random.fold_in(ctx.rng, BANK_KEY),
                      config.optimal.chunk_size, mesh)

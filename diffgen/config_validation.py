@@ -114,6 +114,19 @@ def validate(config):
              'analysis.num_samples >= 2 and analysis.batch_size >= 1')
     _require(1 <= config.analysis.sampler_steps <= f.num_timesteps,
              f'analysis.sampler_steps must be in 1..{f.num_timesteps}')
+    an = config.analysis
+    _require(all(0.0 <= x <= 1.0 for x in an.e4_switch_fractions),
+             'analysis.e4_switch_fractions must lie in [0, 1]')
+    _require(an.quality_classifier_steps >= 1 and an.quality_k >= 1,
+             'analysis.quality_classifier_steps and quality_k must be >= 1')
+    _require(an.e5_num_steps >= 0, 'analysis.e5_num_steps must be >= 0 (0 = num_steps // 5)')
+    _require(0.0 < an.e6_threshold <= 1.0, 'analysis.e6_threshold must be in (0, 1]')
+    _require(all(n >= 1 and n % t.steps_per_call == 0 for n in an.e7_train_steps),
+             f'analysis.e7_train_steps must be positive multiples of '
+             f'training.steps_per_call={t.steps_per_call}')
+    _require(an.e7_num_sets >= 2 and an.e7_validation_num_sets >= 2 and an.e7_num_train >= 1
+             and an.e7_num_samples >= 2 and an.e7_knn_k >= 1 and an.e7_num_bootstrap >= 1,
+             'analysis.e7_* sizes out of range (K >= 2, N >= 1, M >= 2, k >= 1)')
 
     _require(config.optimal.chunk_size >= 1, 'optimal.chunk_size must be >= 1')
     _one_of('optimal.storage_dtype', config.optimal.storage_dtype, STORAGE_DTYPES)

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import os
 import time
 
 import numpy as np
 
-from diffgen import toy2d
+from diffgen import files, toy2d
 from diffgen.errors import ConfigError, DataError
 from diffgen.progress import format_seconds
 
@@ -280,10 +281,11 @@ def _npz_pool(path: str, transform: _ImageTransform) -> _ArrayPool:
     dtypes with values in 0..255; or floats, read as [0, 1] (x * 255, rounded) when no value
     is negative and as [-1, 1] (to_uint8) otherwise. Optional key 'labels': integers (N,).
     """
-    if not os.path.isfile(path):
+    if not files.exists(path):
         raise DataError(f'npz file not found: {path}')
     try:
-        archive = np.load(path, allow_pickle=False)
+        with files.open_file(path, 'rb') as f:  # local or gs:// (E5 writes its halves there)
+            archive = np.load(io.BytesIO(f.read()), allow_pickle=False)
     except (OSError, ValueError) as e:
         raise DataError(f'cannot read {path} as .npz: {e}') from e
     if not isinstance(archive, np.lib.npyio.NpzFile):

@@ -1,10 +1,12 @@
 """Pictures of samples: image grids (PNG) and, for 2-D points, scatter plots."""
 from __future__ import annotations
 
+import io
 import math
-import os
 
 import numpy as np
+
+from diffgen import files
 
 
 def grid(images, ncols=None, pad=1):
@@ -29,11 +31,12 @@ def save_grid(images, path, ncols=None, min_size=512):
     tiled = grid(images, ncols)
     scale = max(1, min_size // max(tiled.shape[:2]))
     tiled = tiled.repeat(scale, axis=0).repeat(scale, axis=1)
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    buffer = io.BytesIO()
     if tiled.shape[-1] == 1:
-        plt.imsave(path, tiled[..., 0], cmap='gray', vmin=0, vmax=255)
+        plt.imsave(buffer, tiled[..., 0], cmap='gray', vmin=0, vmax=255, format='png')
     else:
-        plt.imsave(path, tiled)
+        plt.imsave(buffer, tiled, format='png')
+    files.write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -51,8 +54,7 @@ def save_scatter(points, path, reference=None, title=None):
     ax.legend(loc='upper right')
     if title:
         ax.set_title(title)
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches='tight')
+    files.save_figure(fig, path, dpi=100, bbox_inches='tight')
     plt.close(fig)
     return path
 

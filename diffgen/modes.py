@@ -4,9 +4,8 @@ from __future__ import annotations
 import os
 
 import jax
-import numpy as np
 
-from diffgen import checkpointing, data
+from diffgen import checkpointing, data, files
 from diffgen.errors import WorkdirError
 from diffgen.train import build, check_model_fits_data, sample_and_save, train_and_evaluate
 
@@ -39,7 +38,7 @@ def sample(config, workdir):
     path = os.path.join(workdir, 'samples', f'step_{int(state.step):08d}_final.png')
     samples = sample_and_save(config, model, params, schedule, dataset, path, mesh)
     if jax.process_index() == 0:
-        np.savez(os.path.join(workdir, 'samples', 'samples.npz'), samples=samples,
+        files.save_npz(os.path.join(workdir, 'samples', 'samples.npz'), samples=samples,
                  step=int(state.step))
         print(f'wrote {len(samples)} samples ({config.sampling.method}) to {path}', flush=True)
     return samples

@@ -2,11 +2,10 @@
 curves, each written as one PNG."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
-from diffgen import images
+from diffgen import files, images
 
 
 def subplots(ncols=1, width=5.0, height=3.8):
@@ -24,8 +23,7 @@ def save(fig, path, title=None):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    fig.savefig(path, dpi=110)
+    files.save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 

@@ -9,6 +9,8 @@ import json
 import os
 from typing import Any
 
+from diffgen import files
+
 
 @dataclasses.dataclass
 class Section:
@@ -39,19 +41,13 @@ def _jsonable(value):
 def write_report(sections, directory, title, preamble=''):
     """Writes report.json ({key: numbers}) and report.md (sections with their figures).
     Existing sections of report.json that this call does not rewrite are kept."""
-    os.makedirs(directory, exist_ok=True)
     json_path = os.path.join(directory, 'report.json')
-    numbers = {}
-    if os.path.exists(json_path):
-        with open(json_path) as f:
-            numbers = json.load(f)
+    numbers = json.loads(files.read_text(json_path)) if files.exists(json_path) else {}
     numbers.update({s.key: _jsonable(s.numbers) for s in sections})
-    with open(json_path, 'w') as f:
-        json.dump(numbers, f, indent=2)
+    files.write_text(json_path, json.dumps(numbers, indent=2))
     parts = [f'# {title}\n', preamble.strip() + '\n' if preamble else '']
     for s in sections:
         parts.append(f'## {s.title}\n\n{s.markdown.strip()}\n')
         parts.extend(f'![{s.key}: {name}]({name})\n' for name in s.figures)
-    with open(os.path.join(directory, 'report.md'), 'w') as f:
-        f.write('\n'.join(p for p in parts if p))
+    files.write_text(os.path.join(directory, 'report.md'), '\n'.join(p for p in parts if p))
     return json_path

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
 import os
 import re
@@ -31,6 +32,8 @@ if __package__ in (None, ''):  # run as a script: launch/sweep.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
+
+from diffgen import files  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +50,7 @@ def run_local(main_args, log_path):
     """Runs `python -m diffgen.main MAIN_ARGS` here, from the repository root; its output
     goes to log_path and, line by line, to stdout. Returns its exit status."""
     env = dict(os.environ, PYTHONUNBUFFERED='1')
-    with open(log_path, 'w') as log:
+    with files.open_file(log_path, 'w') as log:
         process = subprocess.Popen([sys.executable, '-m', 'diffgen.main', *main_args], cwd=REPO,
                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)
@@ -63,7 +66,7 @@ def run_tpu_pod(main_args, log_path):
     gs:// --sweep_dir); its output goes to log_path and stdout. Returns its exit status."""
     pod = [os.path.join(REPO, 'launch', 'tpu_pod.sh'), f'--tpu={os.environ["DIFFGEN_TPU"]}',
            f'--zone={os.environ["DIFFGEN_TPU_ZONE"]}', '--']
-    with open(log_path, 'w') as log:
+    with files.open_file(log_path, 'w') as log:
         process = subprocess.Popen([*pod, *main_args], stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True)
         for line in process.stdout:
@@ -125,9 +128,8 @@ def collect(sweep_dir, runs):
     for name, overrides, status, seconds in runs:
         row = {'run': name, 'status': status, 'seconds': round(seconds, 1), **overrides}
         path = os.path.join(sweep_dir, name, 'report', 'report.json')
-        if os.path.exists(path):
-            with open(path) as f:
-                row.update(flatten(json.load(f)))
+        if files.exists(path):
+            row.update(flatten(json.loads(files.read_text(path))))
         rows.append(row)
     return rows
 
@@ -136,11 +138,12 @@ def write_csv(rows, path):
     columns = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    with open(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        writer.writerows({k: format_value(v) if isinstance(v, (tuple, list)) else v
-                          for k, v in row.items()} for row in rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns)
+    writer.writeheader()
+    writer.writerows({k: format_value(v) if isinstance(v, (tuple, list)) else v
+                      for k, v in row.items()} for row in rows)
+    files.write_text(path, text.getvalue())
 
 
 def sweep(config_flag, sweep_dir, sweep_arg=None, mode='all', launcher='local', extra=()):
@@ -148,7 +151,7 @@ def sweep(config_flag, sweep_dir, sweep_arg=None, mode='all', launcher='local', 
     from diffgen.experiments import e6_emm
     get_config, overrides_list = load_sweep(config_flag, sweep_arg)
     launch = LAUNCHERS[launcher]
-    os.makedirs(sweep_dir, exist_ok=True)
+    files.makedirs(sweep_dir)
     runs = []
     for i, overrides in enumerate(overrides_list):
         name = run_name(overrides)

@@ -1,7 +1,6 @@
 """DESIGN.md §1, 'why the optimum memorises': DDIM (eta = 0) with eps* returns training
 images, on the embedded digits at several training-set sizes."""
 import jax
-import numpy as np
 import pytest
 
 from diffgen import data, metrics, samplers

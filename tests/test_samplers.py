@@ -1,7 +1,6 @@
 """Samplers against Gaussian data, where the exact denoiser and each sampler's output law
 are known in closed form (tests/gaussian.py)."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -102,8 +102,8 @@ def _markdown(ctx, numbers):
             f'{numbers[o]["memorisation_ratio"][i]:.3f}' for o in ORDERS) + ' | ' + ' | '.join(
             f'{numbers[o]["fd"][i]:.2f}' for o in ORDERS) + ' |')
     diff = numbers['ends_max_abs_diff']
-    text = (f'DDIM samples from the same x_T as E1/E2 with the denoiser switched at t_switch. '
-            f'Memorised: d₁/d₂ < 1/3.\n\n' + '\n'.join(lines) + '\n\n'
+    text = ('DDIM samples from the same x_T as E1/E2 with the denoiser switched at t_switch. '
+            'Memorised: d₁/d₂ < 1/3.\n\n' + '\n'.join(lines) + '\n\n'
             f'At the ends the hybrid is one denoiser alone: its samples differ from E1\'s '
             f'ε* DDIM samples by at most {diff["optimum"]:.2g} and from E2\'s ε_θ DDIM samples '
             f'by at most {diff["network"]:.2g}.')

@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from diffgen import metrics
+from diffgen import files, metrics
 from diffgen.data import to_float
 from diffgen.errors import ConfigError, WorkdirError
 from diffgen.report import Section
@@ -79,11 +79,8 @@ def half_config(config, npz_path, steps):
 
 def _write_npz(path, images, labels):
     """Writes the half atomically (every process writes the same bytes)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f'{path}.{os.getpid()}.tmp.npz'
     arrays = {'images': images} if labels is None else {'images': images, 'labels': labels}
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    files.save_npz(path, **arrays)
 
 
 def train_halves(ctx):
@@ -118,8 +115,7 @@ def _scatter(train_a, train_b, cross, path):
     ax.set_xlabel('cos(sample, nearest training image of its half)')
     ax.set_ylabel('cos(sample of A, sample of B), same x_T')
     ax.legend(loc='lower right')
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches='tight')
+    files.save_figure(fig, path, dpi=100, bbox_inches='tight')
     plt.close(fig)
 
 

@@ -18,12 +18,13 @@ ratio-against-N table, the EMM and the plot.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 
 import numpy as np
 
-from diffgen import metrics
+from diffgen import files, metrics
 from diffgen.report import Section
 
 RESULTS = 'results.csv'
@@ -40,10 +41,9 @@ def effective_model_memorisation(num_train, ratios, threshold=0.9):
 def read_results(sweep_dir):
     """The rows of sweep_dir/results.csv (dicts of strings); [] if there is none."""
     path = os.path.join(sweep_dir, RESULTS)
-    if not os.path.exists(path):
+    if not files.exists(path):
         return []
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f))
+    return list(csv.DictReader(io.StringIO(files.read_text(path))))
 
 
 def sweep_points(rows):
@@ -68,8 +68,7 @@ def plot_emm(num_train, ratios, emm, threshold, path):
     ax.set_xlabel('training-set size N')
     ax.set_ylabel('memorisation ratio (d1/d2 < 1/3)')
     ax.legend()
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches='tight')
+    files.save_figure(fig, path, dpi=100, bbox_inches='tight')
     plt.close(fig)
     return path
 

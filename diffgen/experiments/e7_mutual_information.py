@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffgen import ensemble, images, metrics, samplers, toy2d
+from diffgen import ensemble, files, images, metrics, samplers, toy2d
 from diffgen import mutual_information as mi
 from diffgen.data import parse_source
 from diffgen.errors import ConfigError
@@ -103,8 +103,7 @@ def _plot(steps, rows, log_k, path):
     ax.set_ylabel('Î(z; S) (nats)')
     ax.set_title('empirical optimum: I = ∞ (samples are training points)', fontsize=9)
     ax.legend()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches='tight')
+    files.save_figure(fig, path, dpi=100, bbox_inches='tight')
     plt.close(fig)
 
 

@@ -1,6 +1,5 @@
 """An MLP eps_theta(x, t) for low-dimensional (toy2d) data."""
 import flax.linen as nn
-import jax.numpy as jnp
 
 from diffgen.networks.unet import timestep_embedding
 
