@@ -8,10 +8,14 @@ of L_eps: only the objective settings differ, so the two runs can be compared wi
 from configs import digits
 
 
-def get_config(arg=None):
-    config = digits.get_config(arg)
+def with_gap_objective(config):
+    """The config trained with the gap objective; nothing else changes."""
     config.training.objective = 'gap'
     config.training.gap_max_k = 100         # s = max(t - k, 0), k ~ U{1..100}
     config.training.gap_p_zero = 0.0        # no L_eps term
     config.training.gap_weighting = 'xi'    # ||c eps_theta - xi||^2: target variance 1, not 1/c^2
     return config
+
+
+def get_config(arg=None):
+    return with_gap_objective(digits.get_config(arg))
