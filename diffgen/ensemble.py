@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from diffgen.data import to_float
-from diffgen.objectives import OBJECTIVES
+from diffgen.objectives import get_objective
 from diffgen.rng import stream
-from diffgen.train_state import TrainState, create_train_state, ema_update
+from diffgen.train_state import TrainState, apply_gradients, create_train_state
 
 
 def init_states(model, tx, seed, num_models, example_shape):
@@ -33,7 +32,7 @@ def init_states(model, tx, seed, num_models, example_shape):
 def make_ensemble_train_call(config, model, tx, schedule, num_steps):
     """Jitted `call(states, train_sets) -> (states, losses (num_steps, K))` that advances
     every model k by num_steps steps on its own training set train_sets[k] (K, N, ...)."""
-    loss_fn = OBJECTIVES[config.training.objective]
+    loss_fn = get_objective(config.training)
     batch_size = config.training.batch_size
 
     def one_model_step(state: TrainState, train_set, index):
@@ -44,11 +43,7 @@ def make_ensemble_train_call(config, model, tx, schedule, num_steps):
                                                    train_set.shape[0])])
         loss, grads = jax.value_and_grad(
             lambda p: loss_fn(model.apply, p, x0, loss_key, schedule))(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = ema_update(state.ema_params, params, config.optim.ema_decay)
-        return TrainState(step=state.step + 1, params=params, ema_params=ema,
-                          opt_state=opt_state), loss
+        return apply_gradients(state, grads, tx, config.optim.ema_decay), loss
 
     def call(states, train_sets):
         indices = jnp.arange(train_sets.shape[0])

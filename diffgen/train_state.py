@@ -34,6 +34,15 @@ def create_train_state(model, tx, rng, example_shape):
                       ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
 
 
+def apply_gradients(state, grads, tx, ema_decay):
+    """One optimiser step: params <- params + tx updates, EMA updated, step + 1."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(step=state.step + 1, params=params,
+                      ema_params=ema_update(state.ema_params, params, ema_decay),
+                      opt_state=opt_state)
+
+
 def ema_update(ema, params, decay):
     """ema <- decay ema + (1 - decay) params."""
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)

@@ -21,7 +21,7 @@ from diffgen import parallel
 from diffgen.data import to_float
 from diffgen.objectives import get_objective
 from diffgen.rng import stream
-from diffgen.train_state import TrainState, ema_update
+from diffgen.train_state import TrainState, apply_gradients
 
 
 def step_keys(seed, step):
@@ -75,11 +75,7 @@ def make_train_call(config, model, tx, schedule, mesh):
             x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
             loss, grads = jax.value_and_grad(
                 lambda p: loss_fn(model.apply, p, x0, loss_key, schedule))(state.params)
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            ema = ema_update(state.ema_params, params, config.optim.ema_decay)
-            new_state = TrainState(step=state.step + 1, params=params, ema_params=ema,
-                                   opt_state=opt_state)
+            new_state = apply_gradients(state, grads, tx, config.optim.ema_decay)
             return new_state, {'loss': loss, 'grad_norm': optax.global_norm(grads)}
 
         return repeat(one_step, state, config.training.steps_per_call, config.training.unroll)
