@@ -101,8 +101,11 @@ def run(ctx):
         f'same x_T. Memorised: d₁/d₂ < 1/3; exact copy: d₁ < {metrics.EXACT_COPY_TOL:g} (RMS '
         f'per pixel). FD / precision / recall: classifier features against the held-out set.'
         f'\n\n{table(rows)}\n\n'
-        f'The optimum copies: with the deterministic samplers at least {ratio:.1%} of its '
-        f'samples are memorised, as DESIGN.md §1 predicts (the last step returns x̂₀*, a '
-        f'one-hot average of training images). Its quality is that of real training images, '
-        f'so low FD alone cannot tell copying from generalising.')
+        + (f'The optimum copies: with the deterministic samplers {ratio:.1%} or more of its '
+           f'samples are memorised, as DESIGN.md §1 predicts (the last step returns x̂₀*, a '
+           f'one-hot average of training images). Its quality is that of real training '
+           f'images, so low FD alone cannot tell copying from generalising.'
+           if ratio >= 0.99 else
+           f'Only {ratio:.1%} of the deterministic samplers\' samples are memorised, fewer than '
+           f'DESIGN.md §1 predicts (nearly all): too few sampler steps near t = 1?'))
     return Section('e1', 'E1: the optimum copies the training set', markdown, numbers, names)

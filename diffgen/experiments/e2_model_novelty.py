@@ -81,7 +81,9 @@ def run(ctx):
             f'on the training set, 0.5 + n/2N for a copier of all N).\n\n'
             f'{e1.table(novelty_rows, NOVELTY_COLUMNS)}\n')
     ratios = [numbers[m]['memorisation_ratio'] for m in e1.METHODS]
-    markdown += (f'\nThe network memorises {min(ratios):.1%} to {max(ratios):.1%} of its samples '
+    span = (f'{min(ratios):.1%}' if min(ratios) == max(ratios)
+            else f'{min(ratios):.1%} to {max(ratios):.1%}')
+    markdown += (f'\nThe network memorises {span} of its samples '
                  f'(ε* in E1: nearly all); FD / precision / recall against the real-image row '
                  f'tell whether what it makes instead are plausible images or noise.')
     return Section('e2', 'E2: novelty of the trained model', markdown, numbers, names)
