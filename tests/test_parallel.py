@@ -101,7 +101,7 @@ import jax
 import numpy as np
 
 from diffgen import analysis, modes, parallel
-from diffgen.experiments import e1_optimum_copies
+from diffgen.experiments import e1_optimum_copies, e2_model_novelty, e3_gap, e4_hybrid
 from diffgen.train import train_and_evaluate
 from tests.tiny import tiny_digits_config
 
@@ -117,7 +117,8 @@ for devices in (1, 8):
     ctx = analysis.make_context(config, WORKDIR + f'/{devices}', dataset, schedule, model,
                                 params, mesh)
     assert len(ctx.train_rows.rows.sharding.device_set) == devices
-    numbers[devices] = e1_optimum_copies.run(ctx).numbers
+    numbers[devices] = {m.__name__: m.run(ctx).numbers for m in
+                        (e1_optimum_copies, e2_model_novelty, e3_gap, e4_hybrid)}
 flat = lambda tree, p='': ({k: v for key, sub in tree.items() for k, v in
                             flat(sub, f'{p}{key}.').items()} if isinstance(tree, dict)
                            else {p[:-1]: tree})
