@@ -10,7 +10,7 @@ the parameters A's sampling.use_ema selects (EMA or raw). Measured:
       bank(t) = E‖ε̂_bank − ε*‖² / E‖ε*‖²  (the gap-bank optimum, diffgen.gap_bank);
   samples of A, B, ε* and the gap-bank optimum from the same x_T (deterministic DDIM):
       the cosine similarity of every pair, per sample, centred on the training mean μ:
-      cos(u − μ, v − μ) (diffgen.experiments.e5_reproducibility.cosine_similarity);
+      cos(u − μ, v − μ) (diffgen.metrics.cosine_similarity);
   memorisation (diffgen.metrics) of each sample set: memorisation ratio, exact-copy rate,
       novelty (d_1 to the training set against d_1 to as many held-out images);
   sample quality (diffgen.quality): Fréchet distance, precision, recall.
@@ -28,10 +28,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffgen import analysis, files, images, metrics, quality, report
+from diffgen import analysis, files, images, metrics, plots, quality, report
 from diffgen.denoisers import network_denoiser
 from diffgen.errors import WorkdirError
-from diffgen.experiments.e5_reproducibility import cosine_similarity
+from diffgen.experiments.e2_model_novelty import novelty_distances
 from diffgen.gap_bank import bank_rows, gap_bank_denoiser
 from diffgen.modes import restore_trained
 
@@ -103,19 +103,13 @@ def memorisation(samples, ctx):
     out = {'memorisation_ratio': metrics.memorisation_ratio(d1, d2),
            'exact_copy_rate': metrics.exact_copy_rate(d1)}
     if ctx.heldout_rows is not None:
-        m = ctx.heldout_rows.num_rows
-        d1_train = metrics.nearest_distance(samples, ctx.dataset.train[:m], mesh=ctx.mesh)
-        novelty = metrics.novelty(d1_train, metrics.nearest_distance(samples, ctx.heldout_rows,
-                                                                     mesh=ctx.mesh))
+        novelty = metrics.novelty(*novelty_distances(samples, ctx))
         out.update({f'novelty_{k}': v for k, v in novelty.items()})
     return out
 
 
 def _plot_curves(times, curves, path):
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax,) = plots.subplots(width=6, height=4)
     labels = {'diff': '‖ε_A − ε_B‖² / ‖ε*‖²', 'gap_A': '‖ε_A − ε*‖² / ‖ε*‖²',
               'gap_B': '‖ε_B − ε*‖² / ‖ε*‖²', 'bank': '‖ε_bank − ε*‖² / ‖ε*‖²'}
     for key, label in labels.items():
@@ -123,8 +117,7 @@ def _plot_curves(times, curves, path):
     ax.set_xlabel('t')
     ax.set_ylabel('relative squared difference')
     ax.legend()
-    files.save_figure(fig, path, dpi=100, bbox_inches='tight')
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def _table(header, rows):
@@ -164,7 +157,7 @@ def compare(config, workdir, other_workdir):
         samples[name] = ctx.sample(denoiser, 'ddim')
     centre = dataset.train.mean(axis=0)
     pairs = [(u, v) for i, u in enumerate(NAMES) for v in NAMES[i + 1:]]
-    cosines = {f'{u} vs {v}': cosine_similarity(samples[u], samples[v], centre) for u, v in pairs}
+    cosines = {f'{u} vs {v}': metrics.cosine_similarity(samples[u], samples[v], centre) for u, v in pairs}
     print('compare: memorisation and quality ...', flush=True)
     memo = {name: memorisation(s, ctx) for name, s in samples.items()}
     qual = {name: quality.quality_metrics(s, ctx) for name, s in samples.items()}

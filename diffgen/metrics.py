@@ -78,3 +78,10 @@ def gap(sq_diff, sq_opt):
     (the examples), from the per-example terms of squared_errors; NumPy float64."""
     sq_diff, sq_opt = np.asarray(sq_diff, np.float64), np.asarray(sq_opt, np.float64)
     return sq_diff.sum(axis=-1) / sq_opt.sum(axis=-1)
+
+
+def cosine_similarity(u, v, centre=0.0):
+    """Row-wise cos(u_i − μ, v_i − μ) of two batches (B, ...) flattened to vectors."""
+    u = (np.asarray(u, np.float64) - centre).reshape(len(u), -1)
+    v = (np.asarray(v, np.float64) - centre).reshape(len(v), -1)
+    return np.sum(u * v, axis=1) / (np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1))

@@ -25,20 +25,14 @@ import os
 
 import numpy as np
 
-from diffgen import files, metrics
+from diffgen import files, metrics, plots
+from diffgen.metrics import cosine_similarity
 from diffgen.data import to_float
 from diffgen.errors import ConfigError, WorkdirError
 from diffgen.report import Section
 from diffgen.train import train_and_evaluate
 
 HALVES = ('a', 'b')
-
-
-def cosine_similarity(u, v, centre=0.0):
-    """Row-wise cos(u_i − μ, v_i − μ) of two batches (B, ...) flattened to vectors."""
-    u = (np.asarray(u, np.float64) - centre).reshape(len(u), -1)
-    v = (np.asarray(v, np.float64) - centre).reshape(len(v), -1)
-    return np.sum(u * v, axis=1) / (np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1))
 
 
 def split_halves(images, labels):
@@ -104,10 +98,7 @@ def train_halves(ctx):
 
 
 def _scatter(train_a, train_b, cross, path):
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, (ax,) = plots.subplots(width=5, height=5)
     ax.scatter(train_a, cross, s=6, alpha=0.6, label='model A vs its half')
     ax.scatter(train_b, cross, s=6, alpha=0.6, label='model B vs its half')
     lo = min(np.min(train_a), np.min(train_b), np.min(cross), 0.0)
@@ -115,8 +106,7 @@ def _scatter(train_a, train_b, cross, path):
     ax.set_xlabel('cos(sample, nearest training image of its half)')
     ax.set_ylabel('cos(sample of A, sample of B), same x_T')
     ax.legend(loc='lower right')
-    files.save_figure(fig, path, dpi=100, bbox_inches='tight')
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def run(ctx):

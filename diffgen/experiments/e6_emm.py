@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from diffgen import files, metrics
+from diffgen import files, metrics, plots
 from diffgen.report import Section
 
 RESULTS = 'results.csv'
@@ -55,10 +55,7 @@ def sweep_points(rows):
 
 def plot_emm(num_train, ratios, emm, threshold, path):
     """Memorisation ratio against N (log axis), the threshold and the EMM marked."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, (ax,) = plots.subplots(width=5.5, height=4)
     ax.plot(num_train, ratios, marker='o')
     ax.axhline(threshold, ls=':', c='gray', label=f'threshold {threshold}')
     if emm is not None:
@@ -68,9 +65,7 @@ def plot_emm(num_train, ratios, emm, threshold, path):
     ax.set_xlabel('training-set size N')
     ax.set_ylabel('memorisation ratio (d1/d2 < 1/3)')
     ax.legend()
-    files.save_figure(fig, path, dpi=100, bbox_inches='tight')
-    plt.close(fig)
-    return path
+    return plots.save(fig, path)
 
 
 def write_sweep_summary(sweep_dir, rows, threshold, figure_path=None):

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffgen import ensemble, files, images, metrics, samplers, toy2d
+from diffgen import ensemble, images, metrics, plots, samplers, toy2d
 from diffgen import mutual_information as mi
 from diffgen.data import parse_source
 from diffgen.errors import ConfigError
@@ -88,12 +88,9 @@ def _validation(num_sets, num_train, num_samples, dim, k, num_bootstrap, seed, i
 
 
 def _plot(steps, rows, log_k, path):
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
     values = np.array([r['value'] for r in rows])
     err = np.array([[r['value'] - r['low'], r['high'] - r['value']] for r in rows]).T
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, (ax,) = plots.subplots(width=5.5, height=4)
     ax.errorbar(steps, values, yerr=err, marker='o', capsize=3, label='trained models')
     ax.axhline(log_k, ls=':', c='gray', label='log K (estimator bound)')
     ax.set_xscale('log')
@@ -103,8 +100,7 @@ def _plot(steps, rows, log_k, path):
     ax.set_ylabel('Î(z; S) (nats)')
     ax.set_title('empirical optimum: I = ∞ (samples are training points)', fontsize=9)
     ax.legend()
-    files.save_figure(fig, path, dpi=100, bbox_inches='tight')
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def run(ctx):
