@@ -31,8 +31,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from diffgen import chunked, optimal  # noqa: E402
-from diffgen.schedules import make_schedule  # noqa: E402
+from diffgen.optimum import chunked
+from diffgen.optimum import optimal  # noqa: E402
+from diffgen.diffusion.schedules import make_schedule  # noqa: E402
 
 BATCH = 64
 SHAPES = {'cifar': (50_000, 3072), 'large': (4_194_304, 16)}

@@ -21,15 +21,16 @@ import jax  # noqa: E402
 
 from configs import digits  # noqa: E402
 from diffgen import data, parallel  # noqa: E402
-from diffgen.train import build  # noqa: E402
-from diffgen.train_step import make_train_call  # noqa: E402
+from diffgen.training.loop import build  # noqa: E402
+from diffgen.training.step import make_train_call  # noqa: E402
 
 
 def main(steps_per_call=5, repeats=3):
     config = digits.get_config()
     config.training.steps_per_call = steps_per_call
     dataset = data.load(config)
-    schedule, model, tx, mesh, state = build(config, dataset)
+    run = build(config, dataset)
+    schedule, model, tx, mesh, state = run.schedule, run.model, run.tx, run.mesh, run.state
     images = parallel.replicate(dataset.train_images, mesh)
     calls = {}
     for unroll in (False, True):

@@ -19,6 +19,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from diffgen import modes, parallel  # noqa: E402
+from diffgen.errors import TrainingDiverged, UserError  # noqa: E402
+from diffgen.validation import validate  # noqa: E402
+
 MODES = ('train', 'sample', 'analyze', 'all', 'compare')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file[:argument].',
@@ -58,7 +62,6 @@ def parse_flags(argv):
 
 
 def run(config, workdir, mode):
-    from diffgen import modes
     return modes.MODES[mode](config, workdir)
 
 
@@ -66,9 +69,6 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # progress lines are printed; keep library chatter out
     if len(argv) > 1:
         fail(f'unexpected arguments {argv[1:]}')
-    from diffgen import parallel
-    from diffgen.config_validation import validate
-    from diffgen.errors import TrainingDiverged, UserError
     try:
         parallel.initialize()  # several processes (a TPU pod, $DIFFGEN_COORDINATOR ...)
     except ValueError as e:

@@ -148,7 +148,7 @@ def write_csv(rows, path):
 
 def sweep(config_flag, sweep_dir, sweep_arg=None, mode='all', launcher='local', extra=()):
     """Runs the sweep, writes results.csv (and emm.png); returns (rows, EMM summary or None)."""
-    from diffgen.experiments import e6_emm
+    from diffgen.analysis.experiments import e6_emm
     get_config, overrides_list = load_sweep(config_flag, sweep_arg)
     launch = LAUNCHERS[launcher]
     files.makedirs(sweep_dir)

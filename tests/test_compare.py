@@ -9,9 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from diffgen import compare
+from diffgen.analysis import compare
 from diffgen.errors import WorkdirError
-from diffgen.train import train_and_evaluate
+from diffgen.training.loop import train_and_evaluate
 from tests.tiny import override_flags, run_main, tiny_digits_config
 
 SMALL = {'analysis.num_samples': 8, 'analysis.batch_size': 8, 'analysis.sampler_steps': 5,

@@ -11,7 +11,8 @@ import pytest
 import sklearn.datasets
 
 from configs import default
-from diffgen import data, toy2d
+from diffgen import data
+from diffgen.data import toy2d
 from diffgen.errors import ConfigError, DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +65,7 @@ def test_digits_written_as_array_record_and_read_back_exactly(digits_dir, sklear
 
 
 def test_second_load_does_not_rebuild(digits_dir, monkeypatch):
-    from diffgen import digits_tfds
+    from diffgen.data import digits_tfds
     data.load(make_config(data_dir=digits_dir))
     files = os.listdir(os.path.join(digits_dir, 'diffgen_digits', '1.0.0'))
     mtimes = {f: os.path.getmtime(os.path.join(digits_dir, 'diffgen_digits', '1.0.0', f))

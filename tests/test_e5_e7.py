@@ -7,16 +7,19 @@ import numpy as np
 import pytest
 
 from configs import digits, toy2d
-from diffgen import analysis, data, parallel, report
-from diffgen.config_validation import validate
+from diffgen import data, parallel
+from diffgen.analysis.context import Context, make_context
+from diffgen.training.loop import build
+from diffgen.analysis import report
+from diffgen.validation import validate
 from diffgen.errors import ConfigError
-from diffgen.experiments import e5_reproducibility as e5
-from diffgen.experiments import e6_emm as e6
-from diffgen.experiments import e7_mutual_information as e7
+from diffgen.analysis.experiments import e5_reproducibility as e5
+from diffgen.analysis.experiments import e6_emm as e6
+from diffgen.analysis.experiments import e7_mutual_information as e7
 from diffgen.networks import get_network
-from diffgen.schedules import get_schedule
+from diffgen.diffusion.schedules import get_schedule
 from diffgen.rng import stream
-from diffgen.train_state import create_train_state, make_optimizer
+from diffgen.training.state import create_train_state, make_optimizer
 
 
 def test_cosine_similarity_hand_computed():
@@ -90,11 +93,7 @@ def test_e7_end_to_end(tmp_path):
     a.e7_train_steps, a.e7_num_bootstrap, a.e7_validation_num_sets = (20, 40), 100, 16
     validate(config)
     dataset = data.load(config)
-    schedule, model = get_schedule(config), get_network(config.model)
-    params = create_train_state(model, make_optimizer(config.optim), stream(0, 'init'),
-                                (2,)).ema_params
-    ctx = analysis.make_context(config, str(tmp_path), dataset, schedule, model, params,
-                                parallel.get_mesh())
+    ctx = make_context(config, str(tmp_path), build(config, dataset))
     section = e7.run(ctx)
     report.write_report([section], ctx.report_dir, 'test')
     numbers = json.load(open(os.path.join(ctx.report_dir, 'report.json')))['e7']
@@ -111,7 +110,7 @@ def test_e7_end_to_end(tmp_path):
 
 def test_e7_rejects_images():
     with pytest.raises(ConfigError, match='toy2d'):
-        e7.run(analysis.Context(digits.get_config(), '', '', None, None, None, None, None,
+        e7.run(Context(digits.get_config(), '', '', None, None, None, None, None,
                                 None, None, None, None))
 
 
@@ -126,12 +125,8 @@ def test_e5_end_to_end(tmp_path):
     config.analysis.sampler_steps = 5
     validate(config)
     dataset = data.load(config)
-    schedule, model = get_schedule(config), get_network(config.model)
-    params = create_train_state(model, make_optimizer(config.optim), stream(0, 'init'),
-                                dataset.image_shape).ema_params
     workdir = tmp_path / 'run'
-    ctx = analysis.make_context(config, str(workdir), dataset, schedule, model, params,
-                                parallel.get_mesh())
+    ctx = make_context(config, str(workdir), build(config, dataset))
     section = e5.run(ctx)
     n = section.numbers
     assert n['half_size'] == 20 and n['num_steps'] == 4 and n['num_samples'] == 8

@@ -8,13 +8,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffgen import analysis, data, metrics, samplers
-from diffgen.denoisers import hybrid_denoiser
-from diffgen.experiments import e1_optimum_copies as e1
-from diffgen.experiments import e2_model_novelty as e2
-from diffgen.experiments import e3_gap as e3
-from diffgen.experiments import e4_hybrid as e4
-from diffgen.train import build
+from diffgen import data
+from diffgen.analysis.context import make_context
+from diffgen.analysis import metrics
+from diffgen.diffusion import samplers
+from diffgen.diffusion.denoisers import hybrid_denoiser
+from diffgen.analysis.experiments import e1_optimum_copies as e1
+from diffgen.analysis.experiments import e2_model_novelty as e2
+from diffgen.analysis.experiments import e3_gap as e3
+from diffgen.analysis.experiments import e4_hybrid as e4
+from diffgen.analysis.experiment import EXPERIMENTS
+from diffgen.training.loop import build
 from tests.tiny import tiny_digits_config
 
 
@@ -26,14 +30,12 @@ def ctx(tmp_path_factory):
         'analysis.sampler_steps': 10, 'analysis.quality_classifier_steps': 20,
         'analysis.e4_switch_fractions': (0.5,)})
     dataset = data.load(config)
-    schedule, model, _, mesh, state = build(config, dataset)
-    return analysis.make_context(config, str(tmp_path_factory.mktemp('work')), dataset,
-                                 schedule, model, state.ema_params, mesh)
+    return make_context(config, str(tmp_path_factory.mktemp('work')), build(config, dataset))
 
 
 @pytest.fixture(scope='module')
 def sections(ctx):
-    return {m.__name__.rsplit('.', 1)[1][:2]: m.run(ctx) for m in (e1, e2, e4)}
+    return {k: EXPERIMENTS[k].run(ctx) for k in ('e1', 'e2', 'e4')}
 
 
 def test_e1_optimum_copies_with_deterministic_samplers(ctx, sections):
@@ -81,7 +83,7 @@ def test_e3_trajectory_is_the_ddim_sampler_and_gap_of_the_optimum_is_zero(ctx):
 
 
 def test_e3_section(ctx):
-    section = e3.run(ctx)
+    section = EXPERIMENTS['e3'].run(ctx)
     for key in ('gap_train', 'gap_heldout', 'gap_trajectory', 'entropy', 'max_weight'):
         assert section.numbers[key].shape == section.numbers['t'].shape
     assert np.all(section.numbers['gap_train'] >= 0)

@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffgen import samplers
-from diffgen.gap_bank import bank_rows, gap_bank_denoiser
-from diffgen.objectives import gap_coefficients
-from diffgen.schedules import make_schedule
+from diffgen.diffusion import samplers
+from diffgen.optimum.gap_bank import bank_rows, gap_bank_denoiser
+from diffgen.diffusion.objectives import gap_coefficients
+from diffgen.diffusion.schedules import make_schedule
 
 U32 = 2.0 ** -24
 

@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffgen import objectives
-from diffgen.config_validation import validate
+from diffgen.diffusion import objectives
+from diffgen.validation import validate
 from diffgen.errors import ConfigError
-from diffgen.schedules import make_schedule
+from diffgen.diffusion.schedules import make_schedule
 from tests.tiny import tiny_digits_config
 
 U32 = 2.0 ** -24

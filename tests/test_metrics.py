@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from diffgen import metrics
+from diffgen.analysis import metrics
 
 # Training set in D = 4 (distances are divided by sqrt(4) = 2).
 TRAIN = np.array([[0., 0, 0, 0], [2, 0, 0, 0], [0, 4, 0, 0]], np.float32)

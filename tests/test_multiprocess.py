@@ -16,8 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from diffgen import checkpointing, data
-from diffgen.train import build
+from diffgen import data
+from diffgen.training import checkpoints as checkpointing
+from diffgen.training.loop import build
 from tests.tiny import REPO, override_flags, tiny_digits_config
 
 STEPS = {'training.num_steps': 4, 'training.checkpoint_every': 4, 'training.log_every': 2,
@@ -53,7 +54,7 @@ def test_two_processes_train_and_one_process_restores(tmp_path):
     assert (workdir / 'samples' / 'samples.npz').exists()
 
     assert jax.process_count() == 1
-    _, _, _, _, fresh = build(config, dataset)
+    fresh = build(config, dataset).state
     manager = checkpointing.make_manager(workdir, 3)
     assert manager.all_steps() == [4]
     restored = checkpointing.restore_latest(manager, fresh)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from configs import toy2d
-from diffgen import ensemble
-from diffgen import mutual_information as mi
+from diffgen.training import ensemble
+from diffgen.analysis import mutual_information as mi
 from diffgen.networks import get_network
-from diffgen.schedules import get_schedule
-from diffgen.train_state import make_optimizer
+from diffgen.diffusion.schedules import get_schedule
+from diffgen.training.state import make_optimizer
 
 
 def test_kl_entropy_hand_computed():

@@ -9,8 +9,8 @@ the final sqrt (and division by √D) rounding: |Δd| ≤ min(√E, E/d) + 2u d.
 import numpy as np
 import pytest
 
-from diffgen import chunked
-from diffgen.neighbors import knn
+from diffgen.optimum import chunked
+from diffgen.optimum.neighbors import knn
 
 U32 = 2.0 ** -24
 

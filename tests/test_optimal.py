@@ -31,9 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffgen import chunked, optimal, samplers
-from diffgen.neighbors import knn
-from diffgen.schedules import make_schedule
+from diffgen.optimum import chunked
+from diffgen.optimum import optimal
+from diffgen.diffusion import samplers
+from diffgen.optimum.neighbors import knn
+from diffgen.diffusion.schedules import make_schedule
 
 U32 = 2.0 ** -24
 U_BF16 = 2.0 ** -8

@@ -3,9 +3,11 @@ images, on the embedded digits at several training-set sizes."""
 import jax
 import pytest
 
-from diffgen import data, metrics, samplers
-from diffgen.optimal import optimal_denoiser
-from diffgen.schedules import make_schedule
+from diffgen import data
+from diffgen.analysis import metrics
+from diffgen.diffusion import samplers
+from diffgen.optimum.optimal import optimal_denoiser
+from diffgen.diffusion.schedules import make_schedule
 from tests.tiny import tiny_digits_config
 
 

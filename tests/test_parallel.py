@@ -62,15 +62,16 @@ import jax
 import numpy as np
 
 from diffgen import data, parallel
-from diffgen.train import build, place_training_set
-from diffgen.train_step import draw_batch, make_train_call, step_keys
+from diffgen.training.loop import build, place_training_set
+from diffgen.training.step import draw_batch, make_train_call, step_keys
 from tests.tiny import tiny_digits_config
 
 assert jax.device_count() == 8
 config = tiny_digits_config(DATA_DIR, **{'training.steps_per_call': 20, 'training.unroll': False,
                                          'optim.eps': 1.0})
 dataset = data.load(config)
-schedule, model, tx, _, initial = build(config, dataset)
+run = build(config, dataset)
+schedule, model, tx, initial = run.schedule, run.model, run.tx, run.state
 initial = jax.device_get(initial)
 params, batches = {}, {}
 for devices in (1, 8):
@@ -100,25 +101,27 @@ ANALYZE = """
 import jax
 import numpy as np
 
-from diffgen import analysis, modes, parallel
-from diffgen.experiments import e1_optimum_copies, e2_model_novelty, e3_gap, e4_hybrid
-from diffgen.train import train_and_evaluate
+import dataclasses
+
+from diffgen import parallel
+from diffgen.analysis import runner  # registers the experiments
+from diffgen.analysis.context import make_context
+from diffgen.analysis.experiment import EXPERIMENTS
+from diffgen.training.loop import restore_trained, train_and_evaluate
 from tests.tiny import tiny_digits_config
 
 config = tiny_digits_config(DATA_DIR, **{
     'training.num_steps': 4, 'analysis.num_samples': 16, 'analysis.batch_size': 16,
     'analysis.sampler_steps': 5, 'analysis.quality_classifier_steps': 20})
 train_and_evaluate(config, WORKDIR)
-dataset, schedule, model, _, state = modes.restore_trained(config, WORKDIR)
+run = restore_trained(config, WORKDIR)
 numbers = {}
 for devices in (1, 8):
     mesh = parallel.get_mesh(devices)
-    params = parallel.replicate(jax.device_get(state.ema_params), mesh)
-    ctx = analysis.make_context(config, WORKDIR + f'/{devices}', dataset, schedule, model,
-                                params, mesh)
+    state = parallel.replicate(jax.device_get(run.state), mesh)
+    ctx = make_context(config, WORKDIR + f'/{devices}', dataclasses.replace(run, mesh=mesh, state=state))
     assert len(ctx.train_rows.rows.sharding.device_set) == devices
-    numbers[devices] = {m.__name__: m.run(ctx).numbers for m in
-                        (e1_optimum_copies, e2_model_novelty, e3_gap, e4_hybrid)}
+    numbers[devices] = {k: EXPERIMENTS[k].run(ctx).numbers for k in ('e1', 'e2', 'e3', 'e4')}
 flat = lambda tree, p='': ({k: v for key, sub in tree.items() for k, v in
                             flat(sub, f'{p}{key}.').items()} if isinstance(tree, dict)
                            else {p[:-1]: tree})

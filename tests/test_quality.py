@@ -6,7 +6,8 @@ import types
 import numpy as np
 import pytest
 
-from diffgen import data, quality
+from diffgen import data
+from diffgen.analysis import quality
 from tests.tiny import tiny_digits_config
 
 

@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from diffgen import samplers
+from diffgen.diffusion import samplers
 from diffgen.errors import ConfigError
-from diffgen.schedules import make_schedule
+from diffgen.diffusion.schedules import make_schedule
 from tests.gaussian import closed_form_denoiser, exact_output_law
 
 MU = np.array([0.5, -0.3, 0.0], np.float32)

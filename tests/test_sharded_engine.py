@@ -22,8 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from diffgen import chunked, neighbors, optimal, parallel
-from diffgen.schedules import make_schedule
+from diffgen import parallel
+from diffgen.optimum import chunked
+from diffgen.optimum import neighbors
+from diffgen.optimum import optimal
+from diffgen.diffusion.schedules import make_schedule
 
 assert jax.device_count() == 8, jax.devices()
 mesh = parallel.get_mesh()

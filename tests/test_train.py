@@ -4,10 +4,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffgen import checkpointing, data, objectives, parallel
+from diffgen import data, parallel
+from diffgen.training import checkpoints as checkpointing
+from diffgen.diffusion import objectives
 from diffgen.errors import TrainingDiverged
-from diffgen.train import build, train_and_evaluate
-from diffgen.train_step import make_train_call
+from diffgen.training.loop import build, train_and_evaluate
+from diffgen.training.step import make_train_call
 from tests.tiny import tiny_digits_config
 
 
@@ -40,7 +42,8 @@ def test_resume_gives_identical_parameters(data_dir, tmp_path):
 def test_train_call_compiles_once(data_dir):
     config = tiny_digits_config(data_dir)
     dataset = data.load(config)
-    schedule, model, tx, mesh, state = build(config, dataset)
+    run = build(config, dataset)
+    schedule, model, tx, mesh, state = run.schedule, run.model, run.tx, run.mesh, run.state
     train_call = make_train_call(config, model, tx, schedule, mesh)
     images = parallel.replicate(dataset.train_images, mesh)
     for _ in range(3):

@@ -28,12 +28,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffgen import analysis, files, images, metrics, plots, quality, report
-from diffgen.denoisers import network_denoiser
+from diffgen import files
+from diffgen.analysis.context import make_context
+from diffgen import figures
+from diffgen.analysis import metrics
+from diffgen.analysis import quality
+from diffgen.analysis import report
+from diffgen.diffusion.denoisers import network_denoiser
 from diffgen.errors import WorkdirError
-from diffgen.experiments.e2_model_novelty import novelty_distances
-from diffgen.gap_bank import bank_rows, gap_bank_denoiser
-from diffgen.modes import restore_trained
+from diffgen.optimum.gap_bank import bank_rows, gap_bank_denoiser
+from diffgen.training.loop import restore_trained
 
 BANK_DRAWS = 16
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)  # t / T
@@ -103,13 +107,13 @@ def memorisation(samples, ctx):
     out = {'memorisation_ratio': metrics.memorisation_ratio(d1, d2),
            'exact_copy_rate': metrics.exact_copy_rate(d1)}
     if ctx.heldout_rows is not None:
-        novelty = metrics.novelty(*novelty_distances(samples, ctx))
+        novelty = metrics.novelty(*ctx.novelty_distances(samples, ctx))
         out.update({f'novelty_{k}': v for k, v in novelty.items()})
     return out
 
 
 def _plot_curves(times, curves, path):
-    fig, (ax,) = plots.subplots(width=6, height=4)
+    fig, (ax,) = figures.subplots(width=6, height=4)
     labels = {'diff': '‖ε_A − ε_B‖² / ‖ε*‖²', 'gap_A': '‖ε_A − ε*‖² / ‖ε*‖²',
               'gap_B': '‖ε_B − ε*‖² / ‖ε*‖²', 'bank': '‖ε_bank − ε*‖² / ‖ε*‖²'}
     for key, label in labels.items():
@@ -117,7 +121,7 @@ def _plot_curves(times, curves, path):
     ax.set_xlabel('t')
     ax.set_ylabel('relative squared difference')
     ax.legend()
-    plots.save(fig, path)
+    figures.save(fig, path)
 
 
 def _table(header, rows):
@@ -133,18 +137,18 @@ def compare(config, workdir, other_workdir):
     config_b = stored_config(other_workdir, config.data.data_dir)
     if config_b.diffusion.to_dict() != config.diffusion.to_dict():
         raise WorkdirError(f'{other_workdir} used another forward process; cannot compare')
-    dataset, schedule, model_a, mesh, state_a = restore_trained(config, workdir)
-    dataset_b, _, model_b, _, state_b = restore_trained(config_b, other_workdir)
-    if not np.array_equal(dataset.train_images, dataset_b.train_images):
+    run_a = restore_trained(config, workdir)
+    run_b = restore_trained(config_b, other_workdir)
+    dataset, schedule, mesh = run_a.dataset, run_a.schedule, run_a.mesh
+    if not np.array_equal(dataset.train_images, run_b.dataset.train_images):
         raise WorkdirError(f'{workdir} and {other_workdir} were trained on different '
                            'training sets; cannot compare')
-    pick = lambda s: s.ema_params if config.sampling.use_ema else s.params  # A's choice, both
-    ctx = analysis.make_context(config, workdir, dataset, schedule, model_a, pick(state_a), mesh)
+    ctx = make_context(config, workdir, run_a)
     ctx.report_dir = os.path.join(report.report_dir(workdir), 'compare')
     max_k = gap_max_k(config, config_b)
     bank = bank_rows(dataset.train, BANK_DRAWS, jax.random.fold_in(ctx.rng, BANK_KEY),
                      config.optimal.chunk_size, mesh)
-    denoisers = {'A': ctx.network(), 'B': network_denoiser(model_b, pick(state_b)),
+    denoisers = {'A': ctx.network(), 'B': network_denoiser(run_b.model, run_b.params(config.sampling.use_ema)),
                  'eps*': ctx.optimum(), 'gap bank': gap_bank_denoiser(bank, schedule, max_k)}
 
     T = schedule.num_timesteps
@@ -163,11 +167,11 @@ def compare(config, workdir, other_workdir):
     qual = {name: quality.quality_metrics(s, ctx) for name, s in samples.items()}
 
     _plot_curves(times, curves, ctx.figure_path('compare_eps.png'))
-    figures = ['compare_eps.png']
+    figure_names = ['compare_eps.png']
     if dataset.is_image:
         rows = np.concatenate([samples[name][:16] for name in NAMES])
-        images.save_grid(rows, ctx.figure_path('compare_samples.png'), ncols=16)
-        figures.append('compare_samples.png')
+        figures.save_grid(rows, ctx.figure_path('compare_samples.png'), ncols=16)
+        figure_names.append('compare_samples.png')
 
     objectives = {'A': _objective(config), 'B': _objective(config_b)}
     numbers = {
@@ -182,7 +186,7 @@ def compare(config, workdir, other_workdir):
         'sampler': f'ddim, {config.analysis.sampler_steps} steps',
     }
     section = report.Section('compare', f'Comparison: A ({objectives["A"]}) vs B '
-                             f'({objectives["B"]})', _markdown(numbers), numbers, figures)
+                             f'({objectives["B"]})', _markdown(numbers), numbers, figure_names)
     if jax.process_index() == 0:
         report.write_report([section], ctx.report_dir, f'diffgen comparison: {workdir} vs '
                             f'{other_workdir}')

@@ -43,6 +43,12 @@ def apply_gradients(state, grads, tx, ema_decay):
                       opt_state=opt_state)
 
 
+def sampling_params(state, use_ema):
+    """The parameters a run samples with: the EMA ones (use_ema, config.sampling.use_ema) or
+    the raw ones. The one place this choice is made."""
+    return state.ema_params if use_ema else state.params
+
+
 def ema_update(ema, params, decay):
     """ema <- decay ema + (1 - decay) params."""
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)

@@ -1,7 +1,6 @@
-"""--mode=analyze: restores the trained model and runs the report's experiments on it.
+"""What the report's experiments share, prepared once: the Context.
 
-Every experiment is a function `run(ctx: Context) -> report.Section` in diffgen/experiments;
-the Context holds what they share, prepared once: the data, the schedule, the trained network
+The Context holds, prepared once: the data, the schedule, the trained network
 (EMA parameters), the training and held-out sets as chunked rows for the empirical-optimum /
 nearest-neighbour engine, and one fixed batch of initial noise x_T so that every sampler and
 denoiser is compared sample by sample.
@@ -9,29 +8,17 @@ denoiser is compared sample by sample.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
-import time
 
 import jax
 import numpy as np
 
-from diffgen import chunked, report, sampling
-from diffgen.denoisers import network_denoiser
-from diffgen.optimal import optimal_denoiser
+from diffgen.optimum import chunked
+from diffgen.analysis import metrics, report
+from diffgen.diffusion import samplers
+from diffgen.diffusion.denoisers import network_denoiser
+from diffgen.optimum.optimal import optimal_denoiser
 from diffgen.rng import stream
-
-# key -> module in diffgen.experiments with run(ctx) -> Section
-EXPERIMENTS = {
-    'e1': 'e1_optimum_copies',
-    'e2': 'e2_model_novelty',
-    'e3': 'e3_gap',
-    'e4': 'e4_hybrid',
-    'e5': 'e5_reproducibility',
-    'e6': 'e6_emm',
-    'e7': 'e7_mutual_information',
-}
-
 
 @dataclasses.dataclass
 class Context:
@@ -63,42 +50,34 @@ class Context:
         s.method = method
         s.num_steps = 0 if method == 'ddpm' else (num_steps or self.config.analysis.sampler_steps)
         s.eta = eta
-        return sampling.generate(denoiser, self.schedule, self.x_T if x_T is None else x_T, s,
+        return samplers.generate(denoiser, self.schedule, self.x_T if x_T is None else x_T, s,
                                  jax.random.fold_in(self.rng, key), self.mesh,
                                  self.config.analysis.batch_size)
+
+    def novelty_distances(self, samples):
+        """(d_1 to the first n training images, d_1 to the n held-out images), n = held-out
+        size (diffgen.analysis.metrics.novelty compares the two)."""
+        n = self.heldout_rows.num_rows
+        o = self.config.optimal
+        train_rows = chunked.prepare_rows(self.dataset.train[:n], o.chunk_size, o.storage_dtype,
+                                          self.mesh)
+        return (metrics.nearest_distance(samples, train_rows),
+                metrics.nearest_distance(samples, self.heldout_rows))
 
     def figure_path(self, name):
         return os.path.join(self.report_dir, name)
 
 
-def make_context(config, workdir, dataset, schedule, model, params, mesh):
+def make_context(config, workdir, run):
+    """The Context of a trained (or restored) training.loop.Run: its sampling parameters
+    (config.sampling.use_ema), the training and held-out sets prepared for the engine, x_T."""
     a, o = config.analysis, config.optimal
+    dataset, mesh = run.dataset, run.mesh
     prepare = lambda x: chunked.prepare_rows(x, o.chunk_size, o.storage_dtype, mesh)
     heldout = dataset.heldout
     rng = stream(config.seed, 'analysis')
-    x_T = sampling.initial_noise(jax.random.fold_in(rng, 0), a.num_samples,
+    x_T = samplers.initial_noise(jax.random.fold_in(rng, 0), a.num_samples,
                                  dataset.image_shape, a.batch_size)
-    return Context(config, workdir, report.report_dir(workdir), dataset, schedule, model,
-                   params, mesh, prepare(dataset.train),
+    return Context(config, workdir, report.report_dir(workdir), dataset, run.schedule, run.model,
+                   run.params(config.sampling.use_ema), mesh, prepare(dataset.train),
                    prepare(heldout) if len(heldout) else None, x_T, rng)
-
-
-def run_experiments(ctx, keys):
-    """Runs the experiments in order (progress per experiment) and writes the report."""
-    sections = []
-    for i, key in enumerate(keys):
-        module = importlib.import_module(f'diffgen.experiments.{EXPERIMENTS[key]}')
-        start = time.perf_counter()
-        print(f'analysis {i + 1}/{len(keys)}: {key} ...', flush=True)
-        sections.append(module.run(ctx))
-        print(f'analysis {i + 1}/{len(keys)}: {key} done in {time.perf_counter() - start:.0f}s',
-              flush=True)
-        if jax.process_index() == 0:  # the report so far, so nothing is lost on a crash
-            report.write_report(sections, ctx.report_dir, _title(ctx))
-    return sections
-
-
-def _title(ctx):
-    c = ctx.config
-    return (f'diffgen report: {c.data.source}, N = {ctx.dataset.train_images.shape[0]}, '
-            f'{c.model.name}, {c.training.num_steps} steps')

@@ -16,9 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffgen import metrics, plots, samplers
-from diffgen.optimal import optimal_eps, optimal_stats
-from diffgen.report import Section
+from diffgen.analysis import metrics
+from diffgen import figures
+from diffgen.diffusion import samplers
+from diffgen.optimum.optimal import optimal_eps, optimal_stats
+from diffgen.analysis.experiment import Experiment, register
+from diffgen.analysis.report import Section
 
 _NOISE_KEY = 21                       # ctx.rng fold_in constant of E3's forward-process noise
 TABLE_TIMES = (1, 10, 50, 100, 250, 500, 1000)   # per 1000 steps: rows of the table
@@ -88,7 +91,7 @@ def measure(ctx):
 
 
 def _figure(ctx, numbers):
-    fig, (ax_gap, ax_post) = plots.subplots(2, width=5.5, height=4.2)
+    fig, (ax_gap, ax_post) = figures.subplots(2, width=5.5, height=4.2)
     t = numbers['t']
     labels = {'gap_train': 'forward process, training images',
               'gap_heldout': 'forward process, held-out images',
@@ -117,7 +120,7 @@ def _figure(ctx, numbers):
     ax_post.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc='center left')
     ax_post.set_title("optimal posterior along the model's trajectories")
     name = 'e3_gap.png'
-    plots.save(fig, ctx.figure_path(name), 'E3: the slight difference (sample means per t)')
+    figures.save(fig, ctx.figure_path(name), 'E3: the slight difference (sample means per t)')
     return name
 
 
@@ -164,3 +167,7 @@ def run(ctx):
                  f'the trajectories).')
     return Section('e3', 'E3: the gap between the network and the optimum', text, numbers,
                    [name])
+
+
+register(Experiment('e3', 'E3: the gap between the network and the optimum', measure=lambda ctx, cfg: run(ctx),
+                    render=lambda section, ctx: section))  # TRANSITIONAL

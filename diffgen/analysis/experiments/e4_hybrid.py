@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffgen.denoisers import hybrid_denoiser
+from diffgen.diffusion.denoisers import hybrid_denoiser
 from diffgen.errors import ConfigError
-from diffgen.experiments import e1_optimum_copies as e1
-from diffgen.experiments import e2_model_novelty as e2
-from diffgen import plots
-from diffgen.report import Section
+from diffgen.analysis.experiments import e1_optimum_copies as e1
+from diffgen.analysis.experiments import e2_model_novelty as e2
+from diffgen import figures
+from diffgen.analysis.experiment import Experiment, register
+from diffgen.analysis.report import Section
 
 ORDERS = ('optimum_first', 'network_first')
 LABELS = {'optimum_first': 'ε* for t > t_switch, then ε_θ',
@@ -69,7 +70,7 @@ def run(ctx):
 
 
 def _figure(ctx, numbers):
-    fig, (ax_mem, ax_fd) = plots.subplots(2, width=5.0)
+    fig, (ax_mem, ax_fd) = figures.subplots(2, width=5.0)
     t = numbers['t_switch']
     for order in ORDERS:
         ax_mem.plot(t, numbers[order]['memorisation_ratio'], marker='o', label=LABELS[order])
@@ -87,7 +88,7 @@ def _figure(ctx, numbers):
     ax_mem.set_title('memorisation')
     ax_fd.set_title('sample quality')
     name = 'e4_hybrid.png'
-    plots.save(fig, ctx.figure_path(name),
+    figures.save(fig, ctx.figure_path(name),
                f'E4: hybrid DDIM ({ctx.config.analysis.sampler_steps} steps), same x_T')
     return name
 
@@ -116,3 +117,7 @@ def _markdown(ctx, numbers):
         text += (': whether a sample is a copy is decided in the last, small-t steps.'
                  if max(first[0], last[0]) <= t[-1] // 10 else '.')
     return text
+
+
+register(Experiment('e4', 'E4: hybrid sampling locates where the model stops copying', measure=lambda ctx, cfg: run(ctx),
+                    render=lambda section, ctx: section))  # TRANSITIONAL

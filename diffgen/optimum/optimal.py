@@ -32,7 +32,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from diffgen import chunked, conversions, parallel
+from diffgen import parallel
+from diffgen.optimum import chunked
+from diffgen.diffusion import conversions
 
 
 class SoftmaxState(NamedTuple):

@@ -25,12 +25,15 @@ import os
 
 import numpy as np
 
-from diffgen import files, metrics, plots
-from diffgen.metrics import cosine_similarity
+from diffgen import files
+from diffgen.analysis import metrics
+from diffgen import figures
+from diffgen.analysis.metrics import cosine_similarity
 from diffgen.data import to_float
 from diffgen.errors import ConfigError, WorkdirError
-from diffgen.report import Section
-from diffgen.train import train_and_evaluate
+from diffgen.analysis.experiment import Experiment, register
+from diffgen.analysis.report import Section
+from diffgen.training.loop import train_and_evaluate
 
 HALVES = ('a', 'b')
 
@@ -98,7 +101,7 @@ def train_halves(ctx):
 
 
 def _scatter(train_a, train_b, cross, path):
-    fig, (ax,) = plots.subplots(width=5, height=5)
+    fig, (ax,) = figures.subplots(width=5, height=5)
     ax.scatter(train_a, cross, s=6, alpha=0.6, label='model A vs its half')
     ax.scatter(train_b, cross, s=6, alpha=0.6, label='model B vs its half')
     lo = min(np.min(train_a), np.min(train_b), np.min(cross), 0.0)
@@ -106,7 +109,7 @@ def _scatter(train_a, train_b, cross, path):
     ax.set_xlabel('cos(sample, nearest training image of its half)')
     ax.set_ylabel('cos(sample of A, sample of B), same x_T')
     ax.legend(loc='lower right')
-    plots.save(fig, path)
+    figures.save(fig, path)
 
 
 def run(ctx):
@@ -150,3 +153,7 @@ def run(ctx):
         f'{n["memorisation_ratio_a"]:.3f}, B {n["memorisation_ratio_b"]:.3f}.'])
     return Section('e5', 'E5: reproducibility across disjoint training sets', markdown,
                    numbers, [os.path.basename(path)])
+
+
+register(Experiment('e5', 'E5: reproducibility across disjoint training sets', measure=lambda ctx, cfg: run(ctx),
+                    render=lambda section, ctx: section))  # TRANSITIONAL

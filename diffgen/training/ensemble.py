@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from diffgen.data import to_float
-from diffgen.objectives import get_objective
+from diffgen.diffusion.objectives import get_objective
 from diffgen.rng import stream
-from diffgen.train_state import TrainState, apply_gradients, create_train_state
+from diffgen.training.state import TrainState, apply_gradients, create_train_state
 
 
 def init_states(model, tx, seed, num_models, example_shape):

@@ -31,7 +31,8 @@ import time
 
 import numpy as np
 
-from diffgen import files, toy2d
+from diffgen import files
+from diffgen.data import toy2d
 from diffgen.errors import ConfigError, DataError
 from diffgen.progress import format_seconds
 
@@ -137,7 +138,7 @@ def load(config, train_rows=None) -> Dataset:
         tfds = _import_tfds()
         name = arg
         if kind == 'digits':
-            from diffgen import digits_tfds
+            from diffgen.data import digits_tfds
             digits_tfds.prepare(root)
             name = digits_tfds.NAME
         train_pool = _TfdsPool(tfds, name, cfg.train_split, root, transform)

@@ -33,8 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffgen import chunked, optimal
-from diffgen.objectives import gap_coefficients
+from diffgen.optimum import chunked
+from diffgen.optimum import optimal
+from diffgen.diffusion.objectives import gap_coefficients
 
 
 def bank_rows(train_set, num_draws, rng, chunk_size=2048, mesh=None):

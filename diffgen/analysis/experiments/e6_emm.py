@@ -24,8 +24,11 @@ import os
 
 import numpy as np
 
-from diffgen import files, metrics, plots
-from diffgen.report import Section
+from diffgen import files
+from diffgen.analysis import metrics
+from diffgen import figures
+from diffgen.analysis.experiment import Experiment, register
+from diffgen.analysis.report import Section
 
 RESULTS = 'results.csv'
 FIGURE = 'emm.png'
@@ -55,7 +58,7 @@ def sweep_points(rows):
 
 def plot_emm(num_train, ratios, emm, threshold, path):
     """Memorisation ratio against N (log axis), the threshold and the EMM marked."""
-    fig, (ax,) = plots.subplots(width=5.5, height=4)
+    fig, (ax,) = figures.subplots(width=5.5, height=4)
     ax.plot(num_train, ratios, marker='o')
     ax.axhline(threshold, ls=':', c='gray', label=f'threshold {threshold}')
     if emm is not None:
@@ -65,7 +68,7 @@ def plot_emm(num_train, ratios, emm, threshold, path):
     ax.set_xlabel('training-set size N')
     ax.set_ylabel('memorisation ratio (d1/d2 < 1/3)')
     ax.legend()
-    return plots.save(fig, path)
+    return figures.save(fig, path)
 
 
 def write_sweep_summary(sweep_dir, rows, threshold, figure_path=None):
@@ -92,7 +95,7 @@ def run(ctx):
     lines = [f'This run (N = {n}): memorisation ratio {ratio:.3f} '
              f'(± {numbers["memorisation_ratio_se"]:.3f}) of {len(samples)} DDIM samples, '
              f'exact-copy rate {numbers["exact_copy_rate"]:.3f}.']
-    figures = []
+    figure_names = []
     summary = None
     if a.e6_sweep_dir:
         summary = write_sweep_summary(a.e6_sweep_dir, read_results(a.e6_sweep_dir),
@@ -111,6 +114,10 @@ def run(ctx):
                   '| --- | --- |', *(f'| {k} | {r:.3f} |' for k, r in zip(num_train, ratios)),
                   '', f'EMM (largest N with ratio ≥ {a.e6_threshold}): '
                   f'{emm if emm is not None else f"none (no N reaches {a.e6_threshold})"}.']
-        figures.append(FIGURE)
+        figure_names.append(FIGURE)
     return Section('e6', 'E6: effective model memorisation', '\n'.join(lines), numbers,
-                   figures)
+                   figure_names)
+
+
+register(Experiment('e6', 'E6: effective model memorisation', measure=lambda ctx, cfg: run(ctx),
+                    render=lambda section, ctx: section))  # TRANSITIONAL

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffgen import metrics, plots, quality
-from diffgen.report import Section
+from diffgen.analysis import metrics
+from diffgen import figures
+from diffgen.analysis import quality
+from diffgen.analysis.experiment import Experiment, register
+from diffgen.analysis.report import Section
 
 METHODS = ('ddim', 'heun', 'ddpm')
 SHOWN = 16          # samples shown in the nearest-neighbour figure
@@ -55,7 +58,7 @@ def table(rows, columns=COLUMNS):
     return '\n'.join(lines)
 
 
-def figures(ctx, prefix, title, samples, d1):
+def nearest_figures(ctx, prefix, title, samples, d1):
     """<prefix>_nearest.png (samples above their nearest training images, or a scatter for
     points) and <prefix>_d1.png (histogram of d_1 per sampler); returns their names."""
     train = ctx.dataset.train
@@ -65,20 +68,20 @@ def figures(ctx, prefix, title, samples, d1):
         for method, x in samples.items():
             _, _, nearest = metrics.nearest_two(x[:SHOWN], ctx.train_rows)
             rows += [(f'{method} sample', x[:SHOWN]), ('nearest training', train[nearest])]
-        plots.image_rows(rows, ctx.figure_path(names[0]),
+        figures.image_rows(rows, ctx.figure_path(names[0]),
                          f'{title}: samples (from the same x_T) and their nearest training images')
     else:
-        fig, axes = plots.subplots(len(samples), width=4.0, height=4.0)
+        fig, axes = figures.subplots(len(samples), width=4.0, height=4.0)
         for ax, (method, x) in zip(axes, samples.items()):
             ax.scatter(train[:, 0], train[:, 1], s=4, c='tab:gray', label='training set')
             ax.scatter(x[:, 0], x[:, 1], s=4, c='tab:blue', label=f'{method} samples')
             ax.set_aspect('equal')
             ax.legend(fontsize=8)
-        plots.save(fig, ctx.figure_path(names[0]), f'{title}: samples and the training set')
-    fig, (ax,) = plots.subplots(1, width=6.0)
-    plots.histogram(ax, {m: d1[m] for m in samples}, 'd₁: distance to the nearest training '
+        figures.save(fig, ctx.figure_path(names[0]), f'{title}: samples and the training set')
+    fig, (ax,) = figures.subplots(1, width=6.0)
+    figures.histogram(ax, {m: d1[m] for m in samples}, 'd₁: distance to the nearest training '
                     'image (RMS per pixel)\nexact copies (d₁ < 1e-4) in the first bin', log_x=True)
-    plots.save(fig, ctx.figure_path(names[1]), f'{title}: distance to the training set')
+    figures.save(fig, ctx.figure_path(names[1]), f'{title}: distance to the training set')
     return names
 
 
@@ -89,7 +92,7 @@ def run(ctx):
         samples[method] = ctx.sample(optimum, method, key=SAMPLE_KEYS[method])
         numbers[method], d1[method], _ = measure(samples[method], ctx)
     numbers['real_training_images'] = reference_quality(ctx)
-    names = figures(ctx, 'e1', 'E1 (ε*)', samples, d1)
+    names = nearest_figures(ctx, 'e1', 'E1 (ε*)', samples, d1)
     steps = ctx.config.analysis.sampler_steps
     rows = [(f'ε*, {m}' + ('' if m == 'ddpm' else f' ({steps} steps)'), numbers[m])
             for m in METHODS]
@@ -109,3 +112,7 @@ def run(ctx):
            f'Only {ratio:.1%} of the deterministic samplers\' samples are memorised, fewer than '
            f'DESIGN.md §1 predicts (nearly all): too few sampler steps near t = 1?'))
     return Section('e1', 'E1: the optimum copies the training set', markdown, numbers, names)
+
+
+register(Experiment('e1', 'E1: the optimum copies the training set', measure=lambda ctx, cfg: run(ctx),
+                    render=lambda section, ctx: section))  # TRANSITIONAL

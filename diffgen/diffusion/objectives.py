@@ -9,7 +9,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from diffgen.conversions import diffuse, per_example
+from diffgen.diffusion.conversions import diffuse, per_example
 
 GAP_WEIGHTINGS = ('eps', 'xi')
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffgen.neighbors import knn
+from diffgen.optimum.neighbors import knn
 
 MEMORISED_RATIO = 1.0 / 3.0
 EXACT_COPY_TOL = 1e-3

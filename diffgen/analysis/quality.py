@@ -32,8 +32,8 @@ import numpy as np
 import optax
 
 from diffgen import data
-from diffgen.neighbors import knn
-from diffgen.train_step import repeat
+from diffgen.optimum.neighbors import knn
+from diffgen.training.step import repeat
 
 CLASSIFIER_BATCH = 128
 CLASSIFIER_LR = 1e-3

@@ -21,7 +21,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from diffgen import chunked, parallel
+from diffgen import parallel
+from diffgen.optimum import chunked
 
 _NO_INDEX = jnp.iinfo(jnp.int32).max   # index of the initial +inf entries: loses every tie
 

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import default
+from diffgen.analysis.experiment import EXPERIMENTS
+from diffgen.analysis import runner  # noqa: F401 -- registers the built-in experiments
 from diffgen.errors import ConfigError
 from diffgen.networks import NETWORKS
-from diffgen.objectives import GAP_WEIGHTINGS, OBJECTIVES
-from diffgen.samplers import METHODS
-from diffgen.schedules import SCHEDULES
+from diffgen.diffusion.objectives import GAP_WEIGHTINGS, OBJECTIVES
+from diffgen.diffusion.samplers import METHODS
+from diffgen.diffusion.schedules import SCHEDULES
 
 SOURCE_FORMS = ('digits', 'toy2d:<name>', 'tfds:<name>', 'npz:<path>')
 STORAGE_DTYPES = ('float32', 'bfloat16')
 
 
 def _default_config():
-    from configs import default
     return default.get_config()
 
 
@@ -107,7 +109,6 @@ def validate(config):
     _require(0.0 <= s.eta <= 1.0, 'sampling.eta must be in [0, 1]')
     _require(s.num_samples >= 1 and s.batch_size >= 1, 'sampling.num_samples, batch_size >= 1')
 
-    from diffgen.analysis import EXPERIMENTS
     for key in config.analysis.experiments:
         _one_of('analysis.experiments entry', key, EXPERIMENTS)
     _require(config.analysis.num_samples >= 2 and config.analysis.batch_size >= 1,

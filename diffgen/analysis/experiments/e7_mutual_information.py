@@ -28,14 +28,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffgen import ensemble, images, metrics, plots, samplers, toy2d
-from diffgen import mutual_information as mi
+from diffgen.training import ensemble
+from diffgen import figures
+from diffgen.analysis import metrics
+from diffgen.diffusion import samplers
+from diffgen.data import toy2d
+from diffgen.analysis import mutual_information as mi
 from diffgen.data import parse_source
 from diffgen.errors import ConfigError
-from diffgen.optimal import optimal_denoiser
+from diffgen.optimum.optimal import optimal_denoiser
 from diffgen.progress import Progress
-from diffgen.report import Section
-from diffgen.train_state import make_optimizer
+from diffgen.analysis.experiment import Experiment, register
+from diffgen.analysis.report import Section
+from diffgen.training.state import make_optimizer
 
 _SETS_STREAM = 0xE7  # separates E7's training-set draws from every other numpy stream
 _NOISE_KEY = 7       # fold_in constant of E7's x_T in the analysis stream
@@ -90,7 +95,7 @@ def _validation(num_sets, num_train, num_samples, dim, k, num_bootstrap, seed, i
 def _plot(steps, rows, log_k, path):
     values = np.array([r['value'] for r in rows])
     err = np.array([[r['value'] - r['low'], r['high'] - r['value']] for r in rows]).T
-    fig, (ax,) = plots.subplots(width=5.5, height=4)
+    fig, (ax,) = figures.subplots(width=5.5, height=4)
     ax.errorbar(steps, values, yerr=err, marker='o', capsize=3, label='trained models')
     ax.axhline(log_k, ls=':', c='gray', label='log K (estimator bound)')
     ax.set_xscale('log')
@@ -100,7 +105,7 @@ def _plot(steps, rows, log_k, path):
     ax.set_ylabel('Î(z; S) (nats)')
     ax.set_title('empirical optimum: I = ∞ (samples are training points)', fontsize=9)
     ax.legend()
-    plots.save(fig, path)
+    figures.save(fig, path)
 
 
 def run(ctx):
@@ -155,7 +160,7 @@ def run(ctx):
     plot = ctx.figure_path('e7_mutual_information.png')
     _plot(lengths, trained, np.log(num_sets), plot)
     scatter = ctx.figure_path('e7_samples.png')
-    images.save_scatter(np.asarray(z[0]), scatter, reference=sets[0],
+    figures.save_scatter(np.asarray(z[0]), scatter, reference=sets[0],
                         title=f'model 0 after {lengths[-1]} steps, S_0 (N = {num_train})')
 
     table = ['| case | Î(z; S) (nats) | 95% interval | exact-copy rate | memorisation ratio |',
@@ -186,3 +191,7 @@ def run(ctx):
     }
     return Section('e7', 'E7: mutual information I(z; S) on toy2d', markdown, numbers,
                    [os.path.basename(plot), os.path.basename(scatter)])
+
+
+register(Experiment('e7', 'E7: mutual information I(z; S) on toy2d', measure=lambda ctx, cfg: run(ctx),
+                    render=lambda section, ctx: section))  # TRANSITIONAL

@@ -19,9 +19,9 @@ import optax
 
 from diffgen import parallel
 from diffgen.data import to_float
-from diffgen.objectives import get_objective
+from diffgen.diffusion.objectives import get_objective
 from diffgen.rng import stream
-from diffgen.train_state import TrainState, apply_gradients
+from diffgen.training.state import TrainState, apply_gradients
 
 
 def step_keys(seed, step):

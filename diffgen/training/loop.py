@@ -6,6 +6,7 @@ Checkpoints are written every `checkpoint_every` steps, at the end, and on SIGTE
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
@@ -13,15 +14,18 @@ import jax
 import numpy as np
 from clu import metric_writers
 
-from diffgen import checkpointing, data, images, parallel, sampling
-from diffgen.denoisers import network_denoiser
-from diffgen.errors import ConfigError, TrainingDiverged
+from diffgen import data, parallel
+from diffgen.training import checkpoints as checkpointing
+from diffgen import figures
+from diffgen.diffusion import samplers
+from diffgen.diffusion.denoisers import network_denoiser
+from diffgen.errors import ConfigError, TrainingDiverged, WorkdirError
 from diffgen.networks import get_network
 from diffgen.progress import Progress
 from diffgen.rng import stream
-from diffgen.schedules import get_schedule
-from diffgen.train_state import create_train_state, make_optimizer
-from diffgen.train_step import make_train_call
+from diffgen.diffusion.schedules import get_schedule
+from diffgen.training.state import TrainState, create_train_state, make_optimizer, sampling_params
+from diffgen.training.step import make_train_call
 
 
 class Preemption:
@@ -60,8 +64,24 @@ def check_model_fits_data(config, dataset):
                               f'(model.ch_mult={tuple(config.model.ch_mult)})')
 
 
+@dataclasses.dataclass
+class Run:
+    """What a run is made of: its data, forward process, network, optimiser, mesh and (a
+    fresh or restored, replicated) train state."""
+    dataset: data.Dataset
+    schedule: object
+    model: object
+    tx: object
+    mesh: object
+    state: TrainState
+
+    def params(self, use_ema):
+        """The EMA or raw parameters (training.state.sampling_params)."""
+        return sampling_params(self.state, use_ema)
+
+
 def build(config, dataset):
-    """The schedule, network, optimiser and a fresh (replicated) train state."""
+    """A Run with a fresh train state: schedule, network, optimiser on the device mesh."""
     schedule = get_schedule(config)
     model = get_network(config.model)
     tx = make_optimizer(config.optim)
@@ -71,7 +91,19 @@ def build(config, dataset):
                           f'over {mesh.devices.size} devices')
     state = create_train_state(model, tx, stream(config.seed, 'init'),
                                dataset.image_shape)
-    return schedule, model, tx, mesh, parallel.replicate(state, mesh)
+    return Run(dataset, schedule, model, tx, mesh, parallel.replicate(state, mesh))
+
+
+def restore_trained(config, workdir):
+    """The Run of the workdir's latest checkpoint (WorkdirError if there is none)."""
+    if not checkpointing.has_checkpoint(workdir):
+        raise WorkdirError(f'no checkpoint in {workdir}; run --mode=train first')
+    checkpointing.check_compatible(workdir, config)
+    dataset = data.load(config)
+    check_model_fits_data(config, dataset)
+    run = build(config, dataset)
+    manager = checkpointing.make_manager(workdir, config.training.keep_checkpoints)
+    return dataclasses.replace(run, state=checkpointing.restore_latest(manager, run.state))
 
 
 def place_training_set(dataset, mesh):
@@ -86,12 +118,12 @@ def sample_and_save(config, model, params, schedule, dataset, path, mesh):
     """Draws config.sampling.num_samples samples from x_T fixed by the seed; writes a PNG.
     The batch is sharded over the whole mesh; every process gets all the samples."""
     rng = stream(config.seed, 'sample')
-    x_T = sampling.initial_noise(rng, config.sampling.num_samples, dataset.image_shape,
+    x_T = samplers.initial_noise(rng, config.sampling.num_samples, dataset.image_shape,
                                  config.sampling.batch_size)
-    samples = sampling.generate(network_denoiser(model, params), schedule, x_T,
+    samples = samplers.generate(network_denoiser(model, params), schedule, x_T,
                                 config.sampling, jax.random.fold_in(rng, 1), mesh)
     if jax.process_index() == 0:
-        images.save_samples(samples, path, reference=None if dataset.is_image else dataset.train)
+        figures.save_samples(samples, path, reference=None if dataset.is_image else dataset.train)
     return samples
 
 
@@ -101,7 +133,8 @@ def train_and_evaluate(config, workdir):
     dataset = data.load(config, train_rows=lambda n: parallel.process_rows(n, mesh))
     check_model_fits_data(config, dataset)
     checkpointing.check_compatible(workdir, config)
-    schedule, model, tx, mesh, state = build(config, dataset)
+    run = build(config, dataset)
+    schedule, model, tx, mesh, state = run.schedule, run.model, run.tx, run.mesh, run.state
 
     checkpointing.write_config(workdir, config)
     manager = checkpointing.make_manager(workdir, config.training.keep_checkpoints)

@@ -7,9 +7,13 @@ not depend on the training set).
 """
 from __future__ import annotations
 
-from diffgen import chunked, metrics, plots, quality
-from diffgen.experiments import e1_optimum_copies as e1
-from diffgen.report import Section
+from diffgen.optimum import chunked
+from diffgen.analysis import metrics
+from diffgen import figures
+from diffgen.analysis import quality
+from diffgen.analysis.experiments import e1_optimum_copies as e1
+from diffgen.analysis.experiment import Experiment, register
+from diffgen.analysis.report import Section
 
 SAMPLE_KEYS = {'ddim': 11, 'heun': 12, 'ddpm': 13}   # ctx.rng fold_in constants of E2
 
@@ -18,25 +22,15 @@ NOVELTY_COLUMNS = (('d1_train', 'mean d₁ to n train', '.4f'),
                    ('ratio', 'ratio', '.3f'), ('closer_to_train', 'closer to train', '.3f'))
 
 
-def novelty_distances(samples, ctx):
-    """(d_1 to the first n training images, d_1 to the n held-out images), n = held-out size."""
-    n = ctx.heldout_rows.num_rows
-    o = ctx.config.optimal
-    train_rows = chunked.prepare_rows(ctx.dataset.train[:n], o.chunk_size, o.storage_dtype,
-                                      ctx.mesh)
-    return (metrics.nearest_distance(samples, train_rows),
-            metrics.nearest_distance(samples, ctx.heldout_rows))
-
-
 def _novelty_figure(ctx, samples, distances):
     """Samples above their nearest training and held-out images, and the d_1 histograms."""
     names = ['e2_novelty.png']
-    fig, axes = plots.subplots(len(distances), width=4.5)
+    fig, axes = figures.subplots(len(distances), width=4.5)
     for ax, (method, (d_train, d_heldout)) in zip(axes, distances.items()):
-        plots.histogram(ax, {'to n training images': d_train, 'to n held-out images': d_heldout},
+        figures.histogram(ax, {'to n training images': d_train, 'to n held-out images': d_heldout},
                         'd₁ (RMS per pixel)')
         ax.set_title(f'ε_θ, {method}')
-    plots.save(fig, ctx.figure_path(names[0]),
+    figures.save(fig, ctx.figure_path(names[0]),
                f'E2: nearest-image distance of the model\'s samples, n = '
                f'{ctx.heldout_rows.num_rows} images per reference set')
     if ctx.dataset.is_image:
@@ -44,7 +38,7 @@ def _novelty_figure(ctx, samples, distances):
         _, _, near_train = metrics.nearest_two(x, ctx.train_rows)
         _, _, near_heldout = metrics.nearest_two(x, ctx.heldout_rows)
         names.append('e2_heldout_neighbours.png')
-        plots.image_rows([('ε_θ ddpm sample', x),
+        figures.image_rows([('ε_θ ddpm sample', x),
                           ('nearest training', ctx.dataset.train[near_train]),
                           ('nearest held-out', ctx.dataset.heldout[near_heldout])],
                          ctx.figure_path(names[1]),
@@ -59,10 +53,10 @@ def run(ctx):
         samples[method] = ctx.sample(network, method, key=SAMPLE_KEYS[method])
         numbers[method], d1[method], _ = e1.measure(samples[method], ctx)
         if ctx.heldout_rows is not None:
-            distances[method] = novelty_distances(samples[method], ctx)
+            distances[method] = ctx.novelty_distances(samples[method], ctx)
             numbers[method]['novelty'] = metrics.novelty(*distances[method])
     numbers['real_training_images'] = e1.reference_quality(ctx)
-    names = e1.figures(ctx, 'e2', 'E2 (ε_θ)', samples, d1)
+    names = e1.nearest_figures(ctx, 'e2', 'E2 (ε_θ)', samples, d1)
     steps = ctx.config.analysis.sampler_steps
     labels = {m: f'ε_θ, {m}' + ('' if m == 'ddpm' else f' ({steps} steps)') for m in e1.METHODS}
     rows = [(labels[m], numbers[m]) for m in e1.METHODS]
@@ -87,3 +81,7 @@ def run(ctx):
                  f'(ε* in E1: nearly all); FD / precision / recall against the real-image row '
                  f'tell whether what it makes instead are plausible images or noise.')
     return Section('e2', 'E2: novelty of the trained model', markdown, numbers, names)
+
+
+register(Experiment('e2', 'E2: novelty of the trained model', measure=lambda ctx, cfg: run(ctx),
+                    render=lambda section, ctx: section))  # TRANSITIONAL

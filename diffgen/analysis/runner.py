@@ -1,0 +1,32 @@
+"""--mode=analyze: runs the experiments named in config.analysis.experiments on a Context and
+writes the report after each one, so that a crash loses only the experiment in progress."""
+from __future__ import annotations
+
+import time
+
+import jax
+
+from diffgen.analysis import experiments  # noqa: F401 -- registers the built-in experiments
+from diffgen.analysis import report
+from diffgen.analysis.experiment import EXPERIMENTS
+
+
+def run_experiments(ctx, keys):
+    """Runs the experiments in order (progress per experiment) and writes the report."""
+    sections = []
+    for i, key in enumerate(keys):
+        experiment = EXPERIMENTS[key]
+        start = time.perf_counter()
+        print(f'analysis {i + 1}/{len(keys)}: {key} ...', flush=True)
+        sections.append(experiment.run(ctx))
+        print(f'analysis {i + 1}/{len(keys)}: {key} done in {time.perf_counter() - start:.0f}s',
+              flush=True)
+        if jax.process_index() == 0:  # the report so far, so nothing is lost on a crash
+            report.write_report(sections, ctx.report_dir, title(ctx))
+    return sections
+
+
+def title(ctx):
+    c = ctx.config
+    return (f'diffgen report: {c.data.source}, N = {ctx.dataset.train_images.shape[0]}, '
+            f'{c.model.name}, {c.training.num_steps} steps')
