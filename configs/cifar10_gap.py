@@ -1,4 +1,4 @@
-"""configs/cifar10.py trained with the gap objective (DESIGN.md §1; our formulation) instead
+"""configs/cifar10.py trained with the gap objective (docs/math.md §6; our formulation) instead
 of L_eps: only the objective settings differ, so the two runs can be compared with
 --mode=compare."""
 from configs import cifar10

@@ -55,7 +55,7 @@ def get_config(arg=None):
 
     # --- training ---------------------------------------------------------------------
     config.training = training = ml_collections.ConfigDict()
-    training.objective = 'eps'              # 'eps' (L_eps) | 'gap' (DESIGN.md §1)
+    training.objective = 'eps'              # 'eps' (L_eps) | 'gap' (docs/math.md §6)
     training.gap_max_k = 100                # gap: s = max(t - k, 0), k ~ U{1..K} (1 = adjacent)
     training.gap_p_zero = 0.0               # gap: probability of s = 0 (an L_eps term)
     training.gap_weighting = 'eps'          # gap: 'eps' |eps - xi/c|^2 | 'xi' |c eps - xi|^2
@@ -85,6 +85,7 @@ def get_config(arg=None):
     # --- analysis (--mode=analyze): the generalisation report ---------------------------
     config.analysis = analysis = ml_collections.ConfigDict()
     analysis.experiments = ('e1', 'e2', 'e3', 'e4', 'e5')  # which experiments the report runs
+    analysis.plugins = ()                   # modules to import that register further experiments
     analysis.num_samples = 256              # samples per sampler / model in the experiments
     analysis.batch_size = 256               # samples per jitted sampler call
     analysis.sampler_steps = 100            # DDIM / Heun steps in the experiments (DDPM: all T)

@@ -19,3 +19,9 @@ class WorkdirError(UserError):
 
 class TrainingDiverged(Exception):
     """The loss became non-finite; the last good checkpoint is kept."""
+
+
+def require(ok, message):
+    """Raises ConfigError(message) unless ok: the form of every config value check."""
+    if not ok:
+        raise ConfigError(message)

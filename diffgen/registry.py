@@ -32,6 +32,9 @@ class Registry:
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
 
+    def __iter__(self):
+        return iter(self.names())
+
     def __contains__(self, name) -> bool:
         return name in self._entries
 

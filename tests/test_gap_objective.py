@@ -1,4 +1,4 @@
-"""The gap objective (DESIGN.md §1; our formulation): its coefficients, its reduction to L_eps
+"""The gap objective (docs/math.md §6; our formulation): its coefficients, its reduction to L_eps
 at s = 0, and its population minimiser, which must be E[ε | x_t] (Tweedie) for both
 weightings.
 

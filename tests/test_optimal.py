@@ -200,7 +200,7 @@ def test_denoiser_is_a_pytree_and_jits_as_an_argument(schedule):
 
 
 def test_ddim_with_the_optimum_returns_training_points(schedule):
-    """The memorisation fact of DESIGN §1: deterministic DDIM with ε* ends on training points
+    """The memorisation fact of docs/math.md §4: deterministic DDIM with ε* ends on training points
     (the last step returns x̂₀* at t_1, a one-hot average for σ_{t_1} → 0)."""
     y = training_set(40, (4, 4, 3))
     den = optimal.optimal_denoiser(y, schedule, chunk_size=16)

@@ -1,4 +1,4 @@
-"""DESIGN.md §1, 'why the optimum memorises': DDIM (eta = 0) with eps* returns training
+"""docs/math.md §4, 'why the optimum memorises': DDIM (eta = 0) with eps* returns training
 images, on the embedded digits at several training-set sizes."""
 import jax
 import pytest

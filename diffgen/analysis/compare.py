@@ -1,5 +1,5 @@
 """--mode=compare: two trained models of the same data and forward process side by side,
-typically one trained with L_eps and one with the gap objective (DESIGN.md §1; the gap
+typically one trained with L_eps and one with the gap objective (docs/math.md §6; the gap
 objective's formulation is ours, from the paper's summary). Writes A/report/compare/.
 
 A is --workdir with --config, B is --other_workdir with the config stored in it; both use
@@ -107,7 +107,7 @@ def memorisation(samples, ctx):
     out = {'memorisation_ratio': metrics.memorisation_ratio(d1, d2),
            'exact_copy_rate': metrics.exact_copy_rate(d1)}
     if ctx.heldout_rows is not None:
-        novelty = metrics.novelty(*ctx.novelty_distances(samples, ctx))
+        novelty = metrics.novelty(*ctx.novelty_distances(samples))
         out.update({f'novelty_{k}': v for k, v in novelty.items()})
     return out
 

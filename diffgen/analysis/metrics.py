@@ -1,5 +1,5 @@
 """Memorisation metrics of generated samples against a training set, and the relative gap
-between two denoisers (DESIGN.md §1).
+between two denoisers (docs/math.md §7).
 
 Distances are over √D (root-mean-square difference per coordinate, [-1, 1] units):
   d_1, d_2  distances to the nearest and second-nearest training image;

@@ -6,7 +6,7 @@ volume of the unit ball:
     Ĥ = ψ(n) − ψ(k) + log V_d + (d/n) Σ_i log r_i          (nats),
 a mean of per-point terms h_i = ψ(n) − ψ(k) + log V_d + d log r_i.
 
-Generalisation error (DESIGN.md §1): K training sets S_k ~ P^N, M samples z_{k,j} from the
+Generalisation error (docs/math.md §9): K training sets S_k ~ P^N, M samples z_{k,j} from the
 model fitted to S_k, and I = H(z) − E_k H(z | S_k). With Ĥ(z) from all KM points pooled and
 Ĥ(z | S_k) from the M points of set k,
     Î = ψ(KM) − ψ(M) + (1/K) Σ_k ū_k,  ū_k = (d/M) Σ_j log( r^pool_{k,j} / r^own_{k,j} ),

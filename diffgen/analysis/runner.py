@@ -2,6 +2,7 @@
 writes the report after each one, so that a crash loses only the experiment in progress."""
 from __future__ import annotations
 
+import importlib
 import time
 
 import jax
@@ -9,6 +10,17 @@ import jax
 from diffgen.analysis import experiments  # noqa: F401 -- registers the built-in experiments
 from diffgen.analysis import report
 from diffgen.analysis.experiment import EXPERIMENTS
+from diffgen.errors import ConfigError
+
+
+def import_plugins(config):
+    """Imports the modules named in config.analysis.plugins: each registers experiments of
+    its own (diffgen.analysis.experiment.register), which the config may then list."""
+    for module in config.analysis.get('plugins', ()):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError(f'analysis.plugins: cannot import {module!r}: {e}') from e
 
 
 def run_experiments(ctx, keys):

@@ -33,7 +33,7 @@ import numpy as np
 
 from diffgen import files
 from diffgen.data import toy2d
-from diffgen.errors import ConfigError, DataError
+from diffgen.errors import ConfigError, DataError, require
 from diffgen.progress import format_seconds
 
 SOURCE_FORMS = ('digits', 'tfds:<name>', 'npz:<path>', 'toy2d:<name>')
@@ -109,6 +109,15 @@ def parse_source(source: str) -> tuple[str, str]:
                               f'{", ".join(toy2d.DISTRIBUTIONS)}')
         return kind, arg
     raise ConfigError(f'data.source={source!r} is not one of {", ".join(SOURCE_FORMS)}')
+
+
+def check_config(config):
+    """The data section's values (config validation; nothing is read)."""
+    d = config.data
+    parse_source(d.source)
+    require(d.num_train == -1 or d.num_train >= 1, 'data.num_train must be -1 (all) or >= 1')
+    require(d.num_heldout >= 0, 'data.num_heldout must be >= 0')
+    require(d.toy2d_size >= 2, 'data.toy2d_size must be >= 2')
 
 
 def data_dir(configured: str) -> str:

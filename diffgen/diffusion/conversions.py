@@ -1,4 +1,4 @@
-"""Pure conversions between the denoiser's parametrisations (DESIGN.md §1).
+"""Pure conversions between the denoiser's parametrisations (docs/math.md §1).
 
     x0_hat = (x_t - sigma_t eps_hat) / a_t
     eps_hat = (x_t - a_t x0_hat) / sigma_t

@@ -25,7 +25,7 @@ def _hybrid_eps(high, low, t_switch, x, t):
 
 
 def hybrid_denoiser(high, low, t_switch):
-    """eps(x, t) = high(x, t) if t > t_switch else low(x, t) (DESIGN.md §1, hybrid sampling).
+    """eps(x, t) = high(x, t) if t > t_switch else low(x, t) (docs/math.md §8, hybrid sampling).
 
     With high = eps*, low = eps_theta: the optimum decides the coarse steps, the network the
     fine ones (and the reverse order with the two swapped). t_switch = 0 is high alone,

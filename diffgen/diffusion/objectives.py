@@ -71,7 +71,7 @@ def gap_pair(x0, t, s, eps_s, xi, schedule, weighting='eps'):
 
 
 def gap_loss(apply_fn, params, x0, rng, schedule, max_k=1, p_zero=0.0, weighting='eps'):
-    """The gap objective (DESIGN.md §1; our formulation from the paper's summary, not its text):
+    """The gap objective (docs/math.md §6; our formulation from the paper's summary, not its text):
 
         L_gap(theta) = E weight ||eps_theta(x_t, t) - xi_{t,s}/c_{t,s}||^2,
         t ~ U{1..T},  s = max(t - k, 0), k ~ U{1..K} (s = 0 with probability p_zero),

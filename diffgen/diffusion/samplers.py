@@ -6,7 +6,7 @@ shape (B,) in 1..T: a network, the empirical optimum, a hybrid of the two. Pass 
 compiles once for all values of those arrays; a plain function is wrapped and its closure
 becomes part of the program. Samplers know nothing of networks.
 
-Notation (DESIGN.md §1): a_t = sqrt(alphas_bar_t), sigma_t = sqrt(1 - alphas_bar_t).
+Notation (docs/math.md §1): a_t = sqrt(alphas_bar_t), sigma_t = sqrt(1 - alphas_bar_t).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffgen import parallel
+from diffgen.diffusion import conversions
 from diffgen.errors import ConfigError
 
 METHODS = ('ddpm', 'ddim', 'heun')
@@ -33,6 +34,29 @@ def timestep_grid(num_timesteps, num_steps):
         return np.arange(num_timesteps + 1, dtype=np.int32)
     frac = np.linspace(0.0, 1.0, num_steps + 1) ** 2
     return np.unique(np.round(frac * num_timesteps).astype(np.int32))
+
+
+def step_pairs(num_timesteps, num_steps):
+    """The sampler's steps (t, t') in the order they run, t descending: (S, 2) int32, from
+    (T, t_{S-1}) down to (t_1, 0), on timestep_grid(num_timesteps, num_steps)."""
+    grid = timestep_grid(num_timesteps, num_steps)
+    return jnp.stack([grid[1:][::-1], grid[:-1][::-1]], axis=1)
+
+
+def ddim_step(x, eps, t, t_next, schedule, *, eta=0.0, z=None):
+    """One DDIM step t -> t' (Song et al. 2021, eq. 12), docs/math.md §5:
+
+        x0_hat = (x_t - sigma_t eps_hat) / a_t
+        s^2 = eta^2 (sigma_{t'}^2 / sigma_t^2) (1 - alphas_bar_t / alphas_bar_{t'})
+        x_{t'} = a_{t'} x0_hat + sqrt(sigma_{t'}^2 - s^2) eps_hat + s z.
+    With eta = 0 (z unused) it is deterministic."""
+    a, sigma, ab = schedule.a, schedule.sigma, schedule.alphas_bar
+    x0 = conversions.x0_from_eps(x, eps, a[t], sigma[t])
+    if z is None:
+        return a[t_next] * x0 + sigma[t_next] * eps
+    s2 = eta ** 2 * (sigma[t_next] ** 2 / sigma[t] ** 2) * (1 - ab[t] / ab[t_next])
+    dir_coef = jnp.sqrt(jnp.maximum(sigma[t_next] ** 2 - s2, 0.0))
+    return a[t_next] * x0 + dir_coef * eps + jnp.sqrt(s2) * z
 
 
 def _eval(denoiser, x, t):
@@ -66,20 +90,13 @@ def ddim(denoiser, x_T, schedule, rng, num_steps, eta=0.0):
         x_{t'} = a_{t'} x0_hat + sqrt(sigma_{t'}^2 - s^2) eps_hat + s z.
     eta = 0 is deterministic given x_T; eta = 1 with all T steps is DDPM with beta~.
     """
-    grid = timestep_grid(schedule.num_timesteps, num_steps)
-    a, sigma, ab = schedule.a, schedule.sigma, schedule.alphas_bar
-
     def step(x, ts):
         t, t_next = ts
         eps = _eval(denoiser, x, t)
-        x0 = (x - sigma[t] * eps) / a[t]
-        s2 = eta ** 2 * (sigma[t_next] ** 2 / sigma[t] ** 2) * (1 - ab[t] / ab[t_next])
         z = jax.random.normal(jax.random.fold_in(rng, t), x.shape, x.dtype)
-        dir_coef = jnp.sqrt(jnp.maximum(sigma[t_next] ** 2 - s2, 0.0))
-        return a[t_next] * x0 + dir_coef * eps + jnp.sqrt(s2) * z, None
+        return ddim_step(x, eps, t, t_next, schedule, eta=eta, z=z), None
 
-    pairs = jnp.stack([grid[1:][::-1], grid[:-1][::-1]], axis=1)
-    return jax.lax.scan(step, x_T, pairs)[0]
+    return jax.lax.scan(step, x_T, step_pairs(schedule.num_timesteps, num_steps))[0]
 
 
 def heun(denoiser, x_T, schedule, num_steps):
@@ -91,7 +108,6 @@ def heun(denoiser, x_T, schedule, num_steps):
         y'  = y + (s' - s) (eps_hat(x_t, t) + eps_hat(a_{t'} y_E, t')) / 2   if t' > 0
     and the last step (t' = 0, s' = 0) is the Euler step.
     """
-    grid = timestep_grid(schedule.num_timesteps, num_steps)
     a, sigma = schedule.a, schedule.sigma
     s = sigma / a
 
@@ -108,7 +124,7 @@ def heun(denoiser, x_T, schedule, num_steps):
         y_next = jax.lax.cond(t_next > 0, correct, lambda _: y_euler, None)
         return y_next, None
 
-    pairs = jnp.stack([grid[1:][::-1], grid[:-1][::-1]], axis=1)
+    pairs = step_pairs(schedule.num_timesteps, num_steps)
     y0 = jax.lax.scan(step, x_T / a[-1], pairs)[0]
     return y0  # a_0 = 1
 

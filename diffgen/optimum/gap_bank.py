@@ -1,4 +1,4 @@
-"""The gap-bank empirical optimum: the exact minimiser of the gap objective (DESIGN.md §1)
+"""The gap-bank empirical optimum: the exact minimiser of the gap objective (docs/math.md §6)
 over a fixed, finite bank of noisy intermediate states. The formulation is ours, built from
 the paper's summary, not from its full text.
 

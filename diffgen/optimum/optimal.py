@@ -1,4 +1,4 @@
-"""The empirical-optimal denoiser (DESIGN.md §1), the exact minimiser of L_ε given S:
+"""The empirical-optimal denoiser (docs/math.md §3), the exact minimiser of L_ε given S:
 
     w_i(x, t) = softmax_i(s_i),   s_i = −‖x − a_t y_i‖²/(2σ_t²) + const
                                       = (a_t x·y_i − a_t² ‖y_i‖²/2) / σ_t²   (‖x‖² cancels),

@@ -6,7 +6,7 @@ its batch (uniform indices into S_k, with replacement; no flips: these are point
 images) and noise from fold_in(fold_in(train stream, s), k). The stacked states (leading
 axis K) advance `steps_per_call` steps per jitted call (one lax.scan), so the K small
 networks share one program instead of K sequential runs. For the mutual-information
-estimates of low-dimensional data (DESIGN.md §1), where one model is too small to use the
+estimates of low-dimensional data (docs/math.md §9), where one model is too small to use the
 machine.
 """
 from __future__ import annotations

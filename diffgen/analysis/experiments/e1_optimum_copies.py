@@ -1,7 +1,7 @@
 """E1, copying by the optimum: samples of the empirical-optimal denoiser ε* with DDIM (η = 0),
 the Heun probability-flow ODE solver and DDPM, all from the same x_T (ctx.x_T).
 
-DESIGN.md §1 predicts that the deterministic samplers return training images: the last DDIM
+docs/math.md §4 predicts that the deterministic samplers return training images: the last DDIM
 step is x̂₀*(x_{t_1}, t_1) = Σ_i w_i y_i with one-hot weights as σ_{t_1} → 0. Per sampler:
 the memorisation ratio (fraction with d_1/d_2 < 1/3), the exact-copy rate (d_1 < 1e-3),
 the median d_1, and the sample quality (Fréchet distance, precision, recall in classifier
@@ -105,12 +105,12 @@ def run(ctx):
         f'per pixel). FD / precision / recall: classifier features against the held-out set.'
         f'\n\n{table(rows)}\n\n'
         + (f'The optimum copies: with the deterministic samplers {ratio:.1%} or more of its '
-           f'samples are memorised, as DESIGN.md §1 predicts (the last step returns x̂₀*, a '
+           f'samples are memorised, as docs/math.md §4 predicts (the last step returns x̂₀*, a '
            f'one-hot average of training images). Its quality is that of real training '
            f'images, so low FD alone cannot tell copying from generalising.'
            if ratio >= 0.99 else
            f'Only {ratio:.1%} of the deterministic samplers\' samples are memorised, fewer than '
-           f'DESIGN.md §1 predicts (nearly all): too few sampler steps near t = 1?'))
+           f'docs/math.md §4 predicts (nearly all): too few sampler steps near t = 1?'))
     return Section('e1', 'E1: the optimum copies the training set', markdown, numbers, names)
 
 

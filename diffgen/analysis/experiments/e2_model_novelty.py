@@ -53,7 +53,7 @@ def run(ctx):
         samples[method] = ctx.sample(network, method, key=SAMPLE_KEYS[method])
         numbers[method], d1[method], _ = e1.measure(samples[method], ctx)
         if ctx.heldout_rows is not None:
-            distances[method] = ctx.novelty_distances(samples[method], ctx)
+            distances[method] = ctx.novelty_distances(samples[method])
             numbers[method]['novelty'] = metrics.novelty(*distances[method])
     numbers['real_training_images'] = e1.reference_quality(ctx)
     names = e1.nearest_figures(ctx, 'e2', 'E2 (ε_θ)', samples, d1)

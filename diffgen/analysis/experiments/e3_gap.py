@@ -1,4 +1,4 @@
-"""E3, the slight difference between the trained network and the optimum (DESIGN.md §1):
+"""E3, the slight difference between the trained network and the optimum (docs/math.md §8):
 
     gap(t) = E‖ε_θ(x, t) − ε*(x, t)‖² / E‖ε*(x, t)‖²
 
@@ -19,6 +19,7 @@ import numpy as np
 from diffgen.analysis import metrics
 from diffgen import figures
 from diffgen.diffusion import samplers
+from diffgen.diffusion.conversions import diffuse
 from diffgen.optimum.optimal import optimal_eps, optimal_stats
 from diffgen.analysis.experiment import Experiment, register
 from diffgen.analysis.report import Section
@@ -31,16 +32,14 @@ TABLE_TIMES = (1, 10, 50, 100, 250, 500, 1000)   # per 1000 steps: rows of the t
 def trajectory_gap(network, rows, schedule, x_T, pairs):
     """Runs DDIM (η = 0) with the network over pairs (t, t') and records, per step and
     sample, (‖ε_θ − ε*‖², ‖ε*‖², H(w), max_i w_i) at x_t: each (S, B); also returns x_0."""
-    a, sigma = schedule.a, schedule.sigma
-
     def step(x, ts):
         t, t_next = ts
         tt = jnp.full((x.shape[0],), t, jnp.int32)
         eps = network(x, tt)
         sq_diff, sq_opt = metrics.squared_errors(eps, optimal_eps(rows, schedule, x, tt))
         entropy, max_weight = optimal_stats(rows, schedule, x, tt)
-        x0 = (x - sigma[t] * eps) / a[t]                       # DDIM, eta = 0
-        return a[t_next] * x0 + sigma[t_next] * eps, (sq_diff, sq_opt, entropy, max_weight)
+        x_next = samplers.ddim_step(x, eps, t, t_next, schedule)   # DDIM, eta = 0
+        return x_next, (sq_diff, sq_opt, entropy, max_weight)
 
     return jax.lax.scan(step, x_T, pairs)
 
@@ -50,7 +49,7 @@ def forward_gap(network, rows, schedule, y, noise, ts):
     """(‖ε_θ − ε*‖², ‖ε*‖²), each (S, B), at x = a_t y + σ_t noise for each t in ts."""
     def step(_, t):
         tt = jnp.full((y.shape[0],), t, jnp.int32)
-        x = schedule.a[t] * y + schedule.sigma[t] * noise
+        x = diffuse(y, noise, schedule.a[t], schedule.sigma[t])
         return None, metrics.squared_errors(network(x, tt), optimal_eps(rows, schedule, x, tt))
 
     return jax.lax.scan(step, None, ts)[1]
@@ -67,8 +66,7 @@ def measure(ctx):
     """The numbers of E3: t (descending, the DDIM grid without 0), gap per set, and the mean
     entropy and largest weight of the optimal posterior along the model's trajectories."""
     T, batch = ctx.schedule.num_timesteps, ctx.config.analysis.batch_size
-    grid = samplers.timestep_grid(T, ctx.config.analysis.sampler_steps)
-    pairs = jnp.stack([grid[1:][::-1], grid[:-1][::-1]], axis=1)
+    pairs = samplers.step_pairs(T, ctx.config.analysis.sampler_steps)
     ts = pairs[:, 0]
     network, rows = ctx.network(), ctx.train_rows
     sq_diff, sq_opt, entropy, max_weight = _batched(

@@ -1,4 +1,4 @@
-"""E4, hybrid sampling (DESIGN.md §1): DDIM (η = 0, analysis.sampler_steps steps) from the
+"""E4, hybrid sampling (docs/math.md §8): DDIM (η = 0, analysis.sampler_steps steps) from the
 same x_T as E1/E2 with a denoiser that switches at t_switch:
 
     optimum first:  ε*(x, t) for t > t_switch, ε_θ(x, t) for t <= t_switch,
@@ -19,6 +19,7 @@ from diffgen.analysis.experiments import e1_optimum_copies as e1
 from diffgen.analysis.experiments import e2_model_novelty as e2
 from diffgen import figures
 from diffgen.analysis.experiment import Experiment, register
+from diffgen.errors import require
 from diffgen.analysis.report import Section
 
 ORDERS = ('optimum_first', 'network_first')
@@ -119,5 +120,10 @@ def _markdown(ctx, numbers):
     return text
 
 
+def check(config):
+    require(all(0.0 <= x <= 1.0 for x in config.analysis.e4_switch_fractions),
+            'analysis.e4_switch_fractions must lie in [0, 1]')
+
+
 register(Experiment('e4', 'E4: hybrid sampling locates where the model stops copying', measure=lambda ctx, cfg: run(ctx),
-                    render=lambda section, ctx: section))  # TRANSITIONAL
+                    render=lambda section, ctx: section, check=check))  # TRANSITIONAL

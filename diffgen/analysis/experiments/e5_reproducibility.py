@@ -32,6 +32,7 @@ from diffgen.analysis.metrics import cosine_similarity
 from diffgen.data import to_float
 from diffgen.errors import ConfigError, WorkdirError
 from diffgen.analysis.experiment import Experiment, register
+from diffgen.errors import require
 from diffgen.analysis.report import Section
 from diffgen.training.loop import train_and_evaluate
 
@@ -155,5 +156,10 @@ def run(ctx):
                    numbers, [os.path.basename(path)])
 
 
+def check(config):
+    require(config.analysis.e5_num_steps >= 0,
+            'analysis.e5_num_steps must be >= 0 (0 = num_steps // 5)')
+
+
 register(Experiment('e5', 'E5: reproducibility across disjoint training sets', measure=lambda ctx, cfg: run(ctx),
-                    render=lambda section, ctx: section))  # TRANSITIONAL
+                    render=lambda section, ctx: section, check=check))  # TRANSITIONAL

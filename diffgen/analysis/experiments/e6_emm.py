@@ -28,6 +28,7 @@ from diffgen import files
 from diffgen.analysis import metrics
 from diffgen import figures
 from diffgen.analysis.experiment import Experiment, register
+from diffgen.errors import require
 from diffgen.analysis.report import Section
 
 RESULTS = 'results.csv'
@@ -119,5 +120,9 @@ def run(ctx):
                    figure_names)
 
 
+def check(config):
+    require(0.0 < config.analysis.e6_threshold <= 1.0, 'analysis.e6_threshold must be in (0, 1]')
+
+
 register(Experiment('e6', 'E6: effective model memorisation', measure=lambda ctx, cfg: run(ctx),
-                    render=lambda section, ctx: section))  # TRANSITIONAL
+                    render=lambda section, ctx: section, check=check))  # TRANSITIONAL

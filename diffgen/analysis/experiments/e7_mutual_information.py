@@ -1,4 +1,4 @@
-"""E7: the generalisation error I(z; S) on toy2d, estimated directly (DESIGN.md §1).
+"""E7: the generalisation error I(z; S) on toy2d, estimated directly (docs/math.md §9).
 
 K training sets S_k ~ P^N are drawn from the run's toy2d distribution (fresh points, not
 the run's training set); one model per S_k, all K trained at once (diffgen.ensemble: the
@@ -39,6 +39,7 @@ from diffgen.errors import ConfigError
 from diffgen.optimum.optimal import optimal_denoiser
 from diffgen.progress import Progress
 from diffgen.analysis.experiment import Experiment, register
+from diffgen.errors import require
 from diffgen.analysis.report import Section
 from diffgen.training.state import make_optimizer
 
@@ -193,5 +194,15 @@ def run(ctx):
                    [os.path.basename(plot), os.path.basename(scatter)])
 
 
+def check(config):
+    an, t = config.analysis, config.training
+    require(all(n >= 1 and n % t.steps_per_call == 0 for n in an.e7_train_steps),
+            f'analysis.e7_train_steps must be positive multiples of '
+            f'training.steps_per_call={t.steps_per_call}')
+    require(an.e7_num_sets >= 2 and an.e7_validation_num_sets >= 2 and an.e7_num_train >= 1
+            and an.e7_num_samples >= 2 and an.e7_knn_k >= 1 and an.e7_num_bootstrap >= 1,
+            'analysis.e7_* sizes out of range (K >= 2, N >= 1, M >= 2, k >= 1)')
+
+
 register(Experiment('e7', 'E7: mutual information I(z; S) on toy2d', measure=lambda ctx, cfg: run(ctx),
-                    render=lambda section, ctx: section))  # TRANSITIONAL
+                    render=lambda section, ctx: section, check=check))  # TRANSITIONAL
