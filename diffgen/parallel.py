@@ -135,9 +135,9 @@ def gather_replicated(x):
 
 
 @flax.struct.dataclass
-class ShardedRows:
-    """A global array of rows split along its leading axis over the data axis, padded with
-    zero rows to a multiple of the device count; only rows[:num_rows] are data."""
+class PaddedRows:
+    """A global array split along its leading axis (rows) over the data axis, with zero rows
+    added to make a multiple of the device count: only rows[:num_rows] are data."""
     rows: jax.Array
     num_rows: int = flax.struct.field(pytree_node=False)
 
@@ -148,7 +148,7 @@ def padded_rows(num_rows, mesh):
 
 
 def process_rows(num_rows, mesh):
-    """(start, stop): the rows of a ShardedRows of num_rows rows that this process's
+    """(start, stop): the rows of a PaddedRows of num_rows rows that this process's
     devices hold, in global row numbers (stop may pass num_rows: those rows are padding)."""
     padded = padded_rows(num_rows, mesh)
     blocks = sorted((s[0].start or 0, padded if s[0].stop is None else s[0].stop) for s in
@@ -159,7 +159,7 @@ def process_rows(num_rows, mesh):
 
 
 def shard_process_rows(local_rows, num_rows, mesh):
-    """The ShardedRows of num_rows rows assembled from every process's own rows:
+    """The PaddedRows of num_rows rows assembled from every process's own rows:
     local_rows = rows[start:min(stop, num_rows)] for (start, stop) = process_rows(num_rows,
     mesh). Every process calls it; padding rows are added here."""
     start, stop = process_rows(num_rows, mesh)
@@ -172,7 +172,7 @@ def shard_process_rows(local_rows, num_rows, mesh):
     block[:expected] = local_rows
     rows = jax.make_array_from_process_local_data(
         batch_sharded(mesh), block, (padded_rows(num_rows, mesh),) + block.shape[1:])
-    return ShardedRows(rows, num_rows)
+    return PaddedRows(rows, num_rows)
 
 
 def gather_rows(rows, indices, mesh):

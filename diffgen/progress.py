@@ -14,7 +14,7 @@ def format_seconds(seconds):
 class Progress:
     """Reports `what step/total, rate, ETA` (rate measured since the first report)."""
 
-    def __init__(self, what, total, start=0, unit='steps'):
+    def __init__(self, what, total, start=0, *, unit='steps'):
         self.what, self.total, self.start, self.unit = what, total, start, unit
         self.t0 = None
         self.last_done = start

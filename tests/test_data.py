@@ -12,7 +12,7 @@ import sklearn.datasets
 
 from configs import default
 from diffgen import data
-from diffgen.data import toy2d
+from diffgen.data import digits_tfds, sources, toy2d
 from diffgen.errors import ConfigError, DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +65,6 @@ def test_digits_written_as_array_record_and_read_back_exactly(digits_dir, sklear
 
 
 def test_second_load_does_not_rebuild(digits_dir, monkeypatch):
-    from diffgen.data import digits_tfds
     data.load(make_config(data_dir=digits_dir))
     files = os.listdir(os.path.join(digits_dir, 'diffgen_digits', '1.0.0'))
     mtimes = {f: os.path.getmtime(os.path.join(digits_dir, 'diffgen_digits', '1.0.0', f))
@@ -73,7 +72,8 @@ def test_second_load_does_not_rebuild(digits_dir, monkeypatch):
 
     def fail(*args, **kwargs):
         raise AssertionError('rebuilt')
-    monkeypatch.setattr(digits_tfds.DiffgenDigits, 'download_and_prepare', fail)
+    monkeypatch.setattr(digits_tfds.builder_class(sources.import_tfds()), 'download_and_prepare',
+                        fail)
     data.load(make_config(data_dir=digits_dir, num_train=10))
     assert mtimes == {f: os.path.getmtime(os.path.join(digits_dir, 'diffgen_digits', '1.0.0',
                                                        f)) for f in files}
@@ -151,7 +151,7 @@ def test_center_crop_and_resize(digits_dir):
 def tiny_builder_class():
     """A TFDS builder `diffgen_test_tiny`: 'train' of 30 and 'test' of 12 RGB 4x4 images;
     example i (over both splits) is the constant image 5i with label i % 3."""
-    tfds = data._import_tfds()
+    tfds = sources.import_tfds()
 
     class DiffgenTestTiny(tfds.core.GeneratorBasedBuilder):
         """Tiny test dataset."""
@@ -177,7 +177,7 @@ def tiny_builder_class():
 @pytest.fixture(scope='module')
 def tiny_dir(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('tiny_data'))
-    tfds = data._import_tfds()
+    tfds = sources.import_tfds()
     tiny_builder_class()(data_dir=root).download_and_prepare(
         file_format='array_record',
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
@@ -290,9 +290,18 @@ def test_unknown_source_is_config_error(source):
         data.load(make_config(source=source))
 
 
-def test_heldout_split_needs_a_tfds_source():
+def test_config_checks_follow_the_source_kind():
+    data.check_config(make_config(source='digits', heldout_split='test', image_size=16))
     with pytest.raises(ConfigError, match='heldout_split'):
-        data.load(make_config(source='toy2d:gmm8', heldout_split='test'))
+        data.check_config(make_config(source='toy2d:gmm8', heldout_split='test'))
+    with pytest.raises(ConfigError, match='image_size apply to images'):
+        data.check_config(make_config(source='toy2d:gmm8', image_size=16))
+
+
+def test_source_forms_come_from_the_registry():
+    assert data.source_forms() == ('digits', 'tfds:<name>', 'npz:<path>', 'toy2d:<name>')
+    assert data.parse_source('tfds:cifar10') == ('tfds', 'cifar10')
+    assert data.parse_source('npz:a:b.npz') == ('npz', 'a:b.npz')
 
 
 def test_to_float_to_uint8_round_trip():

@@ -60,13 +60,14 @@ def test_s_zero_is_the_forward_process(schedule):
     x_t = a_t x0 + σ_t ξ up to the coefficients' round-off."""
     rng = jax.random.key(0)
     t = jnp.arange(1, 1001)
-    s = objectives.gap_timesteps(rng, t, 100, 1.0)
+    s = objectives.gap_timesteps(rng, t, max_k=100, p_zero=1.0)
     assert np.all(np.asarray(s) == 0)
     x0 = jax.random.uniform(jax.random.fold_in(rng, 1), (1000, 3), minval=-1, maxval=1)
     eps_s, xi = jax.random.normal(jax.random.fold_in(rng, 2), (2, 1000, 3))
-    pair = jax.jit(objectives.gap_pair, static_argnums=6)
+    pair = jax.jit(objectives.gap_pair, static_argnames='weighting')
     for weighting in objectives.GAP_WEIGHTINGS:
-        x_t, target, weight = pair(x0, t, s, eps_s, xi, schedule, weighting)
+        x_t, target, weight = pair(x0, t, s, eps_s=eps_s, xi=xi, schedule=schedule,
+                                   weighting=weighting)
         np.testing.assert_array_equal(np.asarray(target), np.asarray(xi))
         np.testing.assert_array_equal(np.asarray(weight), 1.0)
     ab = np.exp(log_alphas_bar64(schedule))[:, None][np.asarray(t)]
@@ -109,11 +110,11 @@ def test_population_minimiser_is_gaussian_posterior_mean(schedule, t, s, max_k, 
     keys = jax.random.split(rng, 4)
     x0 = mu + spread * jax.random.normal(keys[0], (n, 1))
     tt = jnp.full((n,), t)
-    ss = (objectives.gap_timesteps(keys[1], tt, max_k, p_zero) if s is None
+    ss = (objectives.gap_timesteps(keys[1], tt, max_k=max_k, p_zero=p_zero) if s is None
           else jnp.full((n,), s))
     eps_s, xi = jax.random.normal(keys[2], (n, 1)), jax.random.normal(keys[3], (n, 1))
-    x_t, target, weight = jax.jit(objectives.gap_pair, static_argnums=6)(
-        x0, tt, ss, eps_s, xi, schedule, weighting)
+    x_t, target, weight = jax.jit(objectives.gap_pair, static_argnames='weighting')(
+        x0, tt, ss, eps_s=eps_s, xi=xi, schedule=schedule, weighting=weighting)
     ab = np.exp(log_alphas_bar64(schedule))[t]
     a, sigma = np.sqrt(ab), np.sqrt(1 - ab)
     k = sigma / (a ** 2 * spread ** 2 + sigma ** 2)
@@ -158,10 +159,11 @@ def test_gap_loss_values(schedule):
     def losses_and_references(x0, rng):
         t_rng, s_rng, _, xi_rng, _ = jax.random.split(rng, 5)
         t = objectives.sample_timesteps(t_rng, x0.shape[0], 1000)
-        s = objectives.gap_timesteps(s_rng, t, 50, 0.1)
+        s = objectives.gap_timesteps(s_rng, t, max_k=50, p_zero=0.1)
         xi = jax.random.normal(xi_rng, x0.shape)
         c = objectives.gap_coefficients(schedule, t, s)[2][:, None, None, None]
-        loss = lambda w: objectives.gap_loss(zeros, None, x0, rng, schedule, 50, 0.1, w)
+        loss = lambda w: objectives.gap_loss(zeros, None, x0, rng=rng, schedule=schedule,
+                                             max_k=50, p_zero=0.1, weighting=w)
         return loss('eps'), loss('xi'), jnp.mean(xi ** 2 / c ** 2), jnp.mean(xi ** 2)
 
     x0 = jax.random.uniform(jax.random.key(1), (64, 4, 4, 1), minval=-1, maxval=1)

@@ -35,7 +35,7 @@ def distance_bound(queries, train_set):
         return np.minimum(np.sqrt(e), e / d) + 2 * U32 * d
 
 
-def check_knn(queries, train_set, k, chunk_size, normalize=False):
+def check_knn(queries, train_set, k, *, chunk_size, normalize=False):
     """Distances within the bound of the brute force and indices equal to its (d, index)
     order, where that order is decided: consecutive brute-force distances among the first
     k + 1 either tie exactly or differ by more than both bounds."""
@@ -59,14 +59,14 @@ def test_matches_brute_force(n, k, chunk_size):
     rng = np.random.default_rng(0)
     y = rng.uniform(-1, 1, (n, 4, 4, 3)).astype(np.float32)
     q = np.concatenate([y[:3], rng.uniform(-1, 1, (5, 4, 4, 3)).astype(np.float32)])
-    check_knn(q, y, k, chunk_size)
+    check_knn(q, y, k, chunk_size=chunk_size)
 
 
 def test_normalized_distances():
     rng = np.random.default_rng(1)
     y = rng.uniform(-1, 1, (30, 7)).astype(np.float32)
     q = rng.uniform(-1, 1, (6, 7)).astype(np.float32)
-    check_knn(q, y, 3, 8, normalize=True)
+    check_knn(q, y, 3, chunk_size=8, normalize=True)
 
 
 def test_ties_go_to_the_smaller_index():

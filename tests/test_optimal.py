@@ -31,11 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffgen.optimum import chunked
-from diffgen.optimum import optimal
-from diffgen.diffusion import samplers
-from diffgen.optimum.neighbors import knn
+from diffgen.diffusion import conversions, samplers
 from diffgen.diffusion.schedules import make_schedule
+from diffgen.optimum import chunked, optimal
+from diffgen.optimum.neighbors import knn
 
 U32 = 2.0 ** -24
 U_BF16 = 2.0 ** -8
@@ -127,11 +126,39 @@ def test_matches_float64_brute_force(schedule, n, chunk_size, shape):
     rows = chunked.prepare_rows(y, chunk_size)
     ref = brute_force(x, t, y, schedule)
     bound = bounds(x, t, y, schedule, ref, rows.rows.shape[0] // rows.chunk_size)
-    assert_within(optimal.posterior_mean(x, t, rows, schedule), ref['x0'], bound['x0'])
+    assert_within(optimal.posterior_mean(x, t, rows, schedule=schedule), ref['x0'], bound['x0'])
     assert_within(optimal.optimal_denoiser(rows, schedule)(x, t), ref['eps'], bound['eps'])
-    entropy, max_weight = optimal.posterior_stats(x, t, rows, schedule)
+    entropy, max_weight = optimal.posterior_stats(x, t, rows, schedule=schedule)
     assert_within(entropy, ref['entropy'], bound['entropy'])
     assert_within(max_weight, ref['max_weight'], bound['max_weight'])
+
+
+def test_score_is_the_gradient_of_the_log_density(schedule):
+    """score*(x, t) = −ε*/σ_t (conversions.score_from_eps) is ∇_x log p̂_t(x) with
+    p̂_t = (1/N) Σ_i N(a_t y_i, σ_t² I): against float64 central differences of log p̂_t
+    (step h: truncation ~h² |∂³ log p̂_t| and round-off ~u_64 |log p̂_t|/h, both far below
+    1e-6 here), within ε*'s round-off bound (4) over σ_t plus the division's rounding."""
+    y = training_set(9, (3, 2))
+    t = np.array([50, 100, 300, 600, 1000], np.int32)
+    x = forward_points(y, t, schedule, 6)
+    score = conversions.score_from_eps(optimal.optimal_denoiser(y, schedule)(x, t),
+                                       sigma=schedule.sigma[t])
+    X, Y = x.reshape(len(x), -1).astype(np.float64), y.reshape(len(y), -1).astype(np.float64)
+    ab = np.asarray(schedule.alphas_bar, np.float64)[t][:, None]
+
+    def log_density(X):  # log p̂_t(x) up to a constant, per query
+        logits = -((X[:, None, :] - np.sqrt(ab)[:, :, None] * Y[None]) ** 2).sum(-1)
+        logits /= 2 * (1 - ab)
+        top = logits.max(1)
+        return top + np.log(np.exp(logits - top[:, None]).sum(1))
+
+    h = 1e-5
+    steps = h * np.eye(X.shape[1])
+    numeric = np.stack([(log_density(X + e) - log_density(X - e)) / (2 * h) for e in steps], 1)
+    sigma = np.sqrt(1 - ab[:, 0])
+    bound = bounds(x, t, y, schedule, brute_force(x, t, y, schedule), 1)['eps'] / sigma
+    assert_within(score, numeric, bound + 2 * U32 * np.abs(numeric).max(1) + 1e-6)
+    assert np.abs(numeric).max() > 1  # not trivially small
 
 
 def test_bfloat16_storage(schedule):
@@ -145,7 +172,7 @@ def test_bfloat16_storage(schedule):
     assert rows.rows.dtype == jnp.bfloat16
     ref = brute_force(x, t, y_stored, schedule)
     bound = bounds(x, t, y_stored, schedule, ref, 5, bf16=True)
-    assert_within(optimal.posterior_mean(x, t, rows, schedule), ref['x0'], bound['x0'])
+    assert_within(optimal.posterior_mean(x, t, rows, schedule=schedule), ref['x0'], bound['x0'])
 
 
 def test_no_overflow_where_naive_softmax_overflows(schedule):
@@ -163,9 +190,9 @@ def test_no_overflow_where_naive_softmax_overflows(schedule):
         assert not np.all(np.isfinite(np.exp(naive_logits.astype(np.float32))))
     rows = chunked.prepare_rows(y, 8)
     bound = bounds(x, t, y, schedule, ref, 5)
-    assert_within(optimal.posterior_mean(x, t, rows, schedule), ref['x0'], bound['x0'])
+    assert_within(optimal.posterior_mean(x, t, rows, schedule=schedule), ref['x0'], bound['x0'])
     assert_within(optimal.optimal_denoiser(rows, schedule)(x, t), ref['eps'], bound['eps'])
-    entropy, max_weight = optimal.posterior_stats(x, t, rows, schedule)
+    entropy, max_weight = optimal.posterior_stats(x, t, rows, schedule=schedule)
     assert_within(entropy, ref['entropy'], bound['entropy'])
     assert_within(max_weight, ref['max_weight'], bound['max_weight'])
 
@@ -174,13 +201,13 @@ def test_all_padding_chunk(schedule):
     """A trailing chunk with no valid row leaves the sums unchanged (no 0·inf, no NaN)."""
     y = training_set(5, (6,))
     padded = np.concatenate([y, np.zeros((11, 6), np.float32)])
-    rows = chunked.Rows(jnp.asarray(padded), jnp.sum(jnp.asarray(padded) ** 2, 1), 5, 8)
+    rows = chunked.ChunkedRows(jnp.asarray(padded), jnp.sum(jnp.asarray(padded) ** 2, 1), 5, 8)
     t = np.array([1, 500, 1000], np.int32)
     x = forward_points(y, t, schedule, 4)
     ref = brute_force(x, t, y, schedule)
     bound = bounds(x, t, y, schedule, ref, 2)
-    assert_within(optimal.posterior_mean(x, t, rows, schedule), ref['x0'], bound['x0'])
-    entropy, max_weight = optimal.posterior_stats(x, t, rows, schedule)
+    assert_within(optimal.posterior_mean(x, t, rows, schedule=schedule), ref['x0'], bound['x0'])
+    entropy, max_weight = optimal.posterior_stats(x, t, rows, schedule=schedule)
     assert_within(entropy, ref['entropy'], bound['entropy'])
 
 

@@ -73,7 +73,7 @@ def test_sampler_compiles_once_per_denoiser_structure(schedule, x_T):
 
 def test_bad_sampler_arguments(schedule, x_T):
     d = closed_form_denoiser(MU, S, schedule)
-    with pytest.raises(ConfigError, match='unknown sampler'):
+    with pytest.raises(ConfigError, match="sampling.method='euler' is not one of"):
         samplers.sample(d, x_T[:4], schedule, 'euler')
     with pytest.raises(ConfigError, match='steps'):
         samplers.sample(d, x_T[:4], schedule, 'ddim', num_steps=2000)

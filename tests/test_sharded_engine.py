@@ -58,15 +58,16 @@ for n, chunk_size in [(37, 4), (40, 2048), (3, 8)]:
     b_sharded = bounds(x, t, y, schedule, ref, chunks)
     b_single = bounds(x, t, y, schedule, ref, single.rows.shape[0] // single.chunk_size)
     for key, fn in [('x0', optimal.optimal_x0), ('eps', optimal.optimal_eps)]:
-        a, b = fn(sharded, schedule, x, t), fn(single, schedule, x, t)
+        a = fn(x, t, rows=sharded, schedule=schedule)
+        b = fn(x, t, rows=single, schedule=schedule)
         assert_within(a, ref[key], b_sharded[key])
         assert_within(a, b, b_sharded[key] + b_single[key])
     den = optimal.optimal_denoiser(sharded, schedule)
-    assert_within(apply(den, x, t), optimal.optimal_eps(single, schedule, x, t),
+    assert_within(apply(den, x, t), optimal.optimal_eps(x, t, rows=single, schedule=schedule),
                   b_sharded['eps'] + b_single['eps'])
     for i, key in enumerate(['entropy', 'max_weight']):
-        a = optimal.optimal_stats(sharded, schedule, x, t)[i]
-        b = optimal.optimal_stats(single, schedule, x, t)[i]
+        a = optimal.optimal_stats(x, t, rows=sharded, schedule=schedule)[i]
+        b = optimal.optimal_stats(x, t, rows=single, schedule=schedule)[i]
         assert_within(a, ref[key], b_sharded[key])
         assert_within(a, b, b_sharded[key] + b_single[key])
 print('sharded optimal ok')

@@ -5,11 +5,13 @@ scikit-learn, no download) are scaled to uint8 by round(v * 255 / 16) and writte
 as ArrayRecord, into the data dir; from then on they are read like any other prepared
 TFDS dataset. Example i of the split 'train' is scikit-learn's example i.
 
-This module imports TensorFlow Datasets: import it lazily.
+TensorFlow Datasets is heavy and optional: the caller imports it (data.sources.import_tfds)
+and passes the module in, and the builder class is defined on first use.
 """
+import functools
+
 import numpy as np
 import sklearn.datasets
-import tensorflow_datasets as tfds
 
 NAME = 'diffgen_digits'
 
@@ -21,39 +23,45 @@ def scaled_digits():
     return images, digits.target
 
 
-class DiffgenDigits(tfds.core.GeneratorBasedBuilder):
-    """Builder of `diffgen_digits`: image (8, 8, 1) uint8, label 0..9, split 'train'."""
+@functools.cache
+def builder_class(tfds):
+    """The TFDS builder of `diffgen_digits`: image (8, 8, 1) uint8, label 0..9, split 'train'.
+    Defined once: TFDS registers a builder class under its name when the class is made."""
 
-    VERSION = tfds.core.Version('1.0.0')
-    RELEASE_NOTES = {'1.0.0': 'sklearn load_digits, grey levels scaled by 255/16.'}
+    class DiffgenDigits(tfds.core.GeneratorBasedBuilder):
+        """scikit-learn's 8x8 digits."""
+        VERSION = tfds.core.Version('1.0.0')
+        RELEASE_NOTES = {'1.0.0': 'sklearn load_digits, grey levels scaled by 255/16.'}
 
-    def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description='scikit-learn load_digits: 1797 8x8 images, grey levels '
-                        'round(v * 255 / 16), labels 0..9, in scikit-learn order.',
-            features=tfds.features.FeaturesDict({
-                'image': tfds.features.Image(shape=(8, 8, 1)),
-                'label': tfds.features.ClassLabel(num_classes=10),
-            }),
-            supervised_keys=('image', 'label'),
-            disable_shuffling=True,
-            homepage='https://scikit-learn.org/stable/datasets/toy_dataset.html',
-        )
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                description='scikit-learn load_digits: 1797 8x8 images, grey levels '
+                            'round(v * 255 / 16), labels 0..9, in scikit-learn order.',
+                features=tfds.features.FeaturesDict({
+                    'image': tfds.features.Image(shape=(8, 8, 1)),
+                    'label': tfds.features.ClassLabel(num_classes=10),
+                }),
+                supervised_keys=('image', 'label'),
+                disable_shuffling=True,
+                homepage='https://scikit-learn.org/stable/datasets/toy_dataset.html',
+            )
 
-    def _split_generators(self, dl_manager):
-        del dl_manager  # nothing to download
-        return {'train': self._generate_examples()}
+        def _split_generators(self, dl_manager):
+            del dl_manager  # nothing to download
+            return {'train': self._generate_examples()}
 
-    def _generate_examples(self):
-        images, labels = scaled_digits()
-        for i, (image, label) in enumerate(zip(images, labels)):
-            yield i, {'image': image, 'label': int(label)}
+        def _generate_examples(self):
+            images, labels = scaled_digits()
+            for i, (image, label) in enumerate(zip(images, labels)):
+                yield i, {'image': image, 'label': int(label)}
+
+    return DiffgenDigits
 
 
-def prepare(data_dir: str) -> None:
+def prepare(tfds, data_dir: str) -> None:
     """Writes `diffgen_digits` as ArrayRecord into data_dir unless it is already there."""
-    builder = DiffgenDigits(data_dir=data_dir)
+    builder = builder_class(tfds)(data_dir=data_dir)
     # TFDS renames a finished dataset into place: its folder exists once it is prepared.
     if not builder.data_path.exists():
         builder.download_and_prepare(

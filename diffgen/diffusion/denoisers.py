@@ -9,7 +9,7 @@ def network_denoiser(model, params):
     return jax.tree_util.Partial(model.apply, params)
 
 
-def _hybrid_eps(high, low, t_switch, x, t):
+def _hybrid_eps(x, t, *, high, low, t_switch):
     """high(x, t) for the examples with t > t_switch, low(x, t) for the others.
 
     Inside a sampler every example has the same t, so one of the first two branches runs and
@@ -32,5 +32,5 @@ def hybrid_denoiser(high, low, t_switch):
     t_switch = T is low alone. A Partial whose leaves are both denoisers' arrays and
     t_switch, so a sampler compiles once for every t_switch."""
     wrap = lambda d: d if isinstance(d, jax.tree_util.Partial) else jax.tree_util.Partial(d)
-    return jax.tree_util.Partial(_hybrid_eps, wrap(high), wrap(low),
-                                 jnp.asarray(t_switch, jnp.int32))
+    return jax.tree_util.Partial(_hybrid_eps, high=wrap(high), low=wrap(low),
+                                 t_switch=jnp.asarray(t_switch, jnp.int32))

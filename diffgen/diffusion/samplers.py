@@ -6,6 +6,9 @@ shape (B,) in 1..T: a network, the empirical optimum, a hybrid of the two. Pass 
 compiles once for all values of those arrays; a plain function is wrapped and its closure
 becomes part of the program. Samplers know nothing of networks.
 
+SAMPLERS maps config.sampling.method to the sampler; every sampler takes
+`(denoiser, x_T, schedule, *, rng, num_steps, eta)` and returns x_0.
+
 Notation (docs/math.md §1): a_t = sqrt(alphas_bar_t), sigma_t = sqrt(1 - alphas_bar_t).
 """
 from __future__ import annotations
@@ -19,8 +22,10 @@ import numpy as np
 from diffgen import parallel
 from diffgen.diffusion import conversions
 from diffgen.errors import ConfigError
+from diffgen.registry import Registry
 
-METHODS = ('ddpm', 'ddim', 'heun')
+SAMPLERS = Registry('sampler')
+HEUN_DEFAULT_STEPS = 50   # heun's num_steps when none is given (the others: all T steps)
 
 
 def timestep_grid(num_timesteps, num_steps):
@@ -43,7 +48,7 @@ def step_pairs(num_timesteps, num_steps):
     return jnp.stack([grid[1:][::-1], grid[:-1][::-1]], axis=1)
 
 
-def ddim_step(x, eps, t, t_next, schedule, *, eta=0.0, z=None):
+def ddim_step(x, eps, *, t, t_next, schedule, eta=0.0, z=None):
     """One DDIM step t -> t' (Song et al. 2021, eq. 12), docs/math.md §5:
 
         x0_hat = (x_t - sigma_t eps_hat) / a_t
@@ -51,24 +56,27 @@ def ddim_step(x, eps, t, t_next, schedule, *, eta=0.0, z=None):
         x_{t'} = a_{t'} x0_hat + sqrt(sigma_{t'}^2 - s^2) eps_hat + s z.
     With eta = 0 (z unused) it is deterministic."""
     a, sigma, ab = schedule.a, schedule.sigma, schedule.alphas_bar
-    x0 = conversions.x0_from_eps(x, eps, a[t], sigma[t])
+    x0 = conversions.x0_from_eps(x, eps=eps, a=a[t], sigma=sigma[t])
     if z is None:
-        return a[t_next] * x0 + sigma[t_next] * eps
+        return conversions.diffuse(x0, eps=eps, a=a[t_next], sigma=sigma[t_next])
     s2 = eta ** 2 * (sigma[t_next] ** 2 / sigma[t] ** 2) * (1 - ab[t] / ab[t_next])
     dir_coef = jnp.sqrt(jnp.maximum(sigma[t_next] ** 2 - s2, 0.0))
-    return a[t_next] * x0 + dir_coef * eps + jnp.sqrt(s2) * z
+    return conversions.diffuse(x0, eps=eps, a=a[t_next], sigma=dir_coef) + jnp.sqrt(s2) * z
 
 
 def _eval(denoiser, x, t):
     return denoiser(x, jnp.full((x.shape[0],), t, jnp.int32))
 
 
-def ddpm(denoiser, x_T, schedule, rng):
+@SAMPLERS.register('ddpm')
+def ddpm(denoiser, x_T, schedule, *, rng, num_steps, eta):
     """Ancestral sampling (Ho et al. 2020, Algorithm 2) over all T steps, t = T..1:
 
         x_{t-1} = (x_t - beta_t / sigma_t eps_hat(x_t, t)) / sqrt(alpha_t) + sqrt(beta~_t) z,
         beta~_t = beta_t (1 - alphas_bar_{t-1}) / (1 - alphas_bar_t),  z ~ N(0, I), z = 0 at t = 1.
+    num_steps is T (sampler_steps checks it) and eta is not used: the noise is beta~_t's.
     """
+    del num_steps, eta
     betas, ab = schedule.betas, schedule.alphas_bar
 
     def step(x, t):
@@ -82,11 +90,11 @@ def ddpm(denoiser, x_T, schedule, rng):
     return jax.lax.scan(step, x_T, ts)[0]
 
 
-def ddim(denoiser, x_T, schedule, rng, num_steps, eta=0.0):
-    """DDIM (Song et al. 2021, eq. 12) on the strided grid t_S = T > ... > t_0 = 0:
+@SAMPLERS.register('ddim')
+def ddim(denoiser, x_T, schedule, *, rng, num_steps, eta):
+    """DDIM (Song et al. 2021, eq. 12) on the strided grid t_S = T > ... > t_0 = 0, each step
+    ddim_step with z ~ N(0, I) from fold_in(rng, t):
 
-        x0_hat = (x_t - sigma_t eps_hat) / a_t
-        s^2 = eta^2 (sigma_{t'}^2 / sigma_t^2) (1 - alphas_bar_t / alphas_bar_{t'})
         x_{t'} = a_{t'} x0_hat + sqrt(sigma_{t'}^2 - s^2) eps_hat + s z.
     eta = 0 is deterministic given x_T; eta = 1 with all T steps is DDPM with beta~.
     """
@@ -94,20 +102,23 @@ def ddim(denoiser, x_T, schedule, rng, num_steps, eta=0.0):
         t, t_next = ts
         eps = _eval(denoiser, x, t)
         z = jax.random.normal(jax.random.fold_in(rng, t), x.shape, x.dtype)
-        return ddim_step(x, eps, t, t_next, schedule, eta=eta, z=z), None
+        return ddim_step(x, eps, t=t, t_next=t_next, schedule=schedule, eta=eta, z=z), None
 
     return jax.lax.scan(step, x_T, step_pairs(schedule.num_timesteps, num_steps))[0]
 
 
-def heun(denoiser, x_T, schedule, num_steps):
+@SAMPLERS.register('heun')
+def heun(denoiser, x_T, schedule, *, rng, num_steps, eta):
     """Second-order (Heun) solver of the probability-flow ODE (Karras et al. 2022, Alg. 1).
 
     In the scaled variables y = x / a_t and s_t = sigma_t / a_t the VP probability-flow ODE
     is dy/ds = eps_hat(a_t y, t). On the grid t -> t' (s -> s'):
         y_E = y + (s' - s) eps_hat(x_t, t)                       (Euler; = DDIM with eta = 0)
         y'  = y + (s' - s) (eps_hat(x_t, t) + eps_hat(a_{t'} y_E, t')) / 2   if t' > 0
-    and the last step (t' = 0, s' = 0) is the Euler step.
+    and the last step (t' = 0, s' = 0) is the Euler step. Deterministic: rng and eta are
+    not used.
     """
+    del rng, eta
     a, sigma = schedule.a, schedule.sigma
     s = sigma / a
 
@@ -129,13 +140,29 @@ def heun(denoiser, x_T, schedule, num_steps):
     return y0  # a_0 = 1
 
 
+METHODS = SAMPLERS.names()
+
+
+def sampler_steps(method, num_steps, eta, *, num_timesteps):
+    """The number of steps `method` runs for num_steps (None or 0: its default, T, or
+    HEUN_DEFAULT_STEPS for heun), after checking the options as config.sampling holds them:
+    a registered method, ddpm with all T steps only, 1 <= steps <= T, 0 <= eta <= 1.
+    Raises ConfigError naming the sampling key that is wrong."""
+    T = num_timesteps
+    SAMPLERS.check('sampling.method', method)
+    if method == 'ddpm' and num_steps not in (None, 0, T):
+        raise ConfigError(f'sampling.num_steps={num_steps}: ddpm runs all T={T} steps; use '
+                          f'ddim for fewer')
+    if not 0.0 <= eta <= 1.0:
+        raise ConfigError(f'sampling.eta must be in [0, 1], got {eta}')
+    num_steps = int(num_steps or (HEUN_DEFAULT_STEPS if method == 'heun' else T))
+    timestep_grid(T, num_steps)  # checks 1 <= num_steps <= T
+    return num_steps
+
+
 @functools.partial(jax.jit, static_argnames=('method', 'num_steps'))
-def _sample(denoiser, x_T, schedule, rng, method, num_steps, eta):
-    if method == 'ddpm':
-        return ddpm(denoiser, x_T, schedule, rng)
-    if method == 'ddim':
-        return ddim(denoiser, x_T, schedule, rng, num_steps, eta)
-    return heun(denoiser, x_T, schedule, num_steps)
+def _sample(denoiser, x_T, schedule, *, rng, method, num_steps, eta):
+    return SAMPLERS[method](denoiser, x_T, schedule, rng=rng, num_steps=num_steps, eta=eta)
 
 
 def sample(denoiser, x_T, schedule, method='ddim', num_steps=None, eta=0.0, rng=None):
@@ -145,25 +172,18 @@ def sample(denoiser, x_T, schedule, method='ddim', num_steps=None, eta=0.0, rng=
     steps, default T; eta in [0, 1]) or 'heun' (num_steps intervals, 2 num_steps - 1
     denoiser calls, default 50). rng is needed for 'ddpm' and for 'ddim' with eta > 0.
     """
-    T = schedule.num_timesteps
-    if method not in METHODS:
-        raise ConfigError(f'unknown sampler {method!r}; choose one of {METHODS}')
-    if method == 'ddpm' and num_steps not in (None, 0, T):
-        raise ConfigError(f'ddpm runs all T={T} steps; use ddim for fewer (got {num_steps})')
-    if not 0.0 <= eta <= 1.0:
-        raise ConfigError(f'eta must be in [0, 1], got {eta}')
-    num_steps = int(num_steps or (50 if method == 'heun' else T))
-    timestep_grid(T, num_steps)  # validates the step count
+    num_steps = sampler_steps(method, num_steps, eta, num_timesteps=schedule.num_timesteps)
     if rng is None:
         if method == 'ddpm' or (method == 'ddim' and eta > 0):
             raise ValueError(f'{method} with noise needs an rng key')
         rng = jax.random.key(0)
     if not isinstance(denoiser, jax.tree_util.Partial):
         denoiser = jax.tree_util.Partial(denoiser)
-    return _sample(denoiser, x_T, schedule, rng, method, num_steps, jnp.float32(eta))
+    return _sample(denoiser, x_T, schedule, rng=rng, method=method, num_steps=num_steps,
+                   eta=jnp.float32(eta))
 
 
-def initial_noise(rng, num, example_shape, batch_size):
+def initial_noise(rng, num, example_shape, *, batch_size):
     """x_T for sample i is drawn from fold_in(rng, batch index): the same x_T for the same
     (rng, num, batch_size), whatever the denoiser, so runs can be compared sample by sample."""
     out = []
@@ -173,9 +193,9 @@ def initial_noise(rng, num, example_shape, batch_size):
     return np.concatenate([np.asarray(x) for x in out])
 
 
-def generate(denoiser, schedule, x_T, sampling_config, rng, mesh=None, batch_size=None):
-    """Runs the configured sampler on x_T in batches (sharded over the mesh's data axis)
-    and returns the samples as a float32 NumPy array."""
+def generate(denoiser, x_T, schedule, *, sampling_config, rng, mesh=None, batch_size=None):
+    """Runs the configured sampler (config.sampling) on x_T in batches (sharded over the
+    mesh's data axis) and returns the samples as a float32 NumPy array."""
     s = sampling_config
     mesh = mesh or parallel.get_mesh()
     devices = mesh.devices.size
@@ -186,6 +206,6 @@ def generate(denoiser, schedule, x_T, sampling_config, rng, mesh=None, batch_siz
         xb, n = parallel.pad_to_multiple(np.asarray(x_T[start:start + batch_size]), batch_size)
         xb = parallel.shard_batch(xb, mesh)
         x0 = sample(denoiser, xb, schedule, s.method, s.num_steps or None, s.eta,
-                             rng=jax.random.fold_in(rng, b))
+                    rng=jax.random.fold_in(rng, b))
         out.append(parallel.to_host(x0)[:n])
     return np.concatenate(out)

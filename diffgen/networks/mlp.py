@@ -1,6 +1,7 @@
 """An MLP eps_theta(x, t) for low-dimensional (toy2d) data."""
 import flax.linen as nn
 
+from diffgen.networks.registry import NETWORKS
 from diffgen.networks.unet import timestep_embedding
 
 
@@ -19,3 +20,10 @@ class MLP(nn.Module):
             u = nn.Dropout(self.dropout, deterministic=not train)(u)
             h = h + nn.Dense(self.hidden)(nn.swish(u + temb))
         return nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros)(nn.swish(h))
+
+
+@NETWORKS.register('mlp')
+def build_mlp(model_config):
+    """MLP from config.model: mlp_hidden, mlp_depth, dropout."""
+    m = model_config
+    return MLP(hidden=m.mlp_hidden, depth=m.mlp_depth, dropout=m.dropout)

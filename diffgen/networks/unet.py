@@ -13,6 +13,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from diffgen.networks.registry import NETWORKS
+
 
 def timestep_embedding(t, dim, max_period=10_000.0):
     """emb(t) = [sin(t w_k), cos(t w_k)], w_k = max_period^(-k/(dim/2)), k = 0..dim/2-1."""
@@ -104,3 +106,13 @@ class UNet(nn.Module):
 
         h = nn.swish(group_norm(h.shape[-1], self.num_groups)(h))
         return nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros)(h)
+
+
+@NETWORKS.register('unet')
+def build_unet(model_config):
+    """UNet from config.model: ch, ch_mult, num_res_blocks, attn_resolutions, dropout,
+    num_groups."""
+    m = model_config
+    return UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+                attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+                num_groups=m.num_groups)

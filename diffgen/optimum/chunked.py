@@ -5,7 +5,7 @@ norms n_i = ‖y_i‖² precomputed (of the stored, possibly bfloat16-rounded, r
 over S for a batch of queries q (B, D) streams Y in chunks of C rows, in one lax.scan:
 
     for each chunk c:   G_c = q Y_cᵀ  (B, C; one GEMM, float32 accumulation)
-                        state ← step(state, G_c, Chunk(Y_c, n_c, index_c, valid_c), aux)
+                        state ← step(state, Chunk(G_c, Y_c, n_c, index_c, valid_c), aux)
 
 so the working memory is O(B·C + C·D + B·D) (on CPU XLA copies each chunk out of Y once),
 never O(B·N). N is padded with zero rows to a multiple of C × devices; padded rows carry
@@ -17,6 +17,7 @@ DATA_AXIS inside jax.shard_map; the queries are replicated.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -31,6 +32,7 @@ from diffgen import parallel
 
 class Chunk(NamedTuple):
     """One chunk of the stored rows, as a step sees it."""
+    gram: jax.Array       # (B, C) float32, G = q Y_cᵀ
     rows: jax.Array       # (C, D) storage dtype
     sq_norms: jax.Array   # (C,) float32, ‖y_i‖²
     index: jax.Array      # (C,) int32, global row index i
@@ -38,8 +40,10 @@ class Chunk(NamedTuple):
 
 
 @flax.struct.dataclass
-class Rows:
-    """A training set prepared for chunked reductions: a pytree whose leaves are the rows."""
+class ChunkedRows:
+    """A training set stored for chunked reductions: its examples as rows (flattened vectors
+    in the storage dtype) with their squared norms, padded to whole chunks on every device;
+    a pytree whose leaves are the rows and norms."""
     rows: jax.Array                 # (N_pad, D), zero past num_rows; sharded along N on a mesh
     sq_norms: jax.Array             # (N_pad,) float32, ‖y_i‖² of the stored rows
     num_rows: int = flax.struct.field(pytree_node=False)     # N
@@ -51,10 +55,11 @@ class Rows:
         return self.rows.shape[1]
 
 
-def rows_from_loader(load_rows, num_rows, dim, chunk_size=2048, storage_dtype=jnp.float32,
+def rows_from_loader(load_rows, num_rows, dim, *, chunk_size=2048, storage_dtype=jnp.float32,
                      mesh=None):
-    """Rows of N = num_rows vectors of length dim, read by load_rows(start, stop) -> (stop -
-    start, dim) array for start < stop <= N. On a mesh each process reads only its own shard.
+    """ChunkedRows of N = num_rows vectors of length dim, read by load_rows(start, stop) ->
+    (stop - start, dim) array for start < stop <= N. On a mesh each process reads only its
+    own shard.
 
     Each device gets K = ⌈N / (devices × chunk_size)⌉ chunks of C = ⌈N / (devices × K)⌉ rows,
     rounded up to a multiple of 8 but at most chunk_size: N is padded to devices × K × C,
@@ -79,17 +84,17 @@ def rows_from_loader(load_rows, num_rows, dim, chunk_size=2048, storage_dtype=jn
         rows = jnp.asarray(load_padded(0, padded))
     else:
         rows = parallel.shard_rows((padded, dim), mesh, load_padded)
-    return Rows(rows, _sq_norms(rows), num_rows, chunk, mesh)
+    return ChunkedRows(rows, _sq_norms(rows), num_rows, chunk, mesh)
 
 
-def prepare_rows(train_set, chunk_size=2048, storage_dtype=jnp.float32, mesh=None):
-    """Rows of a whole training set (N, ...), each example flattened to a vector of length D.
-    Rows already prepared are returned as they are (with their own chunk, dtype and mesh)."""
-    if isinstance(train_set, Rows):
+def prepare_rows(train_set, chunk_size=2048, storage_dtype=jnp.float32, *, mesh=None):
+    """ChunkedRows of a whole training set (N, ...), each example flattened to a vector of
+    length D. ChunkedRows are returned as they are (with their own chunk, dtype and mesh)."""
+    if isinstance(train_set, ChunkedRows):
         return train_set
     flat = np.asarray(train_set).reshape(len(train_set), -1)
     return rows_from_loader(lambda start, stop: flat[start:stop], flat.shape[0], flat.shape[1],
-                            chunk_size, storage_dtype, mesh)
+                            chunk_size=chunk_size, storage_dtype=storage_dtype, mesh=mesh)
 
 
 @jax.jit
@@ -107,9 +112,10 @@ def flatten_queries(x, rows):
     return x.reshape(x.shape[0], rows.dim).astype(jnp.float32)
 
 
-def scan_chunks(step, state, queries, aux, rows, sq_norms, first_index, chunk_size, num_rows):
+def scan_chunks(step, state, queries, *, aux, rows, sq_norms, first_index, chunk_size,
+                num_rows):
     """Folds step over the chunks of the (local) rows, starting at global index first_index:
-    state ← step(state, queries Y_cᵀ, Chunk, aux), GEMM inputs in the storage dtype."""
+    state ← step(state, Chunk, aux), the Chunk's GEMM inputs in the storage dtype."""
     num_chunks = rows.shape[0] // chunk_size
     starts = first_index + chunk_size * jnp.arange(num_chunks, dtype=jnp.int32)
     q = queries.astype(rows.dtype)
@@ -119,32 +125,33 @@ def scan_chunks(step, state, queries, aux, rows, sq_norms, first_index, chunk_si
         index = start + jnp.arange(chunk_size, dtype=jnp.int32)
         g = jax.lax.dot_general(q, y, (((1,), (1,)), ((), ())),
                                 preferred_element_type=jnp.float32)
-        return step(state, g, Chunk(y, n, index, index < num_rows), aux), None
+        return step(state, Chunk(g, y, n, index, index < num_rows), aux), None
 
     xs = (rows.reshape(num_chunks, chunk_size, rows.shape[1]),
           sq_norms.reshape(num_chunks, chunk_size), starts)
     return jax.lax.scan(body, state, xs)[0]
 
 
-def reduce_rows(rows, step, combine, state, queries, aux=()):
-    """The reduction of `step` over every stored row for replicated queries (B, D).
+def reduce_rows(rows, step, combine, *, state, queries, aux=()):
+    """The reduction of `step` over every stored row of rows (ChunkedRows) for replicated
+    queries (B, D), from the initial state.
 
     One device: the chunk scan. On a mesh: the chunk scan of each device's shard inside
     jax.shard_map, then combine(state), which must make the state equal on every device with
     collectives over parallel.DATA_AXIS. `state` and `aux` are pytrees of replicated arrays.
     """
-    def local(row_block, norm_block, first_index, state, queries, aux):
-        return scan_chunks(step, state, queries, aux, row_block, norm_block, first_index,
-                           rows.chunk_size, rows.num_rows)
-
+    scan = functools.partial(scan_chunks, step, chunk_size=rows.chunk_size,
+                             num_rows=rows.num_rows)
     if rows.mesh is None:
-        return local(rows.rows, rows.sq_norms, 0, state, queries, aux)
+        return scan(state, queries, aux=aux, rows=rows.rows, sq_norms=rows.sq_norms,
+                    first_index=0)
 
-    def shard(row_block, norm_block, state, queries, aux):
+    def shard(row_block, norm_block, state, queries, aux):  # positional: shard_map's in_specs
         first_index = jax.lax.axis_index(parallel.DATA_AXIS) * row_block.shape[0]
         state = jax.tree_util.tree_map(
             lambda v: jax.lax.pcast(v, parallel.DATA_AXIS, to='varying'), state)
-        return combine(local(row_block, norm_block, first_index, state, queries, aux))
+        return combine(scan(state, queries, aux=aux, rows=row_block, sq_norms=norm_block,
+                            first_index=first_index))
 
     sharded, whole = P(parallel.DATA_AXIS), P()
     return jax.shard_map(shard, mesh=rows.mesh, in_specs=(sharded, sharded, whole, whole, whole),

@@ -17,7 +17,7 @@ and s = s(t) (the gap objective with k ≡ K, p_zero = 0; any weighting). The ce
 states, not training images. For t ≤ K, s = 0: the bank is the training set and ε̂ = ε*; as
 M → ∞ the bank's law tends to p̂_s = (1/N) Σ_i N(a_s y_i, σ_s² I) and ε̂ → ε*.
 
-Computation, on the chunked-GEMM core and the online softmax of diffgen.optimal: the centre
+Computation, on the chunked-GEMM core and the online softmax of diffgen.optimum.optimal: the centre
 √r x_s^(ij) = a y_i + b ε_ij (a = √r a_s = a_t, b = √r σ_s) changes with t through b, so each
 bank row stores u_ij = [y_i, ε_ij, ‖y_i‖², y_i·ε_ij, ‖ε_ij‖²] (2D + 3 columns) and the whole
 logit is one GEMM with the query
@@ -33,14 +33,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffgen.optimum import chunked
-from diffgen.optimum import optimal
+from diffgen.diffusion import conversions
 from diffgen.diffusion.objectives import gap_coefficients
+from diffgen.optimum import chunked, optimal
 
 
-def bank_rows(train_set, num_draws, rng, chunk_size=2048, mesh=None):
+def bank_rows(train_set, num_draws, rng, *, chunk_size=2048, mesh=None):
     """The bank of a training set (N, ...) in [-1, 1] with M = num_draws noises per image, as
-    chunked.Rows of u_k = [y_i, ε_k, ‖y_i‖², y_i·ε_k, ‖ε_k‖²] for k = i M + j, ε_k drawn from
+    chunked.ChunkedRows of u_k = [y_i, ε_k, ‖y_i‖², y_i·ε_k, ‖ε_k‖²] for k = i M + j, ε_k drawn from
     fold_in(rng, k) (the same bank however it is chunked or sharded). On a mesh each process
     builds only its own shard."""
     flat = np.asarray(train_set, np.float32).reshape(len(train_set), -1)
@@ -54,12 +54,12 @@ def bank_rows(train_set, num_draws, rng, chunk_size=2048, mesh=None):
         norms = np.stack([(y * y).sum(1), (y * eps).sum(1), (eps * eps).sum(1)], axis=1)
         return np.concatenate([y, eps, norms], axis=1).astype(np.float32)
 
-    return chunked.rows_from_loader(load_rows, num_images * num_draws, 2 * dim + 3, chunk_size,
-                                    jnp.float32, mesh)
+    return chunked.rows_from_loader(load_rows, num_images * num_draws, 2 * dim + 3,
+                                    chunk_size=chunk_size, storage_dtype=jnp.float32, mesh=mesh)
 
 
 @jax.jit
-def gap_bank_eps(bank, schedule, max_k, x, t):
+def gap_bank_eps(x, t, *, bank, schedule, max_k):
     """ε̂(x, t) = (x − a E_w[y] − b E_w[ε]) / (√(1 − r) c) over the bank, s = max(t − K, 0)."""
     t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (x.shape[0],))
     s = jnp.maximum(t - max_k, 0)
@@ -72,11 +72,14 @@ def gap_bank_eps(bank, schedule, max_k, x, t):
     state = optimal.softmax_sums(bank, queries / (sqrt_one_minus_r ** 2)[:, None],
                                  jnp.zeros_like(a))
     mean = state.weighted / state.total[:, None]
-    centre = a[:, None] * mean[:, :dim] + b[:, None] * mean[:, dim:2 * dim]
-    return ((q - centre) / (sqrt_one_minus_r * c)[:, None]).reshape(x.shape)
+    centre = conversions.diffuse(mean[:, :dim], eps=mean[:, dim:2 * dim], a=a, sigma=b)
+    # x_t = centre + √(1 − r) ξ with ξ = c ε: ε̂ is the conversion with a = 1, σ = √(1 − r) c
+    eps = conversions.eps_from_x0(q, x0=centre, a=1.0, sigma=sqrt_one_minus_r * c)
+    return eps.reshape(x.shape)
 
 
 def gap_bank_denoiser(bank, schedule, max_k):
     """The denoiser (x, t) -> ε̂(x, t) of a bank (bank_rows), for any sampler: a
     jax.tree_util.Partial whose leaves are the bank, the schedule and K."""
-    return jax.tree_util.Partial(gap_bank_eps, bank, schedule, jnp.int32(max_k))
+    return jax.tree_util.Partial(gap_bank_eps, bank=bank, schedule=schedule,
+                                 max_k=jnp.int32(max_k))

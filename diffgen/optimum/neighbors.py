@@ -2,7 +2,7 @@
 
     d(q, y_i)² = ‖q‖² − 2 q·y_i + ‖y_i‖²   (clamped at 0; ‖y_i‖² precomputed)
 
-Per chunk G = q Y_cᵀ (diffgen.chunked); a running top-k keeps the k smallest d² with their
+Per chunk G = q Y_cᵀ (diffgen.optimum.chunked); a running top-k keeps the k smallest d² with their
 global indices: lax.top_k over concat(running, chunk). Ties go to the smaller index:
 lax.top_k puts the lower position first among equal values, and positions follow indices
 (the running entries, ordered by (d², index), all precede the chunk in index). Shards each
@@ -27,10 +27,10 @@ from diffgen.optimum import chunked
 _NO_INDEX = jnp.iinfo(jnp.int32).max   # index of the initial +inf entries: loses every tie
 
 
-def _topk_step(state, g, chunk, sq_queries):
+def _topk_step(state, chunk, sq_queries):
     """Merges one chunk's d² = ‖q‖² − 2G + n (+inf on padding) into the running top-k."""
     best_sq, best_index = state
-    sq = sq_queries[:, None] - 2.0 * g + chunk.sq_norms[None, :]
+    sq = sq_queries[:, None] - 2.0 * chunk.gram + chunk.sq_norms[None, :]
     sq = jnp.where(chunk.valid, jnp.where(sq > 0, sq, 0.0), jnp.inf)
     candidates = jnp.concatenate([best_sq, sq], axis=1)
     indices = jnp.concatenate(
@@ -49,14 +49,14 @@ def _merge_shards(state):
 
 
 @functools.partial(jax.jit, static_argnames=('k', 'normalize'))
-def nearest(rows, queries, k, normalize=False):
+def nearest(rows, queries, *, k, normalize=False):
     """(distances, indices), each (B, k), of the k nearest stored rows to each query, by
     increasing distance (ties: smaller index first); distances over √D if normalize."""
     q = chunked.flatten_queries(queries, rows)
     batch = q.shape[0]
     init = (jnp.full((batch, k), jnp.inf), jnp.full((batch, k), _NO_INDEX, jnp.int32))
-    _, best_index = chunked.reduce_rows(rows, _topk_step, _merge_shards, init, q,
-                                        jnp.sum(q * q, axis=1))
+    _, best_index = chunked.reduce_rows(rows, _topk_step, _merge_shards, state=init, queries=q,
+                                        aux=jnp.sum(q * q, axis=1))
     # The k found rows' distances recomputed as ‖q − y‖: exact near 0, where the GEMM form
     # loses ~sqrt(u ‖y‖²) to cancellation (exact copies must measure 0).
     diff = q[:, None, :] - rows.rows[best_index].astype(jnp.float32)
@@ -67,12 +67,12 @@ def nearest(rows, queries, k, normalize=False):
     return distances, best_index
 
 
-def knn(queries, train_set, k, chunk_size=2048, mesh=None, normalize=False):
+def knn(queries, train_set, k, *, chunk_size=2048, mesh=None, normalize=False):
     """Exact k nearest neighbours (1 <= k <= N) in the training set (N, ...) of queries
     (B, ...): (distances (B, k) float32, indices (B, k) int32), nearest first, ties to the
     smaller index. With a mesh the training set is sharded along N. train_set may be
-    chunked.Rows prepared once and reused across query batches."""
-    rows = chunked.prepare_rows(train_set, chunk_size, jnp.float32, mesh)
+    chunked.ChunkedRows prepared once and reused across query batches."""
+    rows = chunked.prepare_rows(train_set, chunk_size, jnp.float32, mesh=mesh)
     if not 1 <= k <= rows.num_rows:
         raise ValueError(f'k must be in 1..{rows.num_rows} (the training set size), got {k}')
-    return nearest(rows, queries, k, normalize)
+    return nearest(rows, queries, k=k, normalize=normalize)

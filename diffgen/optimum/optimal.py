@@ -5,7 +5,7 @@
     x̂₀*(x, t) = Σ_i w_i y_i,    ε*(x, t) = (x − a_t x̂₀*) / σ_t.
 
 It is softmax attention of the query x over keys a_t y_i with values y_i, run on the
-chunked-GEMM core (diffgen.chunked): per chunk G = q Y_cᵀ with q = (a_t/σ_t²) x, then
+chunked-GEMM core (diffgen.optimum.chunked): per chunk G = q Y_cᵀ with q = (a_t/σ_t²) x, then
 s = G − (a_t²/(2σ_t²)) n with n_i = ‖y_i‖² precomputed, and a second GEMM p Y_c. An online
 softmax keeps, relative to the running maximum m of the logits,
 
@@ -59,9 +59,10 @@ def _rescale(state, new_max):
                         scale * (state.spread + shift * state.total))
 
 
-def _softmax_step(state, g, chunk, norm_scale):
-    """Adds one chunk: s = G − (a²/(2σ²)) n, -inf on padding rows."""
-    logits = jnp.where(chunk.valid, g - norm_scale[:, None] * chunk.sq_norms, -jnp.inf)
+def _softmax_step(state, chunk, norm_scale):
+    """Adds one chunk: s = G − λ n (λ = norm_scale = a²/(2σ²) for ε*), -inf on padding rows."""
+    logits = jnp.where(chunk.valid, chunk.gram - norm_scale[:, None] * chunk.sq_norms,
+                       -jnp.inf)
     new_max = jnp.maximum(state.max, jnp.max(logits, axis=1))
     state = _rescale(state, new_max)
     centred = logits - _reference(new_max)[:, None]
@@ -87,11 +88,12 @@ def softmax_sums(rows, queries, norm_scale):
     batch = queries.shape[0]
     init = SoftmaxState(jnp.full((batch,), -jnp.inf), jnp.zeros((batch,)),
                         jnp.zeros((batch, rows.dim)), jnp.zeros((batch,)))
-    return chunked.reduce_rows(rows, _softmax_step, _combine_shards, init, queries, norm_scale)
+    return chunked.reduce_rows(rows, _softmax_step, _combine_shards, state=init, queries=queries,
+                               aux=norm_scale)
 
 
 @jax.jit
-def _posterior(rows, schedule, x, t):
+def _posterior(x, t, *, rows, schedule):
     """The online-softmax sums at (x, t) over all of rows."""
     q = chunked.flatten_queries(x, rows)
     t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (x.shape[0],))
@@ -101,51 +103,53 @@ def _posterior(rows, schedule, x, t):
 
 
 @jax.jit
-def optimal_x0(rows, schedule, x, t):
-    """x̂₀*(x, t) = Σ_i w_i y_i over prepared rows, shaped like x."""
-    state = _posterior(rows, schedule, x, t)
+def optimal_x0(x, t, *, rows, schedule):
+    """x̂₀*(x, t) = Σ_i w_i y_i over rows (chunked.ChunkedRows), shaped like x."""
+    state = _posterior(x, t, rows=rows, schedule=schedule)
     return (state.weighted / state.total[:, None]).reshape(x.shape)
 
 
 @jax.jit
-def optimal_eps(rows, schedule, x, t):
-    """ε*(x, t) = (x − a_t x̂₀*)/σ_t over prepared rows: the pure function of the denoiser."""
+def optimal_eps(x, t, *, rows, schedule):
+    """ε*(x, t) = (x − a_t x̂₀*)/σ_t over rows (chunked.ChunkedRows): the denoiser's pure
+    function."""
     t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (x.shape[0],))
     x = x.astype(jnp.float32)
-    return conversions.eps_from_x0(x, optimal_x0(rows, schedule, x, t), schedule.a[t],
-                                   schedule.sigma[t])
+    x0 = optimal_x0(x, t, rows=rows, schedule=schedule)
+    return conversions.eps_from_x0(x, x0=x0, a=schedule.a[t], sigma=schedule.sigma[t])
 
 
 @jax.jit
-def optimal_stats(rows, schedule, x, t):
-    """(H(w), max_i w_i) at (x, t) over prepared rows: H = log l − v/l, max w = 1/l."""
-    state = _posterior(rows, schedule, x, t)
+def optimal_stats(x, t, *, rows, schedule):
+    """(H(w), max_i w_i) at (x, t) over rows (chunked.ChunkedRows): H = log l − v/l,
+    max w = 1/l."""
+    state = _posterior(x, t, rows=rows, schedule=schedule)
     return jnp.log(state.total) - state.spread / state.total, 1.0 / state.total
 
 
-def optimal_denoiser(train_set, schedule, chunk_size=2048, storage_dtype=jnp.float32,
+def optimal_denoiser(train_set, schedule, *, chunk_size=2048, storage_dtype=jnp.float32,
                      mesh=None):
     """The denoiser (x, t) -> ε*(x, t) of a training set (N, ...) in [-1, 1].
 
     A jax.tree_util.Partial of optimal_eps whose leaves are the stored rows (sharded along N
     over the mesh's data axis when a mesh is given) and the schedule, so jitted samplers take
     it as an argument instead of baking the training set into the program. train_set may
-    also be chunked.Rows prepared once (it keeps its own chunk size, dtype and mesh).
+    also be chunked.ChunkedRows prepared once (they keep their own chunk size, dtype and mesh).
     """
-    rows = chunked.prepare_rows(train_set, chunk_size, storage_dtype, mesh)
-    return jax.tree_util.Partial(optimal_eps, rows, schedule)
+    rows = chunked.prepare_rows(train_set, chunk_size, storage_dtype, mesh=mesh)
+    return jax.tree_util.Partial(optimal_eps, rows=rows, schedule=schedule)
 
 
-def posterior_mean(x, t, train_set, schedule, chunk_size=2048, storage_dtype=jnp.float32,
+def posterior_mean(x, t, train_set, *, schedule, chunk_size=2048, storage_dtype=jnp.float32,
                    mesh=None):
     """x̂₀*(x, t) = Σ_i w_i y_i = E[x₀ | x_t = x] under the empirical distribution."""
-    rows = chunked.prepare_rows(train_set, chunk_size, storage_dtype, mesh)
-    return optimal_x0(rows, schedule, x, t)
+    rows = chunked.prepare_rows(train_set, chunk_size, storage_dtype, mesh=mesh)
+    return optimal_x0(x, t, rows=rows, schedule=schedule)
 
 
-def posterior_stats(x, t, train_set, schedule, chunk_size=2048, storage_dtype=jnp.float32,
+def posterior_stats(x, t, train_set, *, schedule, chunk_size=2048, storage_dtype=jnp.float32,
                     mesh=None):
     """(entropy H(w) = −Σ_i w_i log w_i, largest weight max_i w_i), each of shape (B,):
     how far the posterior over training points is from one-hot (H = 0, max w = 1)."""
-    rows = chunked.prepare_rows(train_set, chunk_size, storage_dtype, mesh)
-    return optimal_stats(rows, schedule, x, t)
+    rows = chunked.prepare_rows(train_set, chunk_size, storage_dtype, mesh=mesh)
+    return optimal_stats(x, t, rows=rows, schedule=schedule)

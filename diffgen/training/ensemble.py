@@ -42,7 +42,7 @@ def make_ensemble_train_call(config, model, tx, schedule, num_steps):
         x0 = to_float(train_set[jax.random.randint(batch_key, (batch_size,), 0,
                                                    train_set.shape[0])])
         loss, grads = jax.value_and_grad(
-            lambda p: loss_fn(model.apply, p, x0, loss_key, schedule))(state.params)
+            lambda p: loss_fn(model.apply, p, x0, rng=loss_key, schedule=schedule))(state.params)
         return apply_gradients(state, grads, tx, config.optim.ema_decay), loss
 
     def call(states, train_sets):

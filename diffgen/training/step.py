@@ -32,11 +32,11 @@ def step_keys(seed, step):
 
 def draw_batch(train_set, batch_size, batch_key, flip_key, random_flip, mesh):
     """A batch in [-1, 1], split along the batch axis over the mesh: uniform indices into
-    the training set (a parallel.ShardedRows, or an array of images whose leading size
+    the training set (a parallel.PaddedRows, or an array of images whose leading size
     divides over the mesh), optional horizontal flip. The indices depend on the key alone,
     so every device count draws the same batch."""
-    if not isinstance(train_set, parallel.ShardedRows):
-        train_set = parallel.ShardedRows(train_set, train_set.shape[0])
+    if not isinstance(train_set, parallel.PaddedRows):
+        train_set = parallel.PaddedRows(train_set, train_set.shape[0])
     idx = jax.random.randint(batch_key, (batch_size,), 0, train_set.num_rows)
     x0 = to_float(parallel.gather_rows(train_set.rows, idx, mesh))
     if random_flip:
@@ -74,7 +74,7 @@ def make_train_call(config, model, tx, schedule, mesh):
                             config.data.random_flip, mesh)
             x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
             loss, grads = jax.value_and_grad(
-                lambda p: loss_fn(model.apply, p, x0, loss_key, schedule))(state.params)
+                lambda p: loss_fn(model.apply, p, x0, rng=loss_key, schedule=schedule))(state.params)
             new_state = apply_gradients(state, grads, tx, config.optim.ema_decay)
             return new_state, {'loss': loss, 'grad_norm': optax.global_norm(grads)}
 
