@@ -4,6 +4,7 @@ Orbax and the clu writers handle such paths themselves; everything else goes thr
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 from etils import epath
@@ -28,16 +29,23 @@ def read_text(path):
 
 
 def write_text(path, text):
-    """Writes text, creating the parent directory."""
-    p = epath.Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text)
+    """Writes text atomically (write_bytes), creating the parent directory."""
+    write_bytes(path, text.encode())
 
 
 def write_bytes(path, data):
+    """Writes data atomically, creating the parent directory: into a temporary file beside
+    path, then renamed over it, so that a reader (or a crash) never sees half a file."""
     p = epath.Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(data)
+    tmp = p.parent / f'.{p.name}.tmp-{os.getpid()}'
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(p)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
 
 
 def open_file(path, mode='r'):

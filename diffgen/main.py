@@ -29,7 +29,10 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file[:argument
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, samples, reports.')
 _MODE = flags.DEFINE_string('mode', 'all', f'One of {MODES}.')
-flags.DEFINE_string('other_workdir', None, 'The second workdir of --mode=compare.')
+_OTHER_WORKDIR = flags.DEFINE_string('other_workdir', None,
+                                     'The second workdir of --mode=compare.')
+_STEP = flags.DEFINE_integer('step', None, 'sample / analyze: the kept checkpoint of this step '
+                             '(default: the latest).')
 
 
 def fail(message, status=2):
@@ -62,7 +65,8 @@ def parse_flags(argv):
 
 
 def run(config, workdir, mode):
-    return modes.MODES[mode](config, workdir)
+    options = modes.Options(step=_STEP.value, other_workdir=_OTHER_WORKDIR.value)
+    return modes.MODES[mode](config, workdir, options)
 
 
 def main(argv):

@@ -1,30 +1,37 @@
-"""What each --mode does, as functions of (config, workdir)."""
+"""What each --mode does, as functions of (config, workdir, options): options carries the
+flags that only some modes read (--step, --other_workdir)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
 
-from absl import flags
-
 from diffgen import files
 from diffgen.analysis import compare as comparison
 from diffgen.analysis.context import make_context
+from diffgen.analysis.evaluation import Evaluator
 from diffgen.analysis.runner import run_experiments
 from diffgen.training.loop import restore_trained, sample_and_save, train_and_evaluate
 
 
-def train(config, workdir):
+@dataclasses.dataclass(frozen=True)
+class Options:
+    step: int | None = None            # --step: the kept checkpoint to sample or analyse
+    other_workdir: str | None = None   # --other_workdir: the second model of compare
+
+
+def train(config, workdir, options=Options()):
     """Trains (resuming), then writes a sample grid of the final EMA model."""
-    state = train_and_evaluate(config, workdir)
+    state = train_and_evaluate(config, workdir, make_evaluator=Evaluator)
     if int(state.step) == config.training.num_steps:
-        sample(config, workdir)
+        sample(config, workdir, options)
     return state
 
 
-def sample(config, workdir):
+def sample(config, workdir, options=Options()):
     """Draws config.sampling.num_samples samples; writes samples/final.png and samples.npz."""
-    run = restore_trained(config, workdir)
+    run = restore_trained(config, workdir, options.step)
     step = int(run.state.step)
     path = os.path.join(workdir, 'samples', f'step_{step:08d}_final.png')
     samples = sample_and_save(config, run.model, run.params(config.sampling.use_ema),
@@ -36,26 +43,25 @@ def sample(config, workdir):
     return samples
 
 
-def analyze(config, workdir):
+def analyze(config, workdir, options=Options()):
     """Runs config.analysis.experiments on the trained model; writes DIR/report/."""
-    run = restore_trained(config, workdir)
+    run = restore_trained(config, workdir, options.step)
     ctx = make_context(config, workdir, run)
     return run_experiments(ctx, list(config.analysis.experiments))
 
 
-def all_(config, workdir):
+def all_(config, workdir, options=Options()):
     """Trains (resuming), samples, then analyses."""
-    state = train(config, workdir)
+    state = train(config, workdir, options)
     if int(state.step) == config.training.num_steps:
-        analyze(config, workdir)
+        analyze(config, workdir, options)
     return state
 
 
-def compare(config, workdir, other_workdir=None):
-    """Compares DIR's model with --other_workdir's (diffgen.compare); writes DIR/report/compare/."""
-    if other_workdir is None and 'other_workdir' in flags.FLAGS:
-        other_workdir = flags.FLAGS.other_workdir
-    return comparison.compare(config, workdir, other_workdir)
+def compare(config, workdir, options=Options()):
+    """Compares DIR's model with --other_workdir's (diffgen.analysis.compare); writes
+    DIR/report/compare/."""
+    return comparison.compare(config, workdir, options.other_workdir)
 
 
 MODES = {'train': train, 'sample': sample, 'analyze': analyze, 'all': all_, 'compare': compare}

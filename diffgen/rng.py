@@ -5,7 +5,7 @@ what the uninterrupted run would have drawn.
 """
 import jax
 
-STREAMS = {'train': 0, 'init': 1, 'sample': 2, 'analysis': 3, 'data': 4}
+STREAMS = {'train': 0, 'init': 1, 'sample': 2, 'analysis': 3, 'data': 4, 'evaluation': 5}
 
 
 def stream(seed, name):

@@ -72,9 +72,12 @@ def write_config(workdir, config):
                          json.dumps(config.to_dict(), indent=2, default=list))
 
 
-def make_manager(workdir, keep):
-    """A CheckpointManager keeping the `keep` newest checkpoints (saves are asynchronous)."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+def make_manager(workdir, keep, keep_period=0):
+    """A CheckpointManager keeping the `keep` newest checkpoints, and also every one whose
+    step is a multiple of keep_period (> 0), so that those can be analysed later with
+    --step; saves are asynchronous."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_period or None,
+                                           create=True)
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
@@ -84,9 +87,13 @@ def save(manager, state, force=False):
     return step
 
 
-def restore_latest(manager, target):
-    """The latest checkpoint restored onto target's structure and shardings, or None."""
-    step = manager.latest_step()
+def restore_latest(manager, target, step=None):
+    """The latest checkpoint (or the kept one of the given step) restored onto target's
+    structure and shardings, or None if there is none."""
+    if step is not None and step not in manager.all_steps():
+        raise WorkdirError(f'no checkpoint of step {step} in {manager.directory}; kept steps: '
+                           f'{sorted(manager.all_steps())} (training.keep_period keeps more)')
+    step = manager.latest_step() if step is None else step
     if step is None:
         return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)

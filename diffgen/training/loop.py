@@ -25,7 +25,10 @@ from diffgen.progress import Progress
 from diffgen.rng import stream
 from diffgen.diffusion.schedules import get_schedule
 from diffgen.training.state import TrainState, create_train_state, make_optimizer, sampling_params
+from diffgen.training.csv_log import CsvLog
 from diffgen.training.step import make_train_call
+
+EVAL_CSV = 'eval.csv'  # the evaluations during training, one row per evaluated step
 
 
 class Preemption:
@@ -94,20 +97,22 @@ def build(config, dataset):
     return Run(dataset, schedule, model, tx, mesh, parallel.replicate(state, mesh))
 
 
-def restore_trained(config, workdir):
-    """The Run of the workdir's latest checkpoint (WorkdirError if there is none)."""
+def restore_trained(config, workdir, step=None):
+    """The Run of the workdir's latest checkpoint, or of the kept checkpoint of that step
+    (WorkdirError if there is none)."""
     if not checkpointing.has_checkpoint(workdir):
         raise WorkdirError(f'no checkpoint in {workdir}; run --mode=train first')
     checkpointing.check_compatible(workdir, config)
     dataset = data.load(config)
     check_model_fits_data(config, dataset)
     run = build(config, dataset)
-    manager = checkpointing.make_manager(workdir, config.training.keep_checkpoints)
-    return dataclasses.replace(run, state=checkpointing.restore_latest(manager, run.state))
+    manager = checkpointing.make_manager(workdir, config.training.keep_checkpoints,
+                                         config.training.keep_period)
+    return dataclasses.replace(run, state=checkpointing.restore_latest(manager, run.state, step))
 
 
 def place_training_set(dataset, mesh):
-    """The training images as parallel.ShardedRows over the mesh, from each process's own
+    """The training images as parallel.PaddedRows over the mesh, from each process's own
     rows (data.load(config, train_rows=...) reads only those; a whole dataset is cut)."""
     start, stop = parallel.process_rows(dataset.num_train, mesh)
     local = dataset.train_images[start - dataset.train_start:stop - dataset.train_start]
@@ -119,16 +124,22 @@ def sample_and_save(config, model, params, schedule, dataset, path, mesh):
     The batch is sharded over the whole mesh; every process gets all the samples."""
     rng = stream(config.seed, 'sample')
     x_T = samplers.initial_noise(rng, config.sampling.num_samples, dataset.image_shape,
-                                 config.sampling.batch_size)
-    samples = samplers.generate(network_denoiser(model, params), schedule, x_T,
-                                config.sampling, jax.random.fold_in(rng, 1), mesh)
+                                 batch_size=config.sampling.batch_size)
+    samples = samplers.generate(network_denoiser(model, params), x_T, schedule,
+                                sampling_config=config.sampling,
+                                rng=jax.random.fold_in(rng, 1), mesh=mesh)
     if jax.process_index() == 0:
         figures.save_samples(samples, path, reference=None if dataset.is_image else dataset.train)
     return samples
 
 
-def train_and_evaluate(config, workdir):
-    """Trains config.training.num_steps steps in workdir, resuming from its checkpoints."""
+def train_and_evaluate(config, workdir, make_evaluator=None):
+    """Trains config.training.num_steps steps in workdir, resuming from its checkpoints.
+
+    make_evaluator(config, run) -> evaluate(params) -> {name: number}, if given and
+    training.eval_every > 0, is called every eval_every steps and at the last step with the
+    sampling parameters (EMA or raw); its numbers go to TensorBoard as eval/<name> and to
+    workdir/eval.csv (diffgen.analysis.evaluation provides the standard one)."""
     mesh = parallel.get_mesh()
     dataset = data.load(config, train_rows=lambda n: parallel.process_rows(n, mesh))
     check_model_fits_data(config, dataset)
@@ -137,7 +148,8 @@ def train_and_evaluate(config, workdir):
     schedule, model, tx, mesh, state = run.schedule, run.model, run.tx, run.mesh, run.state
 
     checkpointing.write_config(workdir, config)
-    manager = checkpointing.make_manager(workdir, config.training.keep_checkpoints)
+    manager = checkpointing.make_manager(workdir, config.training.keep_checkpoints,
+                                         config.training.keep_period)
     restored = checkpointing.restore_latest(manager, state)
     if restored is not None:
         state = restored
@@ -149,6 +161,8 @@ def train_and_evaluate(config, workdir):
 
     t = config.training
     step = int(state.step)
+    evaluate = make_evaluator(config, run) if make_evaluator and t.eval_every else None
+    eval_log = CsvLog(os.path.join(workdir, EVAL_CSV), resume_step=step)
     progress = Progress('train step', t.num_steps, step)
     pending = []  # per-call metrics still on the device: fetched only at boundaries
     with Preemption() as preemption:
@@ -159,7 +173,8 @@ def train_and_evaluate(config, workdir):
             preemption.requested = parallel.any_process(preemption.requested)
             at_log = step % t.log_every == 0 or step == t.num_steps
             at_save = step % t.checkpoint_every == 0 or step == t.num_steps
-            if not (at_log or at_save or preemption.requested):
+            at_eval = evaluate is not None and (step % t.eval_every == 0 or step == t.num_steps)
+            if not (at_log or at_save or at_eval or preemption.requested):
                 continue
             losses = np.concatenate([np.asarray(m['loss']) for m in pending])
             if not np.all(np.isfinite(losses)):
@@ -173,6 +188,13 @@ def train_and_evaluate(config, workdir):
                                             'grad_norm': float(pending[-1]['grad_norm'][-1])})
                 progress.report(step, f'  loss {losses.mean():.4f}')
                 pending = []
+            if at_eval:
+                numbers = evaluate(sampling_params(state, config.sampling.use_ema))
+                writer.write_scalars(step, {f'eval/{k}': v for k, v in numbers.items()})
+                if jax.process_index() == 0:
+                    eval_log.append(step, numbers)
+                print(f'eval step {step}: ' + '  '.join(
+                    f'{k} {v:.4g}' for k, v in numbers.items()), flush=True)
             if at_save or preemption.requested:
                 checkpointing.save(manager, state, force=preemption.requested)
             if preemption.requested:
@@ -182,7 +204,8 @@ def train_and_evaluate(config, workdir):
                 writer.close()
                 return state
             if t.sample_every and step % t.sample_every == 0 and step != t.num_steps:
-                sample_and_save(config, model, state.ema_params, schedule, dataset,
+                sample_and_save(config, model, sampling_params(state, config.sampling.use_ema),
+                                schedule, dataset,
                                 os.path.join(workdir, 'samples', f'step_{step:08d}.png'), mesh)
     manager.wait_until_finished()
     writer.flush()

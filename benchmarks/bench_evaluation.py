@@ -1,0 +1,69 @@
+"""The cost of evaluation during training against the training it interrupts, side by side.
+
+    python benchmarks/bench_evaluation.py [config[:arg]]     (default configs/digits.py)
+
+Times, in one process and interleaved, the train calls of one evaluation interval
+(training.eval_every steps) and one evaluation (diffgen.analysis.evaluation.Evaluator with the
+config's evaluation settings, classifier already cached), and prints their ratio: the
+fraction of training time that evaluation adds. The target is at most 0.10.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+os.environ.setdefault('DIFFGEN_DATA_DIR', os.path.join(tempfile.gettempdir(), 'diffgen_data'))
+
+import jax  # noqa: E402
+
+from diffgen import data  # noqa: E402
+from diffgen.analysis.evaluation import Evaluator  # noqa: E402
+from diffgen.training.loop import build, place_training_set  # noqa: E402
+from diffgen.training.state import sampling_params  # noqa: E402
+from diffgen.training.step import make_train_call  # noqa: E402
+
+
+def load_config(spec):
+    """get_config(arg) of a config file named 'configs/<name>.py[:arg]'."""
+    path, _, arg = spec.partition(':')
+    return importlib.import_module(f'configs.{pathlib.Path(path).stem}').get_config(arg or None)
+
+
+def main(spec='configs/digits.py', repeats=3):
+    config = load_config(spec)
+    t = config.training
+    dataset = data.load(config)
+    run = build(config, dataset)
+    train_set = place_training_set(dataset, run.mesh)
+    train_call = make_train_call(config, run.model, run.tx, run.schedule, run.mesh)
+    evaluate = Evaluator(config, run)
+    state = run.state
+    state, _ = jax.block_until_ready(train_call(state, train_set))     # compile
+    evaluate(sampling_params(state, config.sampling.use_ema))          # compile, classifier
+    calls = t.eval_every // t.steps_per_call
+    best_train = best_eval = float('inf')
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            state, metrics = train_call(state, train_set)
+        jax.block_until_ready(metrics)
+        best_train = min(best_train, time.perf_counter() - start)
+        start = time.perf_counter()
+        evaluate(sampling_params(state, config.sampling.use_ema))
+        best_eval = min(best_eval, time.perf_counter() - start)
+    e = config.evaluation
+    print(f'{spec}: eval_every {t.eval_every} steps, evaluation {e.methods} '
+          f'({e.sampler_steps} steps), {e.num_samples} samples, {e.num_images} images, '
+          f'{jax.devices()[0].platform}')
+    print(f'  {t.eval_every} train steps : {best_train:8.2f} s')
+    print(f'  one evaluation   : {best_eval:8.2f} s')
+    print(f'  evaluation / training: {best_eval / best_train:.3f}  (target <= 0.10)')
+
+
+if __name__ == '__main__':
+    main(*sys.argv[1:2])

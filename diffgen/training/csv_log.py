@@ -1,0 +1,33 @@
+"""A CSV of numbers per training step (eval.csv): one row per step, rewritten whole and
+atomically at every append (it is small), so that a crash never leaves half a row. A run
+resumed from step S drops the rows after S: it recomputes them, as the run it continues
+would have."""
+from __future__ import annotations
+
+import csv
+import io
+
+from diffgen import files
+
+
+class CsvLog:
+    def __init__(self, path, *, resume_step):
+        """Opens path (keeping the rows with step <= resume_step, if it exists)."""
+        self.path = path
+        self.rows = [r for r in read_csv(path) if int(r['step']) <= resume_step] \
+            if files.exists(path) else []
+
+    def append(self, step, numbers):
+        """Adds the row {step, **numbers} and rewrites the file."""
+        self.rows.append({'step': step, **numbers})
+        columns = list(dict.fromkeys(k for row in self.rows for k in row))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, restval='')
+        writer.writeheader()
+        writer.writerows(self.rows)
+        files.write_text(self.path, buffer.getvalue())
+
+
+def read_csv(path):
+    """The rows of a CSV file as dicts of strings."""
+    return list(csv.DictReader(io.StringIO(files.read_text(path))))
