@@ -1,31 +1,48 @@
-"""Runs a sweep declared beside a config, one run after another, and collects the results.
+"""Runs a sweep declared beside a config, resumably and as many runs at once as the machine
+has room for, and collects the finished runs' results.
 
     python -m launch.sweep --config=configs/digits.py[:arg] --sweep_dir=D \
-        [--sweep_arg=A] [--mode=all] [--launcher=local] [--override=key=value ...]
+        [--sweep_arg=A] [--mode=all] [--launcher=local] [--override=key=value ...] \
+        [--parallel=K] [--devices=0,1,...]
 
 The config file's get_sweep(A) returns a list of override dicts ({'data.num_train': 64,
 ...}). Run i is `python -m diffgen.main --config=<config> --workdir=D/<name_i> --mode=<mode>
---config.<key>=<value> ...` (each --override is added to every run), started by the chosen
-launcher; <name_i> joins the overridden keys' last parts and values (num_train_64). Its
-output goes to D/<name_i>.log. Rerunning the same command resumes: every run resumes from
-its checkpoints. Then every run's report/report.json is flattened ('e6.memorisation_ratio')
-into one row of D/results.csv (with the run name, its status, its seconds and its
-overrides), and where the rows carry E6 numbers D/emm.png plots the memorisation ratio
-against N with the EMM marked (diffgen/experiments/e6_emm.py). Exit status 1 if a run failed.
+--config.<key>=<value> ...` (each --override is added to every run); <name_i> joins the
+overridden keys' last parts and values (num_train_64). Its output is appended to
+D/<name_i>.log (a rerun adds to the log, never truncates it).
 
-A launcher is a function (main_args, log_path) -> exit status that runs diffgen.main with
-those arguments to completion; LAUNCHERS maps --launcher names to them.
+Slots: with --devices (default: the GPUs in $CUDA_VISIBLE_DEVICES, else those nvidia-smi
+lists) one run per device at a time, each seeing only its own (CUDA_VISIBLE_DEVICES=<id>);
+without devices, --parallel runs at once (default 1) sharing the CPU cores.
+
+Resumable: a run whose report holds every experiment it asks for, made from its last
+training step with its current config (the report's provenance: step and config digest) is
+finished and skipped; any other run (never started, failed, interrupted, or stale: its
+config changed) is run again and resumes from its checkpoints. Only finished runs
+contribute a row to D/results.csv (written atomically); where the rows carry E6 numbers
+D/emm.png plots the memorisation ratio against N with the EMM marked
+(diffgen/analysis/experiments/e6_emm.py). SIGTERM or SIGINT to the sweep passes SIGTERM to
+every running child (which saves a checkpoint and stops), waits for them, and exits 143:
+every run stays resumable and no child outlives the sweep. Exit status 1 if a run failed.
+
+A launcher is a function main_args -> argv that runs diffgen.main with those arguments;
+LAUNCHERS maps --launcher names to them.
 """
 from __future__ import annotations
 
+import ast
 import csv
+import dataclasses
 import importlib.util
 import io
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 if __package__ in (None, ''):  # run as a script: launch/sweep.py
@@ -34,6 +51,8 @@ if __package__ in (None, ''):  # run as a script: launch/sweep.py
 from absl import app, flags  # noqa: E402
 
 from diffgen import files  # noqa: E402
+from diffgen.analysis.experiments import e6_emm  # noqa: E402
+from diffgen.analysis.provenance import config_digest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,35 +63,22 @@ _MODE = flags.DEFINE_string('mode', 'all', 'diffgen.main --mode of every run.')
 _LAUNCHER = flags.DEFINE_string('launcher', 'local',
                                 'How each run is started: local, tpu_pod.')
 _OVERRIDE = flags.DEFINE_multi_string('override', [], 'key=value added to every run.')
+_PARALLEL = flags.DEFINE_integer('parallel', 1, 'Runs at once on the CPU (without devices).')
+_DEVICES = flags.DEFINE_string('devices', None, 'GPU ids, one run on each at a time (default: '
+                               '$CUDA_VISIBLE_DEVICES, else what nvidia-smi lists).')
 
 
-def run_local(main_args, log_path):
-    """Runs `python -m diffgen.main MAIN_ARGS` here, from the repository root; its output
-    goes to log_path and, line by line, to stdout. Returns its exit status."""
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    with files.open_file(log_path, 'w') as log:
-        process = subprocess.Popen([sys.executable, '-m', 'diffgen.main', *main_args], cwd=REPO,
-                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True)
-        for line in process.stdout:
-            log.write(line)
-            print(f'  {line}', end='', flush=True)
-        return process.wait()
+def run_local(main_args):
+    """`python -m diffgen.main MAIN_ARGS` on this machine, from the repository root."""
+    return [sys.executable, '-m', 'diffgen.main', *main_args]
 
 
-def run_tpu_pod(main_args, log_path):
-    """Runs diffgen.main with MAIN_ARGS on every worker of the TPU pod $DIFFGEN_TPU in zone
+def run_tpu_pod(main_args):
+    """diffgen.main with MAIN_ARGS on every worker of the TPU pod $DIFFGEN_TPU in zone
     $DIFFGEN_TPU_ZONE through launch/tpu_pod.sh (the run's --workdir must be on GCS: use a
-    gs:// --sweep_dir); its output goes to log_path and stdout. Returns its exit status."""
-    pod = [os.path.join(REPO, 'launch', 'tpu_pod.sh'), f'--tpu={os.environ["DIFFGEN_TPU"]}',
-           f'--zone={os.environ["DIFFGEN_TPU_ZONE"]}', '--']
-    with files.open_file(log_path, 'w') as log:
-        process = subprocess.Popen([*pod, *main_args], stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
-        for line in process.stdout:
-            log.write(line)
-            print(f'  {line}', end='', flush=True)
-        return process.wait()
+    gs:// --sweep_dir)."""
+    return [os.path.join(REPO, 'launch', 'tpu_pod.sh'), f'--tpu={os.environ["DIFFGEN_TPU"]}',
+            f'--zone={os.environ["DIFFGEN_TPU_ZONE"]}', '--', *main_args]
 
 
 LAUNCHERS = {'local': run_local, 'tpu_pod': run_tpu_pod}
@@ -110,6 +116,47 @@ def main_args(config_flag, workdir, mode, overrides, extra):
             *(f'--config.{e}' for e in extra)]
 
 
+def run_config(get_config, config_flag, overrides, extra):
+    """The config a run will use: get_config(arg) with the overrides and each 'key=value' of
+    extra applied as diffgen.main applies --config.key=value (literals parsed, else strings)."""
+    config = get_config(config_flag.partition(':')[2] or None)
+    items = list(overrides.items())
+    for e in extra:
+        key, _, text = e.partition('=')
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        items.append((key, value))
+    for key, value in items:
+        *sections, name = key.split('.')
+        node = config
+        for s in sections:
+            node = node[s]
+        node[name] = value
+    return config
+
+
+def finished(workdir, config, mode):
+    """True if workdir's report holds every experiment of config, each made from the last
+    training step with this config (its provenance). Modes without a report never are."""
+    if mode not in ('all', 'analyze'):
+        return False
+    path = os.path.join(workdir, 'report', 'report.json')
+    if not files.exists(path):
+        return False
+    try:
+        report = json.loads(files.read_text(path))
+    except ValueError:
+        return False
+    want = {'step': config.training.num_steps, 'config_digest': config_digest(config)}
+    for key in config.analysis.experiments:
+        made = (report.get(key) or {}).get('provenance') or {}
+        if any(made.get(k) != v for k, v in want.items()):
+            return False
+    return True
+
+
 def flatten(tree, prefix=''):
     """The scalars of nested dicts as {'a.b': value}; lists are left out."""
     out = {}
@@ -120,18 +167,6 @@ def flatten(tree, prefix=''):
         elif not isinstance(value, list):
             out[name] = value
     return out
-
-
-def collect(sweep_dir, runs):
-    """One row per run: name, status, seconds, overrides, then its report.json numbers."""
-    rows = []
-    for name, overrides, status, seconds in runs:
-        row = {'run': name, 'status': status, 'seconds': round(seconds, 1), **overrides}
-        path = os.path.join(sweep_dir, name, 'report', 'report.json')
-        if files.exists(path):
-            row.update(flatten(json.loads(files.read_text(path))))
-        rows.append(row)
-    return rows
 
 
 def write_csv(rows, path):
@@ -146,34 +181,180 @@ def write_csv(rows, path):
     files.write_text(path, text.getvalue())
 
 
-def sweep(config_flag, sweep_dir, sweep_arg=None, mode='all', launcher='local', extra=()):
-    """Runs the sweep, writes results.csv (and emm.png); returns (rows, EMM summary or None)."""
-    from diffgen.analysis.experiments import e6_emm
+def default_slots(devices=None, parallel=1):
+    """The environments runs start in: one per GPU id, or `parallel` copies of the CPU one."""
+    if devices is None:
+        visible = os.environ.get('CUDA_VISIBLE_DEVICES')
+        if visible is not None:
+            devices = visible
+        elif shutil.which('nvidia-smi'):
+            listing = subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True)
+            devices = ','.join(str(i) for i, line in enumerate(listing.stdout.splitlines())
+                               if line.startswith('GPU'))
+    ids = [d.strip() for d in (devices or '').split(',') if d.strip()]
+    if ids:
+        return [{'CUDA_VISIBLE_DEVICES': i} for i in ids]
+    return [{} for _ in range(max(parallel, 1))]
+
+
+@dataclasses.dataclass
+class Run:
+    name: str
+    overrides: dict
+    config: object
+    args: list
+    status: str = 'pending'
+    seconds: float = 0.0
+
+
+class Runner:
+    """Runs the runs in the free slots, children in their own process groups; stop() sends
+    them SIGTERM and waits."""
+
+    def __init__(self, launch, sweep_dir, slots):
+        self.launch, self.sweep_dir, self.slots = launch, sweep_dir, slots
+        self.children = {}
+        self.lock = threading.Lock()
+        self.stopping = False
+
+    def run_one(self, run, env):
+        """Runs one run to completion in env; returns its exit status."""
+        log_path = os.path.join(self.sweep_dir, f'{run.name}.log')
+        with self.lock:
+            if self.stopping:
+                return None
+            process = subprocess.Popen(
+                self.launch(run.args), cwd=REPO, env={**os.environ, 'PYTHONUNBUFFERED': '1',
+                                                      **env},
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                start_new_session=True)
+            self.children[run.name] = process
+        with files.open_file(log_path, 'a') as log:
+            log.write(f'--- sweep: start {time.strftime("%Y-%m-%d %H:%M:%S")} '
+                      f'{" ".join(env_text(env))}\n')
+            for line in process.stdout:
+                log.write(line)
+                print(f'  [{run.name}] {line}', end='', flush=True)
+            rc = process.wait()
+            log.write(f'--- sweep: exit {rc}\n')
+        with self.lock:
+            del self.children[run.name]
+        return rc
+
+    def stop(self, *_):
+        """SIGTERM to every running child; they save a checkpoint and exit."""
+        with self.lock:
+            self.stopping = True
+            for process in self.children.values():
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    def run_all(self, runs, mode):
+        """Runs the runs, as many at once as there are slots; sets each one's status."""
+        queue = list(runs)
+        threads = []
+        slots = list(self.slots)
+        cv = threading.Condition()
+
+        def work(run, env):
+            start = time.perf_counter()
+            print(f'sweep: start {run.name} {" ".join(env_text(env))}', flush=True)
+            rc = self.run_one(run, env)
+            run.seconds = time.perf_counter() - start
+            if rc is None or self.stopping:
+                run.status = 'interrupted'
+            elif rc != 0:
+                run.status = f'failed (exit {rc})'
+            elif mode in ('all', 'analyze') and not finished(
+                    os.path.join(self.sweep_dir, run.name), run.config, mode):
+                run.status = 'incomplete'
+            else:
+                run.status = 'ok'
+            print(f'sweep: {run.name} {run.status} in {run.seconds:.0f}s', flush=True)
+            with cv:
+                slots.append(env)
+                cv.notify()
+
+        while queue and not self.stopping:
+            with cv:
+                while not slots:
+                    cv.wait(timeout=1.0)
+                env = slots.pop(0)
+            if self.stopping:
+                break
+            thread = threading.Thread(target=work, args=(queue.pop(0), env))
+            thread.start()
+            threads.append(thread)
+        for thread in threads:
+            thread.join()
+        for run in queue:
+            run.status = 'interrupted'
+
+
+def env_text(env):
+    return [f'{k}={v}' for k, v in env.items()]
+
+
+def sweep(config_flag, sweep_dir, sweep_arg=None, mode='all', launcher='local', extra=(),
+          slots=None):
+    """Runs the unfinished runs of the sweep, writes results.csv (finished runs only) and
+    emm.png; returns (runs, EMM summary or None)."""
     get_config, overrides_list = load_sweep(config_flag, sweep_arg)
-    launch = LAUNCHERS[launcher]
     files.makedirs(sweep_dir)
     runs = []
-    for i, overrides in enumerate(overrides_list):
+    for overrides in overrides_list:
         name = run_name(overrides)
-        args = main_args(config_flag, os.path.join(sweep_dir, name), mode, overrides, extra)
-        print(f'sweep {i + 1}/{len(overrides_list)}: {name}', flush=True)
-        start = time.perf_counter()
-        rc = launch(args, os.path.join(sweep_dir, f'{name}.log'))
-        seconds = time.perf_counter() - start
-        status = 'ok' if rc == 0 else f'failed (exit {rc})'
-        print(f'sweep {i + 1}/{len(overrides_list)}: {name} {status} in {seconds:.0f}s',
+        workdir = os.path.join(sweep_dir, name)
+        config = run_config(get_config, config_flag, overrides, extra)
+        run = Run(name, overrides, config,
+                  main_args(config_flag, workdir, mode, overrides, extra))
+        if finished(workdir, config, mode):
+            run.status = 'ok (finished before)'
+        runs.append(run)
+    todo = [r for r in runs if r.status == 'pending']
+    print(f'sweep: {len(runs)} runs, {len(runs) - len(todo)} finished before, '
+          f'{len(todo)} to run', flush=True)
+    runner = Runner(LAUNCHERS[launcher], sweep_dir, slots or default_slots())
+    previous = {s: signal.signal(s, runner.stop) for s in (signal.SIGTERM, signal.SIGINT)} \
+        if threading.current_thread() is threading.main_thread() else {}
+    try:
+        runner.run_all(todo, mode)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    summary = collect(runs, sweep_dir, get_config(config_flag.partition(':')[2] or None))
+    if runner.stopping:
+        print('sweep: stopped by a signal; every run is resumable: rerun the same command',
               flush=True)
-        runs.append((name, overrides, status, seconds))
-    rows = collect(sweep_dir, runs)
+    return runs, summary
+
+
+def collect(runs, sweep_dir, config):
+    """results.csv from the finished runs (run, seconds, overrides, report numbers) and the
+    EMM summary; the others are listed, never counted."""
+    rows = []
+    for run in runs:
+        if not run.status.startswith('ok'):
+            continue
+        path = os.path.join(sweep_dir, run.name, 'report', 'report.json')
+        row = {'run': run.name, 'seconds': round(run.seconds, 1), **run.overrides}
+        if files.exists(path):
+            row.update(flatten(json.loads(files.read_text(path))))
+        rows.append(row)
     write_csv(rows, os.path.join(sweep_dir, e6_emm.RESULTS))
-    threshold = get_config(config_flag.partition(':')[2] or None).analysis.e6_threshold
-    summary = e6_emm.write_sweep_summary(sweep_dir, rows, threshold)
-    print(f'wrote {os.path.join(sweep_dir, e6_emm.RESULTS)}', flush=True)
+    print(f'wrote {os.path.join(sweep_dir, e6_emm.RESULTS)} ({len(rows)} finished runs)',
+          flush=True)
+    left = [f'{r.name}: {r.status}' for r in runs if not r.status.startswith('ok')]
+    if left:
+        print('not counted: ' + '; '.join(left), flush=True)
+    summary = e6_emm.write_sweep_summary(sweep_dir, rows, config.analysis.e6.threshold)
     if summary is not None:
         num_train, ratios, emm = summary
         print('memorisation ratio by N: ' + ', '.join(
             f'{n}: {r:.3f}' for n, r in zip(num_train, ratios)) + f'; EMM = {emm}', flush=True)
-    return rows, summary
+    return summary
 
 
 def main(argv):
@@ -183,9 +364,12 @@ def main(argv):
         raise app.UsageError('--config and --sweep_dir are required')
     if _LAUNCHER.value not in LAUNCHERS:
         raise app.UsageError(f'--launcher={_LAUNCHER.value!r} is not one of {tuple(LAUNCHERS)}')
-    rows, _ = sweep(_CONFIG.value, _SWEEP_DIR.value, _SWEEP_ARG.value, _MODE.value,
-                    _LAUNCHER.value, _OVERRIDE.value)
-    return 1 if any(r['status'] != 'ok' for r in rows) else 0
+    slots = default_slots(_DEVICES.value, _PARALLEL.value)
+    runs, _ = sweep(_CONFIG.value, _SWEEP_DIR.value, _SWEEP_ARG.value, _MODE.value,
+                    _LAUNCHER.value, _OVERRIDE.value, slots)
+    if any(r.status == 'interrupted' for r in runs):
+        return 143
+    return 1 if any(not r.status.startswith('ok') for r in runs) else 0
 
 
 if __name__ == '__main__':

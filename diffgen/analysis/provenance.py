@@ -1,0 +1,37 @@
+"""Where a reported number came from: the checkpoint step, a digest of the run's config and a
+fingerprint of its training set. Every report section carries these; a section whose
+provenance differs from the current run's is stale (another checkpoint, config or training
+set) and is never merged into its report.
+
+  config_digest     SHA-256 (first 16 hex digits) of the config as canonical JSON (sorted
+                    keys, tuples as lists)
+  data_fingerprint  SHA-256 (first 16 hex digits) of the training set's uint8 rows, in
+                    order, with their shape
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+
+def config_digest(config) -> str:
+    """The digest of a ConfigDict (or of its to_dict())."""
+    tree = config.to_dict() if hasattr(config, 'to_dict') else config
+    text = json.dumps(tree, sort_keys=True, default=list, separators=(',', ':'))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def data_fingerprint(examples) -> str:
+    """The fingerprint of a training set (uint8 images, or float points)."""
+    examples = np.ascontiguousarray(examples)
+    digest = hashlib.sha256(f'{examples.dtype} {examples.shape}'.encode())
+    digest.update(examples.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def provenance(config, step, train_examples) -> dict:
+    """{'step', 'config_digest', 'data_fingerprint'} of a report made from a checkpoint."""
+    return {'step': int(step), 'config_digest': config_digest(config),
+            'data_fingerprint': data_fingerprint(train_examples)}
