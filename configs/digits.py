@@ -1,17 +1,22 @@
 """The embedded default: scikit-learn's 8x8 digits (1797 images), no download.
 
-    --config=configs/digits.py          the default run (minutes on a laptop CPU)
-    --config=configs/digits.py:smoke    a reduced run that finishes in under 2 minutes
+    --config=configs/digits.py                     the default run (minutes on a laptop CPU)
+    --config=configs/digits.py:smoke               a reduced run (a few minutes)
+    --config=configs/digits.py:smoke,num_train=64  arguments combine (configs/common.py)
+
+Arguments: smoke (the reduced run), num_train=N (the training-set size; -1 = all 1541).
 
 get_sweep(arg) declares the E6 sweep over the training-set size N (launch/sweep.py).
 """
-from configs import default
+from configs import common, default
 
 
 def get_config(arg=None):
+    arg = common.parse_arg(arg, smoke=False, num_train=-1)
     config = default.get_config()
     config.data.source = 'digits'
     config.data.num_heldout = 256           # held out of the 1797; the rest is the training set
+    config.data.num_train = arg.num_train
 
     config.model.ch = 32
     config.model.ch_mult = (1, 2)
@@ -30,11 +35,13 @@ def get_config(arg=None):
     config.training.log_every = 250
     config.training.checkpoint_every = 1000
     config.training.sample_every = 2000
+    config.training.eval_every = 500        # memorisation, novelty, FD, loss gap: eval.csv
+    config.training.keep_period = 1000      # keep these checkpoints for analysis (--step)
 
     config.sampling.method = 'ddpm'
     config.sampling.num_samples = 100
 
-    if arg == 'smoke':
+    if arg.smoke:
         config.model.ch = 16
         config.model.num_res_blocks = 1
         config.optim.warmup_steps = 50
@@ -48,21 +55,25 @@ def get_config(arg=None):
         config.sampling.num_samples = 64
         config.analysis.num_samples = 128                 # E1-E4: fewer samples, steps, t_switch
         config.analysis.sampler_steps = 50
-        config.analysis.e4_switch_fractions = (0.0, 0.01, 0.05, 0.2, 1.0)
-        config.analysis.quality_classifier_steps = 500
-    elif arg is not None:
-        raise ValueError(f'unknown variant {arg!r} of configs/digits.py; known: smoke')
+        config.analysis.e4.switch_fractions = (0.0, 0.01, 0.05, 0.2, 1.0)
+        config.analysis.quality.classifier_steps = 500
     return config
 
 
-SWEEP_NUM_TRAIN = (16, 32, 64, 128, 256, 512, 1024, 1541)   # 1541 = all after 256 held out
+SWEEP_NUM_TRAIN = (16, 32, 64, 128, 256, 512, 1541)   # 1541 = all after 256 held out
+
+# Every sweep run also evaluates all three samplers during training, so that each N has its
+# memorisation-against-step curve per sampler (DDPM's 1000 steps on fewer samples, less often).
+SWEEP_EVALUATION = {'training.eval_every': 1000, 'evaluation.methods': ('ddim', 'heun', 'ddpm'),
+                    'evaluation.num_samples': 100}
 
 
 def get_sweep(arg=None):
-    """The E6 sweep: one run per training-set size N, each reporting only E6 (its own
-    memorisation ratio). arg: the Ns as a comma-separated list (e.g. '16,64,256'), default
-    SWEEP_NUM_TRAIN. Used as
+    """The E6 sweep: one run per training-set size N, each reporting E6 (its own
+    memorisation ratio) and evaluating every sampler during training (eval.csv). arg: the Ns
+    as a comma-separated list (e.g. '16,64,256'), default SWEEP_NUM_TRAIN. Used as
         python -m launch.sweep --config=configs/digits.py[:variant] --sweep_dir=D [--sweep_arg=...]
     """
     sizes = SWEEP_NUM_TRAIN if arg is None else tuple(int(n) for n in str(arg).split(','))
-    return [{'data.num_train': n, 'analysis.experiments': ('e6',)} for n in sizes]
+    return [{'data.num_train': n, 'analysis.experiments': ('e6',), **SWEEP_EVALUATION}
+            for n in sizes]

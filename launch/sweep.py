@@ -8,7 +8,7 @@ has room for, and collects the finished runs' results.
 The config file's get_sweep(A) returns a list of override dicts ({'data.num_train': 64,
 ...}). Run i is `python -m diffgen.main --config=<config> --workdir=D/<name_i> --mode=<mode>
 --config.<key>=<value> ...` (each --override is added to every run); <name_i> joins the
-overridden keys' last parts and values (num_train_64). Its output is appended to
+swept variable (the first key of each override dict) and its value (num_train_64). Its output is appended to
 D/<name_i>.log (a rerun adds to the log, never truncates it).
 
 Slots: with --devices (default: the GPUs in $CUDA_VISIBLE_DEVICES, else those nvidia-smi
@@ -21,7 +21,9 @@ finished and skipped; any other run (never started, failed, interrupted, or stal
 config changed) is run again and resumes from its checkpoints. Only finished runs
 contribute a row to D/results.csv (written atomically); where the rows carry E6 numbers
 D/emm.png plots the memorisation ratio against N with the EMM marked
-(diffgen/analysis/experiments/e6_emm.py). SIGTERM or SIGINT to the sweep passes SIGTERM to
+(diffgen/analysis/experiments/e6_emm.py), and from the finished runs' eval.csv
+D/transition_ratio.png (ratio against N per sampler at the last step, Wilson intervals, EMM)
+and D/transition_curves.png (ratio against training step per N; diffgen/analysis/transition.py). SIGTERM or SIGINT to the sweep passes SIGTERM to
 every running child (which saves a checkpoint and stops), waits for them, and exits 143:
 every run stays resumable and no child outlives the sweep. Exit status 1 if a run failed.
 
@@ -51,6 +53,7 @@ if __package__ in (None, ''):  # run as a script: launch/sweep.py
 from absl import app, flags  # noqa: E402
 
 from diffgen import files  # noqa: E402
+from diffgen.analysis import transition  # noqa: E402
 from diffgen.analysis.experiments import e6_emm  # noqa: E402
 from diffgen.analysis.provenance import config_digest  # noqa: E402
 
@@ -102,11 +105,10 @@ def format_value(value):
 
 
 def run_name(overrides):
-    """num_train_64 for {'data.num_train': 64} (keys' last parts and values, joined by _);
-    keys whose values are tuples (run settings, not the swept variable) are left out."""
-    parts = [f'{k.split(".")[-1]}_{v}' for k, v in overrides.items()
-             if not isinstance(v, (tuple, list))]
-    return re.sub(r'[^A-Za-z0-9_.=-]', '', '_'.join(parts)) or 'run'
+    """num_train_64 for {'data.num_train': 64, ...}: the swept variable, the first key of a
+    get_sweep() override dict (its last part), and its value."""
+    key, value = next(iter(overrides.items()), ('run', ''))
+    return re.sub(r'[^A-Za-z0-9_.=-]', '', f'{key.split(".")[-1]}_{format_value(value)}')
 
 
 def main_args(config_flag, workdir, mode, overrides, extra):
@@ -349,6 +351,16 @@ def collect(runs, sweep_dir, config):
     left = [f'{r.name}: {r.status}' for r in runs if not r.status.startswith('ok')]
     if left:
         print('not counted: ' + '; '.join(left), flush=True)
+    finished_runs = [r for r in runs if r.status.startswith('ok')]
+    points = transition.summarise(
+        sweep_dir, [(r.name, r.config.data.num_train) for r in finished_runs],
+        config.evaluation.num_samples if not finished_runs
+        else finished_runs[0].config.evaluation.num_samples, config.analysis.e6.threshold)
+    for method, p in (points or {}).items():
+        e = p['emm']
+        print(f'{method}: memorisation ratio by N at the last step: ' + ', '.join(
+            f'{n}: {r:.2f}' for n, r in zip(p['num_train'], p['ratio'])) +
+            f'; EMM = {e["emm"]} (interval {e["low"]}..{e["high"]})', flush=True)
     summary = e6_emm.write_sweep_summary(sweep_dir, rows, config.analysis.e6.threshold)
     if summary is not None:
         num_train, ratios, emm = summary

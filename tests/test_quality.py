@@ -64,13 +64,13 @@ def test_precision_recall_constructed_case():
 @pytest.fixture(scope='module')
 def digits_context(tmp_path_factory):
     config = tiny_digits_config(tmp_path_factory.mktemp('data'), **{
-        'data.num_heldout': 128, 'analysis.quality_classifier_steps': 200})
+        'data.num_heldout': 128, 'analysis.quality.classifier_steps': 200})
     return types.SimpleNamespace(config=config, dataset=data.load(config))
 
 
 def test_classifier_is_cached_and_separates_digits_from_noise(digits_context):
     ctx = digits_context
-    path = quality.classifier_cache_path(ctx.config, ctx.dataset)
+    path = quality.classifier_cache_path(ctx.config, quality.classifier_data(ctx.config))
     real = quality.quality_metrics(ctx.dataset.train[:128], ctx)
     assert os.path.exists(path)
     with np.load(path) as f:
@@ -81,3 +81,17 @@ def test_classifier_is_cached_and_separates_digits_from_noise(digits_context):
     garbage = quality.quality_metrics(noise.astype(np.float32), ctx)
     assert garbage['fd'] > 5 * real['fd']
     assert garbage['recall'] < real['recall']
+
+
+def test_one_classifier_for_every_training_set_size(digits_context):
+    """The classifier learns from every non-held-out image, so N = 16 and N = all share it
+    (and its feature space: Fréchet distances compare across a sweep over N)."""
+    small = digits_context.config.copy_and_resolve_references()
+    small.data.num_train = 16
+    whole = quality.classifier_data(digits_context.config)
+    assert len(whole.train_images) == 1797 - 128
+    assert (quality.classifier_cache_path(small, quality.classifier_data(small))
+            == quality.classifier_cache_path(digits_context.config, whole))
+    dataset_16 = data.load(small)
+    assert quality.feature_extractor(small, dataset_16) is quality.feature_extractor(
+        digits_context.config, digits_context.dataset)

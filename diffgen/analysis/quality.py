@@ -3,8 +3,8 @@ in the feature space of a small classifier trained on the training set (so that 
 be told from "garbage").
 
 Features φ: the penultimate layer (after ReLU) of a small CNN trained to classify the
-training images by label, cached in the data dir (keyed by source, size and a hash of the
-images and labels); toy2d points are their own features. Without labels there is no
+source's images by label (all that are not held out, whatever the run's training-set size),
+cached in the data dir (keyed by source, size and a hash of the images and labels); toy2d points are their own features. Without labels there is no
 classifier and the metrics are NaN.
 
 Fréchet distance between Gaussians fitted to the two feature sets (Heusel et al. 2017):
@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import json
 import os
 
 import flax.linen as nn
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffgen import data
+from diffgen import data, files
 from diffgen.optimum.neighbors import knn
 from diffgen.training.step import repeat
 
@@ -93,53 +94,67 @@ def accuracy(model, params, images, labels):
     return float(np.mean(np.asarray(jnp.argmax(logits, axis=-1)) == np.asarray(labels)))
 
 
-def classifier_cache_path(config, dataset):
-    """<data dir>/diffgen_quality/<source>_<N>x<shape>_<steps>steps_<hash>.npz: one classifier
-    per training set and training length (the hash covers the images, the labels and the
-    classifier's definition, so an edited architecture is not loaded from a stale cache)."""
-    digest = hashlib.sha1(dataset.train_images.tobytes())
+def classifier_data(config):
+    """The examples the classifier learns from: every example of the source that is not
+    held out (the training set at data.num_train = -1). It is the same for every
+    training-set size N, so the features, and hence Fréchet distances and precision / recall,
+    compare across a sweep over N; the held-out set is the same as the run's."""
+    whole = config.copy_and_resolve_references()
+    whole.data.num_train = -1
+    return data.load(whole)
+
+
+def classifier_cache_path(config, pool):
+    """<data dir>/diffgen_quality/<source>_<N>x<shape>_<steps>steps_<hash>.npz for the
+    classifier of the examples pool.train_images (classifier_data): the hash covers the
+    images, the labels and the classifier's definition, so an edited architecture is not
+    loaded from a stale cache. The data dir may be any path diffgen.files reads (gs://...)."""
+    digest = hashlib.sha1(pool.train_images.tobytes())
     digest.update(inspect.getsource(Classifier).encode())
     digest.update(f'{FEATURES} {CLASSIFIER_LR} {CLASSIFIER_BATCH}'.encode())
-    digest.update(np.asarray(dataset.train_labels).tobytes())
+    digest.update(np.asarray(pool.train_labels).tobytes())
     source = ''.join(c if c.isalnum() else '_' for c in config.data.source)
-    size = 'x'.join(str(n) for n in dataset.train_images.shape)
-    name = (f'{source}_{size}_{config.analysis.quality_classifier_steps}steps_'
+    size = 'x'.join(str(n) for n in pool.train_images.shape)
+    name = (f'{source}_{size}_{config.analysis.quality.classifier_steps}steps_'
             f'{digest.hexdigest()[:12]}.npz')
     return os.path.join(data.data_dir(config.data.data_dir), 'diffgen_quality', name)
 
 
-_EXTRACTORS = {}  # cache path -> (model, params): one load per process
+_EXTRACTORS = {}  # (data section but num_train, steps) -> (model, params): one per process
 
 
 def feature_extractor(config, dataset):
-    """The cached classifier (model, params) of the training set; trained (fixed key 0) and
-    written to the cache on first use. None where the examples have no labels."""
+    """The cached classifier (model, params) of the source's non-held-out examples
+    (classifier_data); trained (fixed key 0) and written to the cache on first use. None
+    where the examples have no labels."""
     if dataset.train_labels is None:
         return None
-    path = classifier_cache_path(config, dataset)
-    if path in _EXTRACTORS:
-        return _EXTRACTORS[path]
-    num_classes = int(dataset.train_labels.max()) + 1
+    source = {k: v for k, v in config.data.to_dict().items() if k != 'num_train'}
+    key = (json.dumps(source, sort_keys=True, default=list),
+           config.analysis.quality.classifier_steps)
+    if key in _EXTRACTORS:
+        return _EXTRACTORS[key]
+    pool = classifier_data(config)
+    path = classifier_cache_path(config, pool)
+    num_classes = int(pool.train_labels.max()) + 1
     model = Classifier(num_classes)
-    if os.path.exists(path):
-        with np.load(path) as f:
-            params = flax.traverse_util.unflatten_dict(
-                {tuple(k.split('/')): jnp.asarray(f[k]) for k in f.files if k != 'accuracy'})
+    if files.exists(path):
+        stored = files.load_npz(path)
+        params = flax.traverse_util.unflatten_dict(
+            {tuple(k.split('/')): jnp.asarray(v) for k, v in stored.items() if k != 'accuracy'})
     else:
         t = config.training
-        model, params = train_classifier(dataset.train, dataset.train_labels, num_classes,
-                                         config.analysis.quality_classifier_steps,
+        model, params = train_classifier(pool.train, pool.train_labels, num_classes,
+                                         config.analysis.quality.classifier_steps,
                                          jax.random.key(0), t.steps_per_call, t.unroll)
         flat = {'/'.join(k): np.asarray(v)
                 for k, v in flax.traverse_util.flatten_dict(params).items()}
-        if len(dataset.heldout_images) and dataset.heldout_labels is not None:
-            flat['accuracy'] = accuracy(model, params, dataset.heldout, dataset.heldout_labels)
-            print(f'quality classifier: held-out accuracy {flat["accuracy"]:.3f}', flush=True)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f'{path}.{os.getpid()}.tmp.npz'
-        np.savez(tmp, **flat)
-        os.replace(tmp, path)  # atomic: concurrent runs never read a partial file
-    _EXTRACTORS[path] = (model, params)
+        if len(pool.heldout_images) and pool.heldout_labels is not None:
+            flat['accuracy'] = accuracy(model, params, pool.heldout, pool.heldout_labels)
+            print(f'quality classifier ({len(pool.train_images)} images): held-out accuracy '
+                  f'{flat["accuracy"]:.3f}', flush=True)
+        files.save_npz(path, **flat)  # atomic: concurrent runs never read a partial file
+    _EXTRACTORS[key] = (model, params)
     return model, params
 
 
@@ -232,4 +247,4 @@ def quality_metrics(samples, ctx):
     if generated is None:
         return {'fd': float('nan'), 'precision': float('nan'), 'recall': float('nan')}
     real = features(real_reference(ctx), config, dataset)
-    return feature_quality(generated, real, config.analysis.quality_k)
+    return feature_quality(generated, real, config.analysis.quality.k)
