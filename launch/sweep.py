@@ -263,29 +263,33 @@ class Runner:
         def work(run, env):
             start = time.perf_counter()
             print(f'sweep: start {run.name} {" ".join(env_text(env))}', flush=True)
-            rc = self.run_one(run, env)
-            run.seconds = time.perf_counter() - start
-            if rc is None or self.stopping:
-                run.status = 'interrupted'
-            elif rc != 0:
-                run.status = f'failed (exit {rc})'
-            elif mode in ('all', 'analyze') and not finished(
-                    os.path.join(self.sweep_dir, run.name), run.config, mode):
-                run.status = 'incomplete'
-            else:
-                run.status = 'ok'
-            print(f'sweep: {run.name} {run.status} in {run.seconds:.0f}s', flush=True)
-            with cv:
-                slots.append(env)
-                cv.notify()
+            try:
+                rc = self.run_one(run, env)
+                if rc is None or self.stopping:
+                    run.status = 'interrupted'
+                elif rc != 0:
+                    run.status = f'failed (exit {rc})'
+                elif mode in ('all', 'analyze') and not finished(
+                        os.path.join(self.sweep_dir, run.name), run.config, mode):
+                    run.status = 'incomplete'
+                else:
+                    run.status = 'ok'
+            except Exception as e:  # noqa: BLE001 -- a launcher that cannot start: this run fails
+                run.status = f'failed ({type(e).__name__}: {e})'
+            finally:
+                run.seconds = time.perf_counter() - start
+                print(f'sweep: {run.name} {run.status} in {run.seconds:.0f}s', flush=True)
+                with cv:
+                    slots.append(env)
+                    cv.notify()
 
         while queue and not self.stopping:
             with cv:
-                while not slots:
+                while not slots and not self.stopping:
                     cv.wait(timeout=1.0)
+                if self.stopping:
+                    break
                 env = slots.pop(0)
-            if self.stopping:
-                break
             thread = threading.Thread(target=work, args=(queue.pop(0), env))
             thread.start()
             threads.append(thread)
