@@ -100,7 +100,7 @@ def test_named_files_exist():
 
 def test_named_config_keys_exist():
     config = default.get_config()
-    pattern = (rf'(?:(?<=config\.)|(?<![\w.]))((?:{"|".join(SECTIONS)})(?:\.[a-z_]\w*)+)'
+    pattern = (rf'(?:(?<=config\.)|(?<![\w./]))((?:{"|".join(SECTIONS)})(?:\.[a-z_]\w*)+)'
                r'(?![\w(])')
     keys = sorted(set(re.findall(pattern, README)))
     assert 'analysis.plugins' in keys and 'training.gap_weighting' in keys
