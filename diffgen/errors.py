@@ -17,6 +17,16 @@ class WorkdirError(UserError):
     """The workdir holds state that does not fit the config."""
 
 
+class CorruptFileError(WorkdirError):
+    """A file diffgen wrote cannot be read (cut short, emptied, overwritten): the message
+    names the file and what to do."""
+
+
+class NonFiniteError(UserError):
+    """A sampler returned NaN or inf: the model (checkpoint) being analysed has diverged.
+    Bad input to the analysis, so one line and exit status 2; no report section is written."""
+
+
 class TrainingDiverged(Exception):
     """The loss became non-finite; the last good checkpoint is kept."""
 

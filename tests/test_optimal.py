@@ -50,8 +50,9 @@ def brute_force(x, t, y, schedule):
     """float64 posterior over all N: weights (B, N), logits (B, N), x̂₀, ε*, H, max w."""
     X = np.asarray(x, np.float64).reshape(len(x), -1)
     Y = np.asarray(y, np.float64).reshape(len(y), -1)
-    ab = np.asarray(schedule.alphas_bar, np.float64)[np.asarray(t)]
-    a, s2 = np.sqrt(ab)[:, None], (1.0 - ab)[:, None]
+    # the engine's inputs a_t, σ_t² (float32 roundings of float64 values), in float64
+    a = np.asarray(schedule.a, np.float64)[np.asarray(t)][:, None]
+    s2 = np.asarray(schedule.sigma2, np.float64)[np.asarray(t)][:, None]
     logits = -((X[:, None, :] - a[:, :, None] * Y[None]) ** 2).sum(-1) / (2 * s2)
     e = np.exp(logits - logits.max(1, keepdims=True))
     w = e / e.sum(1, keepdims=True)
@@ -66,8 +67,9 @@ def bounds(x, t, y, schedule, ref, num_chunks, bf16=False):
     X = np.asarray(x, np.float64).reshape(len(x), -1)
     Y = np.asarray(y, np.float64).reshape(len(y), -1)
     n, d = Y.shape
-    ab = np.asarray(schedule.alphas_bar, np.float64)[np.asarray(t)]
-    a, s2 = np.sqrt(ab)[:, None], (1.0 - ab)[:, None]
+    # the engine's inputs a_t, σ_t² (float32 roundings of float64 values), in float64
+    a = np.asarray(schedule.a, np.float64)[np.asarray(t)][:, None]
+    s2 = np.asarray(schedule.sigma2, np.float64)[np.asarray(t)][:, None]
     cross = (a / s2) * (np.abs(X) @ np.abs(Y).T)
     norms = (a * a / (2 * s2)) * (Y * Y).sum(1)[None]
     delta = (d + 6) * U32 * (cross + norms) + (U_BF16 * cross if bf16 else 0.0)

@@ -79,3 +79,26 @@ def test_bad_sampler_arguments(schedule, x_T):
         samplers.sample(d, x_T[:4], schedule, 'ddim', num_steps=2000)
     with pytest.raises(ConfigError, match='eta'):
         samplers.sample(d, x_T[:4], schedule, 'ddim', eta=1.5)
+
+
+def quadratic_grid_with_duplicates_removed(T, num_steps):
+    """The grid before exact step counts: round(T (i/S)^2) with repeats dropped."""
+    return np.unique(np.round(np.linspace(0.0, 1.0, num_steps + 1) ** 2 * T).astype(np.int32))
+
+
+@pytest.mark.parametrize('T', [10, 100, 1000])
+def test_timestep_grid_takes_exactly_the_steps_asked_for(T):
+    """Every S in 1..T: S + 1 points, strictly increasing, 0 and T at the ends; the same
+    grid as before wherever rounding repeated no step (those step counts' numbers stand)."""
+    unchanged = 0
+    for num_steps in range(1, T + 1):
+        grid = samplers.timestep_grid(T, num_steps)
+        assert grid.dtype == np.int32 and len(grid) == num_steps + 1, num_steps
+        assert grid[0] == 0 and grid[-1] == T and np.all(np.diff(grid) > 0), num_steps
+        before = quadratic_grid_with_duplicates_removed(T, num_steps)
+        if len(before) == num_steps + 1:
+            np.testing.assert_array_equal(grid, before)
+            unchanged += 1
+    assert unchanged >= 3   # the comparison above ran (S = 1, 2, ... have no repeats)
+    assert len(quadratic_grid_with_duplicates_removed(1000, 100)) == 99   # took 98 steps
+    assert len(samplers.step_pairs(1000, 100)) == 100

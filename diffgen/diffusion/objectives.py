@@ -38,10 +38,11 @@ def gap_coefficients(schedule, t, s):
 
         x_t = sqrt(r) x_s + sqrt(1 - r) xi,   c_{t,s} = sqrt((1 - r)/(1 - ab_t)).
 
-    1 - r = -expm1(sum_{s<q<=t} log(1 - beta_q)) from the betas: the quotient of the float32
-    alphas_bar would lose ~u/(1 - r) relative precision (1e-3 for adjacent small steps).
-    With s = 0: r = ab_t, c = 1 (the forward process itself)."""
-    log_ab = jnp.cumsum(jnp.log1p(-schedule.betas))
+    1 - r = -expm1(log ab_t - log ab_s) from schedule.log_alphas_bar: the quotient of the
+    float32 alphas_bar would lose ~u/(1 - r) relative precision (1e-3 for adjacent small steps).
+    With s = 0: r = ab_t and c = 1 exactly (numerator and denominator are the same number),
+    the forward process itself."""
+    log_ab = schedule.log_alphas_bar
     log_r = log_ab[t] - log_ab[s]
     one_minus_r = -jnp.expm1(log_r)
     c = jnp.sqrt(one_minus_r / -jnp.expm1(log_ab[t]))

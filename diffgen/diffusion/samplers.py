@@ -29,16 +29,20 @@ HEUN_DEFAULT_STEPS = 50   # heun's num_steps when none is given (the others: all
 
 
 def timestep_grid(num_timesteps, num_steps):
-    """Strided steps 0 = t_0 < t_1 < ... < t_S = T with quadratic spacing (Song et al. 2021,
-    used there for CIFAR-10): t_i = round(T (i/S)^2), duplicates removed (numpy int32).
-    Small t, where the data's fine detail is decided, get the short steps; with S = T it is
-    every step."""
+    """Exactly S = num_steps strided steps 0 = t_0 < t_1 < ... < t_S = T (numpy int32) with
+    quadratic spacing (Song et al. 2021, used there for CIFAR-10):
+
+        q_i = round(T (i/S)^2),   t_i = min(max_{j<=i} (q_j + i - j),  T - (S - i)),
+    i.e. each t_i raised to at least t_{i-1} + 1 where rounding would repeat a step, and kept
+    at most T - (S - i) so that S - i distinct steps still fit above it. Where the q_i are
+    already distinct, t_i = q_i. Small t, where the data's fine detail is decided, get the
+    short steps; with S = T it is every step."""
     if not 1 <= num_steps <= num_timesteps:
         raise ConfigError(f'sampler steps must be in 1..{num_timesteps}, got {num_steps}')
-    if num_steps == num_timesteps:
-        return np.arange(num_timesteps + 1, dtype=np.int32)
-    frac = np.linspace(0.0, 1.0, num_steps + 1) ** 2
-    return np.unique(np.round(frac * num_timesteps).astype(np.int32))
+    i = np.arange(num_steps + 1)
+    q = np.round(np.linspace(0.0, 1.0, num_steps + 1) ** 2 * num_timesteps).astype(np.int64)
+    raised = np.maximum.accumulate(q - i) + i
+    return np.minimum(raised, num_timesteps - (num_steps - i)).astype(np.int32)
 
 
 def step_pairs(num_timesteps, num_steps):
@@ -53,14 +57,16 @@ def ddim_step(x, eps, *, t, t_next, schedule, eta=0.0, z=None):
 
         x0_hat = (x_t - sigma_t eps_hat) / a_t
         s^2 = eta^2 (sigma_{t'}^2 / sigma_t^2) (1 - alphas_bar_t / alphas_bar_{t'})
-        x_{t'} = a_{t'} x0_hat + sqrt(sigma_{t'}^2 - s^2) eps_hat + s z.
+        x_{t'} = a_{t'} x0_hat + sqrt(sigma_{t'}^2 - s^2) eps_hat + s z,
+    with 1 - alphas_bar_t / alphas_bar_{t'} = -expm1(log alphas_bar_t - log alphas_bar_{t'})
+    (the quotient of float32 alphas_bar would lose ~u/(1 - ratio) relative precision).
     With eta = 0 (z unused) it is deterministic."""
-    a, sigma, ab = schedule.a, schedule.sigma, schedule.alphas_bar
+    a, sigma, sigma2, log_ab = schedule.a, schedule.sigma, schedule.sigma2, schedule.log_alphas_bar
     x0 = conversions.x0_from_eps(x, eps=eps, a=a[t], sigma=sigma[t])
     if z is None:
         return conversions.diffuse(x0, eps=eps, a=a[t_next], sigma=sigma[t_next])
-    s2 = eta ** 2 * (sigma[t_next] ** 2 / sigma[t] ** 2) * (1 - ab[t] / ab[t_next])
-    dir_coef = jnp.sqrt(jnp.maximum(sigma[t_next] ** 2 - s2, 0.0))
+    s2 = eta ** 2 * (sigma2[t_next] / sigma2[t]) * -jnp.expm1(log_ab[t] - log_ab[t_next])
+    dir_coef = jnp.sqrt(jnp.maximum(sigma2[t_next] - s2, 0.0))
     return conversions.diffuse(x0, eps=eps, a=a[t_next], sigma=dir_coef) + jnp.sqrt(s2) * z
 
 
@@ -77,14 +83,13 @@ def ddpm(denoiser, x_T, schedule, *, rng, num_steps, eta):
     num_steps is T (sampler_steps checks it) and eta is not used: the noise is beta~_t's.
     """
     del num_steps, eta
-    betas, ab = schedule.betas, schedule.alphas_bar
+    betas, sigma, var = schedule.betas, schedule.sigma, schedule.posterior_variance
 
     def step(x, t):
         eps = _eval(denoiser, x, t)
-        mean = (x - betas[t] / jnp.sqrt(1 - ab[t]) * eps) / jnp.sqrt(1 - betas[t])  # Alg. 2, line 4
-        var = betas[t] * (1 - ab[t - 1]) / (1 - ab[t])
+        mean = (x - betas[t] / sigma[t] * eps) / jnp.sqrt(schedule.alphas[t])  # Alg. 2, line 4
         z = jax.random.normal(jax.random.fold_in(rng, t), x.shape, x.dtype)
-        return mean + jnp.where(t > 1, jnp.sqrt(var), 0.0) * z, None
+        return mean + jnp.where(t > 1, jnp.sqrt(var[t]), 0.0) * z, None
 
     ts = jnp.arange(schedule.num_timesteps, 0, -1)
     return jax.lax.scan(step, x_T, ts)[0]

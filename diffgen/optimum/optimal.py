@@ -97,8 +97,7 @@ def _posterior(x, t, *, rows, schedule):
     """The online-softmax sums at (x, t) over all of rows."""
     q = chunked.flatten_queries(x, rows)
     t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (x.shape[0],))
-    alpha_bar = schedule.alphas_bar[t]
-    a, sigma2 = jnp.sqrt(alpha_bar), 1.0 - alpha_bar
+    a, sigma2 = schedule.a[t], schedule.sigma2[t]
     return softmax_sums(rows, (a / sigma2)[:, None] * q, a * a / (2.0 * sigma2))
 
 
