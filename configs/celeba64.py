@@ -3,11 +3,11 @@
 Needs `celeb_a` prepared in ArrayRecord format in the data dir (no download at run time).
 Images are centre-cropped to 140x140 and resized to 64x64 when loaded.
 """
-from configs import cifar10
+from configs import cifar10, common
 
 
 def get_config(arg=None):
-    del arg
+    common.parse_arg(arg)  # no arguments: any is an error
     config = cifar10.get_config()
     config.data.source = 'tfds:celeb_a'
     config.data.heldout_split = 'validation'

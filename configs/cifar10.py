@@ -3,11 +3,11 @@
 Needs the dataset prepared in ArrayRecord format in the data dir (no download at run time):
     tfds build cifar10 --data_dir=DIR --file_format=array_record
 """
-from configs import default
+from configs import common, default
 
 
 def get_config(arg=None):
-    del arg
+    common.parse_arg(arg)  # no arguments: any is an error
     config = default.get_config()
     config.data.source = 'tfds:cifar10'
     config.data.train_split = 'train'

@@ -1,6 +1,8 @@
 """Every config key of diffgen, with its default. Experiment configs import this and override.
 
-Validation (diffgen/config_validation.py) rejects any key that is not defined here.
+Validation (diffgen/validation.py) rejects any key that is not defined here. A default that
+derives from another key is a FieldReference (`section.get_ref(key)`), so that overriding that
+key, in a config file or with --config.section.key=value, carries over to it.
 """
 import ml_collections
 
@@ -40,6 +42,17 @@ def get_config(arg=None):
     model.attn_resolutions = (4,)           # UNet resolutions with self-attention
     model.dropout = 0.1                     # dropout rate in residual blocks
     model.num_groups = 32                   # GroupNorm groups (capped by the channel count)
+    model.norm_eps = 1e-6                   # GroupNorm epsilon
+    model.attn_head_dim = 0                 # UNet channels per attention head (0 = one head)
+    model.downsample_pad = 'same'           # UNet stride-2 conv padding: 'same' (after) | 'both'
+    model.time_offset = 0                   # UNet embeds t + time_offset (diffusers models: -1)
+    model.time_freq_shift = 0               # UNet time embedding w_k = 1e4^(-k/(ch/2 - shift))
+    model.time_flip = False                 # UNet time embedding as [cos, sin] (not [sin, cos])
+    # A diffusers UNet2DModel directory (config.json + diffusion_pytorch_model.safetensors or
+    # .bin, e.g. google/ddpm-cifar10-32) whose weights initialise the network; '' = none. It
+    # sets the UNet keys above from its config.json, and its scheduler_config.json must
+    # match the diffusion section (diffgen/networks/diffusers_import.py).
+    model.init_from = ''
     model.mlp_hidden = 256                  # MLP width (toy2d)
     model.mlp_depth = 4                     # MLP hidden layers (toy2d)
 
@@ -67,6 +80,8 @@ def get_config(arg=None):
     training.checkpoint_every = 5000        # steps between checkpoints
     training.keep_checkpoints = 3           # checkpoints kept by the CheckpointManager
     training.sample_every = 50_000          # steps between sample grids (0 = only at the end)
+    training.eval_every = 0                 # steps between evaluations (config.evaluation; 0 = none)
+    training.keep_period = 0                # also keep every checkpoint whose step is a multiple (0 = none)
 
     # --- sampling ---------------------------------------------------------------------
     config.sampling = sampling = ml_collections.ConfigDict()
@@ -76,6 +91,13 @@ def get_config(arg=None):
     sampling.num_samples = 64               # samples drawn by --mode=sample and at the end of training
     sampling.batch_size = 256               # samples per jitted sampler call
     sampling.use_ema = True                 # sample with the EMA parameters
+
+    # --- evaluation during training (training.eval_every; diffgen/analysis/evaluation.py) ----
+    config.evaluation = evaluation = ml_collections.ConfigDict()
+    evaluation.methods = ('ddim',)          # samplers whose samples are evaluated
+    evaluation.sampler_steps = 50           # DDIM / Heun steps (DDPM: all T)
+    evaluation.num_samples = 128            # samples from one fixed x_T at every evaluation
+    evaluation.num_images = 256             # training and held-out images of the denoising loss
 
     # --- empirical-optimal denoiser ---------------------------------------------------
     config.optimal = optimal = ml_collections.ConfigDict()
@@ -89,22 +111,29 @@ def get_config(arg=None):
     analysis.num_samples = 256              # samples per sampler / model in the experiments
     analysis.batch_size = 256               # samples per jitted sampler call
     analysis.sampler_steps = 100            # DDIM / Heun steps in the experiments (DDPM: all T)
+    # sample quality (E1, E2, E4; diffgen/analysis/quality.py): features of a classifier of the
+    # training set
+    analysis.quality = quality = ml_collections.ConfigDict()
+    quality.classifier_steps = 2000         # its Adam steps (batch 128); cached in the data dir
+    quality.k = 3                           # k of the k-NN manifolds of precision / recall
+    # Each experiment's own settings, under its key (diffgen/analysis/experiments/).
     # e4 (hybrid sampling): eps* above t_switch and the network below, and the reverse order
-    analysis.e4_switch_fractions = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.3, 1.0)  # t_switch / T
-    # sample quality (E1, E2, E4; diffgen/quality.py): features of a classifier of the training set
-    analysis.quality_classifier_steps = 2000  # its Adam steps (batch 128); cached in the data dir
-    analysis.quality_k = 3                  # k of the k-NN manifolds of precision / recall
+    analysis.e4 = e4 = ml_collections.ConfigDict()
+    e4.switch_fractions = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.3, 1.0)  # t_switch / T
     # e5 (reproducibility): two models on the disjoint halves of the training set
-    analysis.e5_num_steps = 0               # steps of each half's model; 0 = training.num_steps // 5
+    analysis.e5 = e5 = ml_collections.ConfigDict()
+    e5.num_steps = training.get_ref('num_steps') // 5  # steps of each half's model
     # e6 (EMM): the run's own memorisation ratio, plus a launch/sweep.py sweep over N
-    analysis.e6_sweep_dir = ''              # sweep dir whose results.csv E6 reports ('' = none)
-    analysis.e6_threshold = 0.9             # EMM = the largest N with memorisation ratio >= this
+    analysis.e6 = e6 = ml_collections.ConfigDict()
+    e6.sweep_dir = ''                       # sweep dir whose results.csv E6 reports ('' = none)
+    e6.threshold = 0.9                      # EMM = the largest N with memorisation ratio >= this
     # e7 (mutual information, toy2d): K models on K training sets S_k ~ P^N, trained with vmap
-    analysis.e7_num_sets = 16               # K training sets (one model each)
-    analysis.e7_num_train = 32              # N points per training set
-    analysis.e7_num_samples = 512           # M samples per model
-    analysis.e7_train_steps = (200, 1000, 3000)  # estimate I(z; S) after these steps (x steps_per_call)
-    analysis.e7_knn_k = 3                   # k of the Kozachenko-Leonenko estimator
-    analysis.e7_num_bootstrap = 1000        # bootstrap resamples (over the K sets) per interval
-    analysis.e7_validation_num_sets = 64    # K of the closed-form case (it also runs at e7_num_sets)
+    analysis.e7 = e7 = ml_collections.ConfigDict()
+    e7.num_sets = 16                        # K training sets (one model each)
+    e7.num_train = 32                       # N points per training set
+    e7.num_samples = 512                    # M samples per model
+    e7.train_steps = (200, 1000, 3000)      # estimate I(z; S) after these steps (x steps_per_call)
+    e7.knn_k = 3                            # k of the Kozachenko-Leonenko estimator
+    e7.num_bootstrap = 1000                 # bootstrap resamples (over the K sets) per interval
+    e7.validation_num_sets = 64             # K of the closed-form case (it also runs at num_sets)
     return config

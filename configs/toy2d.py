@@ -1,14 +1,16 @@
 """Low-dimensional mixtures (for the mutual-information estimates): an MLP on 2-D points.
 
-    --config=configs/toy2d.py            8 Gaussians on a circle
-    --config=configs/toy2d.py:<name>     another toy2d mixture (see diffgen/toy2d.py)
+    --config=configs/toy2d.py                       8 Gaussians on a circle
+    --config=configs/toy2d.py:<name>                another toy2d mixture (diffgen/data/toy2d.py)
+    --config=configs/toy2d.py:distribution=<name>   the same, named (configs/common.py)
 """
-from configs import default
+from configs import common, default
 
 
 def get_config(arg=None):
+    arg = common.parse_arg(arg, distribution='gmm8')
     config = default.get_config()
-    config.data.source = f'toy2d:{arg or "gmm8"}'
+    config.data.source = f'toy2d:{arg.distribution}'
     config.data.toy2d_size = 4096
     config.data.num_train = 1024
     config.data.num_heldout = 1024
@@ -35,6 +37,6 @@ def get_config(arg=None):
     config.sampling.batch_size = 1024
 
     # The report of a toy2d run is E7, the direct estimate of I(z; S) (see configs/default.py
-    # for its e7_* keys); E1-E6 are image experiments.
+    # for its analysis.e7 keys); E1-E6 are image experiments.
     config.analysis.experiments = ('e7',)
     return config

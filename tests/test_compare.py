@@ -15,7 +15,7 @@ from diffgen.training.loop import train_and_evaluate
 from tests.tiny import override_flags, run_main, tiny_digits_config
 
 SMALL = {'analysis.num_samples': 8, 'analysis.batch_size': 8, 'analysis.sampler_steps': 5,
-         'analysis.quality_classifier_steps': 10}
+         'analysis.quality.classifier_steps': 10}
 
 
 @pytest.fixture(scope='module')

@@ -7,19 +7,16 @@ import numpy as np
 import pytest
 
 from configs import digits, toy2d
-from diffgen import data, parallel
-from diffgen.analysis.context import Context, make_context
-from diffgen.training.loop import build
+from diffgen import data
 from diffgen.analysis import report
-from diffgen.validation import validate
-from diffgen.errors import ConfigError
+from diffgen.analysis.context import make_context
+from diffgen.analysis.experiment import EXPERIMENTS
 from diffgen.analysis.experiments import e5_reproducibility as e5
 from diffgen.analysis.experiments import e6_emm as e6
-from diffgen.analysis.experiments import e7_mutual_information as e7
-from diffgen.networks import get_network
-from diffgen.diffusion.schedules import get_schedule
-from diffgen.rng import stream
-from diffgen.training.state import create_train_state, make_optimizer
+from diffgen.errors import ConfigError
+from diffgen.training.loop import build
+from diffgen.validation import validate
+from tests.tiny import tiny_digits_config
 
 
 def test_cosine_similarity_hand_computed():
@@ -43,9 +40,13 @@ def test_split_halves_are_disjoint_and_equal():
 
 def test_num_steps_rule():
     config = digits.get_config()                      # 5000 steps, 5 per call
-    assert e5.num_steps(config) == 1000
-    config.analysis.e5_num_steps = 333
-    assert e5.num_steps(config) == 335                # rounded up to a multiple of 5
+    assert e5.num_steps(config.analysis.e5, config.training) == 1000
+    config.training.num_steps = 600                   # the default follows (FieldReference)
+    assert e5.num_steps(config.analysis.e5, config.training) == 120
+    config.analysis.e5.num_steps = 333
+    assert e5.num_steps(config.analysis.e5, config.training) == 335  # whole calls of 5
+    config.analysis.e5.num_steps = 0
+    assert e5.num_steps(config.analysis.e5, config.training) == 5    # at least one call
 
 
 def test_half_config_loads_exactly_the_half(tmp_path):
@@ -88,16 +89,18 @@ def test_e7_end_to_end(tmp_path):
     config.training.log_every = 20
     config.analysis.sampler_steps = 20
     config.analysis.num_samples = 8
-    a = config.analysis
-    a.e7_num_sets, a.e7_num_train, a.e7_num_samples = 4, 8, 64
-    a.e7_train_steps, a.e7_num_bootstrap, a.e7_validation_num_sets = (20, 40), 100, 16
+    e7 = config.analysis.e7
+    e7.num_sets, e7.num_train, e7.num_samples = 4, 8, 64
+    e7.train_steps, e7.num_bootstrap, e7.validation_num_sets = (20, 40), 100, 16
     validate(config)
     dataset = data.load(config)
     ctx = make_context(config, str(tmp_path), build(config, dataset))
-    section = e7.run(ctx)
+    section = EXPERIMENTS['e7'].run(ctx)
     report.write_report([section], ctx.report_dir, 'test')
     numbers = json.load(open(os.path.join(ctx.report_dir, 'report.json')))['e7']
+    assert not any(key.startswith('_') for key in numbers)   # figure data stays out
     assert numbers['optimum']['value'] == 'inf'
+    assert 'Î = ∞' in section.markdown
     assert numbers['optimum']['exact_copy_rate'] > 0.5
     assert [t['steps'] for t in numbers['trained']] == [20, 40]
     assert all(np.isfinite(t['value']) and t['low'] <= t['value'] <= t['high']
@@ -108,27 +111,30 @@ def test_e7_end_to_end(tmp_path):
         assert os.path.exists(os.path.join(ctx.report_dir, name))
 
 
-def test_e7_rejects_images():
+def test_e7_rejects_images_and_bad_settings_before_any_work():
+    config = digits.get_config()
+    config.analysis.experiments = ('e7',)
     with pytest.raises(ConfigError, match='toy2d'):
-        e7.run(Context(digits.get_config(), '', '', None, None, None, None, None,
-                                None, None, None, None))
+        validate(config)
+    config = toy2d.get_config()
+    config.analysis.e7.train_steps = (150,)           # not a multiple of steps_per_call = 100
+    with pytest.raises(ConfigError, match='analysis.e7.train_steps'):
+        validate(config)
 
 
 @pytest.mark.slow
 def test_e5_end_to_end(tmp_path):
     """E5 on a tiny digits config: two half models trained in W/e5/half_{a,b} on disjoint
     npz halves, similarities in [-1, 1], and a rerun resumes instead of retraining."""
-    from tests.tiny import tiny_digits_config
     config = tiny_digits_config(tmp_path / 'data', **{'data.num_train': 40})
-    config.analysis.e5_num_steps = 4
+    config.analysis.e5.num_steps = 4
     config.analysis.num_samples = 8
     config.analysis.sampler_steps = 5
     validate(config)
     dataset = data.load(config)
     workdir = tmp_path / 'run'
     ctx = make_context(config, str(workdir), build(config, dataset))
-    section = e5.run(ctx)
-    n = section.numbers
+    n = report.reported(EXPERIMENTS['e5'].run(ctx).numbers)
     assert n['half_size'] == 20 and n['num_steps'] == 4 and n['num_samples'] == 8
     for key in ('cross_similarity_mean', 'train_similarity_mean_a', 'train_similarity_mean_b'):
         assert -1.0 <= n[key] <= 1.0
@@ -137,5 +143,4 @@ def test_e5_end_to_end(tmp_path):
     assert not set(map(bytes, halves[0].train_images)) & set(map(bytes, halves[1].train_images))
     for h in e5.HALVES:
         assert (workdir / 'e5' / f'half_{h}' / 'checkpoints' / '4').is_dir()
-    again = e5.run(ctx)
-    assert again.numbers == n
+    assert report.reported(EXPERIMENTS['e5'].run(ctx).numbers) == n

@@ -1,22 +1,24 @@
 """The report's experiments E1-E4 on tiny digits (an untrained network suffices for the
 identities): the optimum copies, E4's ends are E1's and E2's samples, E3's trajectory is the
-DDIM sampler's, and the hybrid denoiser selects per t and compiles once."""
+DDIM sampler's, and the hybrid denoiser selects per t and compiles once; the report's text
+states its numbers, its tables come from one helper, and report.json leaves figure data out."""
+import json
 import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from diffgen import data
 from diffgen.analysis.context import make_context
-from diffgen.analysis import metrics
+from diffgen.analysis import metrics, report
 from diffgen.diffusion import samplers
 from diffgen.diffusion.denoisers import hybrid_denoiser
 from diffgen.analysis.experiments import e1_optimum_copies as e1
-from diffgen.analysis.experiments import e2_model_novelty as e2
 from diffgen.analysis.experiments import e3_gap as e3
-from diffgen.analysis.experiments import e4_hybrid as e4
+from diffgen.analysis.experiments import e6_emm as e6
 from diffgen.analysis.experiment import EXPERIMENTS
 from diffgen.training.loop import build
 from tests.tiny import tiny_digits_config
@@ -27,8 +29,8 @@ def ctx(tmp_path_factory):
     config = tiny_digits_config(tmp_path_factory.mktemp('data'), **{
         'diffusion.num_timesteps': 100, 'data.num_heldout': 64, 'analysis.num_samples': 64,
         'analysis.batch_size': 64,
-        'analysis.sampler_steps': 10, 'analysis.quality_classifier_steps': 20,
-        'analysis.e4_switch_fractions': (0.5,)})
+        'analysis.sampler_steps': 10, 'analysis.quality.classifier_steps': 20,
+        'analysis.e4.switch_fractions': (0.5,)})
     dataset = data.load(config)
     return make_context(config, str(tmp_path_factory.mktemp('work')), build(config, dataset))
 
@@ -63,6 +65,56 @@ def test_e4_ends_are_e1_and_e2(sections):
 def test_e2_reports_novelty(sections):
     novelty = sections['e2'].numbers['ddim']['novelty']
     assert 0.0 <= novelty['closer_to_train'] <= 1.0 and novelty['d1_heldout'] > 0
+
+
+def test_markdown_table_and_number():
+    assert report.markdown_table(['', 'a', 'b'], [['x', 1, '0.500'], ['y', '–', 2]]) == (
+        '|  | a | b |\n| --- | ---: | ---: |\n| x | 1 | 0.500 |\n| y | – | 2 |')
+    assert [report.number(v) for v in (0.12345, None, float('nan'), 'inf', -np.inf)] == [
+        '0.123', '–', '–', '∞', '−∞']
+    assert report.number(np.float32(2.5), '.2f') == '2.50'
+
+
+def test_text_states_the_numbers_and_report_json_leaves_figure_data_out(ctx, sections):
+    """The sentences give the measured values (no fixed conclusion), and report.json holds
+    every reported number but none of the '_' figure data (samples, distances)."""
+    one, four = sections['e1'], sections['e4']
+    for method in e1.METHODS:
+        ratio = one.numbers[method]['memorisation_ratio']
+        assert f'{method} {ratio:.1%}' in one.markdown
+        assert f'{method} {sections["e2"].numbers[method]["memorisation_ratio"]:.1%}' in (
+            sections['e2'].markdown)
+    ratios = four.numbers['optimum_first']['memorisation_ratio']
+    below = [t for t, r in zip(four.numbers['t_switch'], ratios) if r < 0.5]
+    assert (f'memorisation ratio below 0.5 is {below[0]} ' if below else
+            'memorisation ratio below 0.5: none') in four.markdown
+    path = report.write_report(list(sections.values()), ctx.report_dir, 'test')
+    with open(path) as f:
+        stored = json.load(f)
+    assert set(stored['e1']) == {'ddim', 'heun', 'ddpm', 'real_training_images'}
+    assert stored['e1']['ddim'] == pytest.approx(one.numbers['ddim'])
+    assert stored['e4']['t_switch'] == four.numbers['t_switch']
+    for section in sections.values():
+        assert '| --- |' in section.markdown   # every table through report.markdown_table
+        assert all(name.endswith('.png') and os.path.exists(ctx.figure_path(name))
+                   for name in section.figures)
+
+
+def test_e6_reports_its_point_and_a_sweep(ctx, tmp_path):
+    """E6's own memorisation ratio with its binomial standard error; with a sweep dir, the
+    ratio against N from its results.csv, the EMM, the table and the plot."""
+    (tmp_path / e6.RESULTS).write_text('run,e6.num_train,e6.memorisation_ratio\n'
+                                       'a,16,0.95\nb,64,0.5\nc,32,0.92\n')
+    cfg = ml_collections.ConfigDict({'sweep_dir': str(tmp_path), 'threshold': 0.9})
+    numbers = e6.measure(ctx, cfg)
+    p, n = numbers['memorisation_ratio'], numbers['num_samples']
+    assert n == len(ctx.x_T) and numbers['num_train'] == ctx.train_rows.num_rows
+    assert numbers['memorisation_ratio_se'] == pytest.approx(np.sqrt(p * (1 - p) / n))
+    sweep = numbers['sweep']
+    assert sweep['num_train'].tolist() == [16, 32, 64] and sweep['emm'] == 32
+    section = e6.render(numbers, ctx)
+    assert '| 32 | 0.920 |' in section.markdown and 'ratio ≥ 0.9): 32.' in section.markdown
+    assert section.figures == [e6.FIGURE] and os.path.exists(ctx.figure_path(e6.FIGURE))
 
 
 def test_e3_trajectory_is_the_ddim_sampler_and_gap_of_the_optimum_is_zero(ctx):

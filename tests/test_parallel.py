@@ -104,7 +104,7 @@ import numpy as np
 import dataclasses
 
 from diffgen import parallel
-from diffgen.analysis import runner  # registers the experiments
+from diffgen.analysis import report, runner  # runner registers the experiments
 from diffgen.analysis.context import make_context
 from diffgen.analysis.experiment import EXPERIMENTS
 from diffgen.training.loop import restore_trained, train_and_evaluate
@@ -112,7 +112,7 @@ from tests.tiny import tiny_digits_config
 
 config = tiny_digits_config(DATA_DIR, **{
     'training.num_steps': 4, 'analysis.num_samples': 16, 'analysis.batch_size': 16,
-    'analysis.sampler_steps': 5, 'analysis.quality_classifier_steps': 20})
+    'analysis.sampler_steps': 5, 'analysis.quality.classifier_steps': 20})
 train_and_evaluate(config, WORKDIR)
 run = restore_trained(config, WORKDIR)
 numbers = {}
@@ -121,7 +121,8 @@ for devices in (1, 8):
     state = parallel.replicate(jax.device_get(run.state), mesh)
     ctx = make_context(config, WORKDIR + f'/{devices}', dataclasses.replace(run, mesh=mesh, state=state))
     assert len(ctx.train_rows.rows.sharding.device_set) == devices
-    numbers[devices] = {k: EXPERIMENTS[k].run(ctx).numbers for k in ('e1', 'e2', 'e3', 'e4')}
+    numbers[devices] = {k: report.reported(EXPERIMENTS[k].run(ctx).numbers)
+                        for k in ('e1', 'e2', 'e3', 'e4')}
 flat = lambda tree, p='': ({k: v for key, sub in tree.items() for k, v in
                             flat(sub, f'{p}{key}.').items()} if isinstance(tree, dict)
                            else {p[:-1]: tree})

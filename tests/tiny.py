@@ -13,14 +13,20 @@ TINY_OVERRIDES = {
     'training.log_every': 2, 'training.checkpoint_every': 4, 'training.sample_every': 0,
     'optim.warmup_steps': 2, 'sampling.method': 'ddim', 'sampling.num_steps': 5,
     'sampling.num_samples': 8, 'data.num_heldout': 16,
+    'training.eval_every': 0,   # no evaluation during --mode=train (its classifier takes minutes)
 }
 
 
 def tiny_digits_config(data_dir, **overrides):
+    """configs/digits.py with TINY_OVERRIDES and overrides ({'section.key': value}, any depth,
+    e.g. 'analysis.e4.switch_fractions'), reading its data from data_dir."""
     config = digits.get_config()
     for key, value in {**TINY_OVERRIDES, **overrides}.items():
-        section, name = key.split('.')
-        config[section][name] = value
+        *sections, name = key.split('.')
+        node = config
+        for section in sections:
+            node = node[section]
+        node[name] = value
     config.data.data_dir = str(data_dir)
     return config
 

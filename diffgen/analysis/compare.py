@@ -2,25 +2,28 @@
 typically one trained with L_eps and one with the gap objective (docs/math.md §6; the gap
 objective's formulation is ours, from the paper's summary). Writes A/report/compare/.
 
+An analysis like the report's experiments (measure, then render), over two models: it needs
+a second workdir, so it is not in the experiment registry but run by compare().
+
 A is --workdir with --config, B is --other_workdir with the config stored in it; both use
 the parameters A's sampling.use_ema selects (EMA or raw). Measured:
 
   ε predictions, on forward-process points x_t = a_t y + σ_t ε of n training images, per t:
       diff(t) = E‖ε_A − ε_B‖² / E‖ε*‖²,  gap_A(t) = E‖ε_A − ε*‖² / E‖ε*‖² (and gap_B),
-      bank(t) = E‖ε̂_bank − ε*‖² / E‖ε*‖²  (the gap-bank optimum, diffgen.gap_bank);
+      bank(t) = E‖ε̂_bank − ε*‖² / E‖ε*‖²  (the gap-bank optimum, diffgen.optimum.gap_bank);
   samples of A, B, ε* and the gap-bank optimum from the same x_T (deterministic DDIM):
       the cosine similarity of every pair, per sample, centred on the training mean μ:
-      cos(u − μ, v − μ) (diffgen.metrics.cosine_similarity);
-  memorisation (diffgen.metrics) of each sample set: memorisation ratio, exact-copy rate,
+      cos(u − μ, v − μ) (diffgen.analysis.metrics.cosine_similarity);
+  memorisation (diffgen.analysis.metrics) of each sample set: memorisation ratio, exact-copy rate,
       novelty (d_1 to the training set against d_1 to as many held-out images);
-  sample quality (diffgen.quality): Fréchet distance, precision, recall.
+  sample quality (diffgen.analysis.quality): Fréchet distance, precision, recall.
 
 The gap bank has BANK_DRAWS noises per training image and K = the gap model's
 training.gap_max_k (B's if B used the gap objective, else A's, else the default).
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 
 import jax
@@ -28,12 +31,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffgen import files
+from diffgen import figures, files
+from diffgen.analysis import metrics, quality, report
 from diffgen.analysis.context import make_context
-from diffgen import figures
-from diffgen.analysis import metrics
-from diffgen.analysis import quality
-from diffgen.analysis import report
 from diffgen.diffusion.denoisers import network_denoiser
 from diffgen.errors import WorkdirError
 from diffgen.optimum.gap_bank import bank_rows, gap_bank_denoiser
@@ -43,6 +43,15 @@ BANK_DRAWS = 16
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)  # t / T
 NAMES = ('A', 'B', 'eps*', 'gap bank')
 BANK_KEY, POINTS_KEY = 1001, 1002  # fold_in constants of the analysis stream
+SHOWN = 16                         # samples per model in the figure
+
+
+@dataclasses.dataclass
+class Other:
+    """Model B: its stored config, workdir and restored training.loop.Run."""
+    config: object
+    workdir: str
+    run: object
 
 
 def _tuples(value):
@@ -57,7 +66,8 @@ def stored_config(workdir, data_dir):
     path = os.path.join(workdir, 'config.json')
     if not files.exists(path):
         raise WorkdirError(f'{workdir} holds no config.json; train a model there first')
-    config = ml_collections.ConfigDict(_tuples(json.loads(files.read_text(path))))
+    config = ml_collections.ConfigDict(_tuples(files.read_json(path, remedy=(
+        'put back the config.json of the run that trained that model, or train it anew'))))
     config.data.data_dir = data_dir
     return config
 
@@ -103,7 +113,7 @@ def eps_curves(ctx, denoisers, times):
 
 def memorisation(samples, ctx):
     """Memorisation ratio, exact-copy rate and novelty of samples (diffgen.metrics)."""
-    d1, d2, _ = metrics.nearest_two(samples, ctx.train_rows, mesh=ctx.mesh)
+    d1, d2, _ = metrics.nearest_two(samples, ctx.distance_rows, mesh=ctx.mesh)
     out = {'memorisation_ratio': metrics.memorisation_ratio(d1, d2),
            'exact_copy_rate': metrics.exact_copy_rate(d1)}
     if ctx.heldout_rows is not None:
@@ -124,11 +134,6 @@ def _plot_curves(times, curves, path):
     figures.save(fig, path)
 
 
-def _table(header, rows):
-    lines = ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
-    return '\n'.join(lines + ['| ' + ' | '.join(r) + ' |' for r in rows])
-
-
 def compare(config, workdir, other_workdir):
     """Runs the comparison of workdir's model (A) with other_workdir's (B); returns the
     report Section, written to A/report/compare/."""
@@ -138,20 +143,33 @@ def compare(config, workdir, other_workdir):
     if config_b.diffusion.to_dict() != config.diffusion.to_dict():
         raise WorkdirError(f'{other_workdir} used another forward process; cannot compare')
     run_a = restore_trained(config, workdir)
-    run_b = restore_trained(config_b, other_workdir)
-    dataset, schedule, mesh = run_a.dataset, run_a.schedule, run_a.mesh
-    if not np.array_equal(dataset.train_images, run_b.dataset.train_images):
+    other = Other(config_b, other_workdir, restore_trained(config_b, other_workdir))
+    if not np.array_equal(run_a.dataset.train_images, other.run.dataset.train_images):
         raise WorkdirError(f'{workdir} and {other_workdir} were trained on different '
                            'training sets; cannot compare')
     ctx = make_context(config, workdir, run_a)
     ctx.report_dir = os.path.join(report.report_dir(workdir), 'compare')
-    max_k = gap_max_k(config, config_b)
-    bank = bank_rows(dataset.train, BANK_DRAWS, jax.random.fold_in(ctx.rng, BANK_KEY),
-                     config.optimal.chunk_size, mesh)
-    denoisers = {'A': ctx.network(), 'B': network_denoiser(run_b.model, run_b.params(config.sampling.use_ema)),
-                 'eps*': ctx.optimum(), 'gap bank': gap_bank_denoiser(bank, schedule, max_k)}
+    section = render(measure(ctx, other), ctx)
+    if jax.process_index() == 0:
+        report.write_report([section], ctx.report_dir, f'diffgen comparison: {workdir} vs '
+                            f'{other_workdir}')
+        print(f'compare: wrote {ctx.report_dir}/report.md', flush=True)
+    return section
 
-    T = schedule.num_timesteps
+
+def measure(ctx, other):
+    """The numbers of the module doc for A (ctx's model) and B (other); both with the
+    parameters A's sampling.use_ema selects. Also SHOWN samples of each for the figure."""
+    config, dataset = ctx.config, ctx.dataset
+    max_k = gap_max_k(config, other.config)
+    bank = bank_rows(dataset.train, BANK_DRAWS, jax.random.fold_in(ctx.rng, BANK_KEY),
+                     chunk_size=config.optimal.chunk_size, mesh=ctx.mesh)
+    b = other.run
+    denoisers = {'A': ctx.network(),
+                 'B': network_denoiser(b.model, b.params(config.sampling.use_ema)),
+                 'eps*': ctx.optimum(), 'gap bank': gap_bank_denoiser(bank, ctx.schedule, max_k)}
+
+    T = ctx.schedule.num_timesteps
     times = np.unique(np.clip(np.round(np.asarray(FRACTIONS) * T).astype(int), 1, T))
     print('compare: ε predictions over t ...', flush=True)
     curves = eps_curves(ctx, denoisers, times)
@@ -161,37 +179,23 @@ def compare(config, workdir, other_workdir):
         samples[name] = ctx.sample(denoiser, 'ddim')
     centre = dataset.train.mean(axis=0)
     pairs = [(u, v) for i, u in enumerate(NAMES) for v in NAMES[i + 1:]]
-    cosines = {f'{u} vs {v}': metrics.cosine_similarity(samples[u], samples[v], centre) for u, v in pairs}
+    cosines = {f'{u} vs {v}': metrics.cosine_similarity(samples[u], samples[v], centre)
+               for u, v in pairs}
     print('compare: memorisation and quality ...', flush=True)
-    memo = {name: memorisation(s, ctx) for name, s in samples.items()}
-    qual = {name: quality.quality_metrics(s, ctx) for name, s in samples.items()}
-
-    _plot_curves(times, curves, ctx.figure_path('compare_eps.png'))
-    figure_names = ['compare_eps.png']
-    if dataset.is_image:
-        rows = np.concatenate([samples[name][:16] for name in NAMES])
-        figures.save_grid(rows, ctx.figure_path('compare_samples.png'), ncols=16)
-        figure_names.append('compare_samples.png')
-
-    objectives = {'A': _objective(config), 'B': _objective(config_b)}
-    numbers = {
-        'workdirs': {'A': os.path.abspath(workdir), 'B': os.path.abspath(other_workdir)},
-        'objectives': objectives, 'gap_bank': {'draws': BANK_DRAWS, 'max_k': max_k},
+    return {
+        'workdirs': {'A': os.path.abspath(ctx.workdir), 'B': os.path.abspath(other.workdir)},
+        'objectives': {'A': _objective(config), 'B': _objective(other.config)},
+        'gap_bank': {'draws': BANK_DRAWS, 'max_k': max_k},
         'times': times, 'eps': curves,
         'cosine': {k: {'mean': float(v.mean()), 'median': float(np.median(v))}
                    for k, v in cosines.items()},
-        'memorisation': memo, 'quality': qual,
+        'memorisation': {name: memorisation(s, ctx) for name, s in samples.items()},
+        'quality': {name: quality.quality_metrics(s, ctx) for name, s in samples.items()},
         'parameters': 'EMA' if config.sampling.use_ema else 'raw (no EMA)',
         'num_samples': int(len(ctx.x_T)),
         'sampler': f'ddim, {config.analysis.sampler_steps} steps',
+        '_samples': {name: samples[name][:SHOWN] for name in NAMES},
     }
-    section = report.Section('compare', f'Comparison: A ({objectives["A"]}) vs B '
-                             f'({objectives["B"]})', _markdown(numbers), numbers, figure_names)
-    if jax.process_index() == 0:
-        report.write_report([section], ctx.report_dir, f'diffgen comparison: {workdir} vs '
-                            f'{other_workdir}')
-        print(f'compare: wrote {ctx.report_dir}/report.md', flush=True)
-    return section
 
 
 def _objective(config):
@@ -201,17 +205,25 @@ def _objective(config):
     return f'gap, K={t.gap_max_k}, p_zero={t.gap_p_zero}, weighting={t.gap_weighting}'
 
 
-def _markdown(n):
-    fmt = lambda v: f'{v:.4g}'
-    eps_rows = [[str(t)] + [fmt(n['eps'][k][i]) for k in ('diff', 'gap_A', 'gap_B', 'bank')]
+def render(n, ctx):
+    """The comparison's Section: its tables and text from the numbers n; compare_eps.png
+    and (images) compare_samples.png in ctx.report_dir."""
+    _plot_curves(n['times'], n['eps'], ctx.figure_path('compare_eps.png'))
+    figure_names = ['compare_eps.png']
+    if ctx.dataset.is_image:
+        figures.save_grid(np.concatenate([n['_samples'][name] for name in NAMES]),
+                          ctx.figure_path('compare_samples.png'), ncols=SHOWN)
+        figure_names.append('compare_samples.png')
+    fmt = lambda v: report.number(v, '.4g')
+    eps_rows = [[t] + [fmt(n['eps'][k][i]) for k in ('diff', 'gap_A', 'gap_B', 'bank')]
                 for i, t in enumerate(n['times'])]
     memo_keys = sorted({k for m in n['memorisation'].values() for k in m})
-    memo_rows = [[k] + [fmt(n['memorisation'][name].get(k, float('nan'))) for name in NAMES]
+    memo_rows = [[k] + [fmt(n['memorisation'][name].get(k)) for name in NAMES]
                  for k in memo_keys]
     memo_rows += [[k] + [fmt(n['quality'][name][k]) for name in NAMES]
                   for k in ('fd', 'precision', 'recall')]
     cos_rows = [[k, fmt(v['mean']), fmt(v['median'])] for k, v in n['cosine'].items()]
-    return '\n\n'.join([
+    markdown = '\n\n'.join([
         f"A = `{n['workdirs']['A']}` ({n['objectives']['A']}), "
         f"B = `{n['workdirs']['B']}` ({n['objectives']['B']}), {n['parameters']} parameters "
         "(sampling.use_ema of A's config, for both). The gap-bank optimum uses "
@@ -219,9 +231,13 @@ def _markdown(n):
         f"{n['gap_bank']['max_k']}, 0). {n['num_samples']} samples each, {n['sampler']}, "
         'all from the same x_T.',
         'ε predictions on forward-process points of training images (relative to E‖ε*‖²):',
-        _table(['t', 'A vs B', 'A vs ε*', 'B vs ε*', 'gap bank vs ε*'], eps_rows),
+        report.markdown_table(['t', 'A vs B', 'A vs ε*', 'B vs ε*', 'gap bank vs ε*'],
+                              eps_rows),
         'Cosine similarity of samples from the same x_T (centred on the training mean):',
-        _table(['pair', 'mean', 'median'], cos_rows),
+        report.markdown_table(['pair', 'mean', 'median'], cos_rows),
         'Memorisation (d_1/d_2 < 1/3) and quality (classifier features):',
-        _table(['metric'] + list(NAMES), memo_rows),
+        report.markdown_table(['metric', *NAMES], memo_rows),
     ])
+    objectives = n['objectives']
+    return report.Section('compare', f'Comparison: A ({objectives["A"]}) vs B '
+                          f'({objectives["B"]})', markdown, n, figure_names)

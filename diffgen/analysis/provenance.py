@@ -6,14 +6,14 @@ set) and is never merged into its report.
   config_digest     SHA-256 (first 16 hex digits) of the config as canonical JSON (sorted
                     keys, tuples as lists)
   data_fingerprint  SHA-256 (first 16 hex digits) of the training set's uint8 rows, in
-                    order, with their shape
+                    order, with their shape (diffgen.data.fingerprint)
 """
 from __future__ import annotations
 
 import hashlib
 import json
 
-import numpy as np
+from diffgen.data.fingerprint import data_fingerprint
 
 
 def config_digest(config) -> str:
@@ -21,14 +21,6 @@ def config_digest(config) -> str:
     tree = config.to_dict() if hasattr(config, 'to_dict') else config
     text = json.dumps(tree, sort_keys=True, default=list, separators=(',', ':'))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def data_fingerprint(examples) -> str:
-    """The fingerprint of a training set (uint8 images, or float points)."""
-    examples = np.ascontiguousarray(examples)
-    digest = hashlib.sha256(f'{examples.dtype} {examples.shape}'.encode())
-    digest.update(examples.tobytes())
-    return digest.hexdigest()[:16]
 
 
 def provenance(config, step, train_examples) -> dict:

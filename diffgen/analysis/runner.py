@@ -1,5 +1,7 @@
 """--mode=analyze: runs the experiments named in config.analysis.experiments on a Context and
-writes the report after each one, so that a crash loses only the experiment in progress."""
+writes the report after each one, so that a crash loses only the experiment in progress. Each
+section records the Context's provenance (numbers['provenance']); a rerun keeps the sections
+already made with the same provenance and continues with the next unfinished one."""
 from __future__ import annotations
 
 import importlib
@@ -24,13 +26,22 @@ def import_plugins(config):
 
 
 def run_experiments(ctx, keys):
-    """Runs the experiments in order (progress per experiment) and writes the report."""
+    """Runs the experiments in order (progress per experiment) and writes the report; the
+    sections report.finished_sections finds for ctx.provenance are kept, not run again."""
+    finished = report.finished_sections(ctx.report_dir, keys, ctx.provenance)
     sections = []
     for i, key in enumerate(keys):
+        if key in finished:
+            print(f'analysis {i + 1}/{len(keys)}: {key} kept (made from this checkpoint, '
+                  'config and training set)', flush=True)
+            sections.append(finished[key])
+            continue
         experiment = EXPERIMENTS[key]
         start = time.perf_counter()
         print(f'analysis {i + 1}/{len(keys)}: {key} ...', flush=True)
-        sections.append(experiment.run(ctx))
+        section = experiment.run(ctx)
+        section.numbers['provenance'] = ctx.provenance
+        sections.append(section)
         print(f'analysis {i + 1}/{len(keys)}: {key} done in {time.perf_counter() - start:.0f}s',
               flush=True)
         if jax.process_index() == 0:  # the report so far, so nothing is lost on a crash

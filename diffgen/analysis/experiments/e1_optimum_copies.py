@@ -5,40 +5,23 @@ docs/math.md §4 predicts that the deterministic samplers return training images
 step is x̂₀*(x_{t_1}, t_1) = Σ_i w_i y_i with one-hot weights as σ_{t_1} → 0. Per sampler:
 the memorisation ratio (fraction with d_1/d_2 < 1/3), the exact-copy rate (d_1 < 1e-3),
 the median d_1, and the sample quality (Fréchet distance, precision, recall in classifier
-features against the held-out set; diffgen.quality). A reference row gives the quality of
-as many real training images, the best a model can score at this sample size.
+features against the held-out set; diffgen.analysis.quality). A reference row gives the
+quality of as many real training images, the best a model can score at this sample size.
+
+The table and figure helpers (metrics_table, nearest_figures) are E2's too.
 """
 from __future__ import annotations
 
-import numpy as np
-
-from diffgen.analysis import metrics
 from diffgen import figures
-from diffgen.analysis import quality
+from diffgen.analysis import metrics, quality
 from diffgen.analysis.experiment import Experiment, register
-from diffgen.analysis.report import Section
+from diffgen.analysis.report import Section, markdown_table, number
 
+KEY, TITLE = 'e1', 'E1: the optimum copies the training set'
 METHODS = ('ddim', 'heun', 'ddpm')
 SHOWN = 16          # samples shown in the nearest-neighbour figure
 SAMPLE_KEYS = {'ddim': 1, 'heun': 2, 'ddpm': 3}   # ctx.rng fold_in constants of E1
-
-
-def measure(samples, ctx):
-    """(numbers, d_1, index of the nearest training image) of samples: memorisation ratio,
-    exact-copy rate, median d_1 (over √D) and fd / precision / recall."""
-    d1, d2, nearest = metrics.nearest_two(samples, ctx.train_rows)
-    numbers = {'memorisation_ratio': metrics.memorisation_ratio(d1, d2),
-               'exact_copy_rate': metrics.exact_copy_rate(d1),
-               'median_d1': float(np.median(d1))}
-    numbers.update(quality.quality_metrics(samples, ctx))
-    return numbers, d1, nearest
-
-
-def reference_quality(ctx):
-    """Quality of real training images (as many as the reference set) against the reference."""
-    n = len(quality.real_reference(ctx))
-    return quality.quality_metrics(ctx.dataset.train[:n], ctx)
-
+REAL = 'real_training_images'
 
 COLUMNS = (('memorisation_ratio', 'memorisation ratio', '.3f'),
            ('exact_copy_rate', 'exact-copy rate', '.3f'),
@@ -47,15 +30,37 @@ COLUMNS = (('memorisation_ratio', 'memorisation ratio', '.3f'),
            ('recall', 'recall ↑', '.3f'))
 
 
-def table(rows, columns=COLUMNS):
-    """A Markdown table: rows = [(label, numbers)], one column per (key, heading, format);
-    a missing key is '–'."""
-    lines = ['| | ' + ' | '.join(h for _, h, _ in columns) + ' |',
-             '| --- |' + ' ---: |' * len(columns)]
-    for label, numbers in rows:
-        cells = [format(numbers[k], f) if k in numbers else '–' for k, _, f in columns]
-        lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
-    return '\n'.join(lines)
+def measure(ctx, cfg):
+    """Per sampler (METHODS): ctx.copy_metrics of ε*'s samples; the real images' quality;
+    the samples and their d_1 for the figures."""
+    del cfg  # E1 has no settings
+    optimum = ctx.optimum()
+    numbers, samples, d1 = {}, {}, {}
+    for method in METHODS:
+        samples[method] = ctx.sample(optimum, method, key=SAMPLE_KEYS[method])
+        numbers[method], d1[method] = ctx.copy_metrics(samples[method])
+    numbers[REAL] = ctx.real_quality()
+    numbers['_samples'], numbers['_d1'] = samples, d1
+    return numbers
+
+
+def metrics_table(rows, columns=COLUMNS):
+    """The Markdown table of rows = [(label, numbers)], one column per (key, heading,
+    format) of columns; a key the numbers lack is '–'."""
+    return markdown_table([''] + [heading for _, heading, _ in columns],
+                          [[label] + [number(values.get(k), spec) for k, _, spec in columns]
+                           for label, values in rows])
+
+
+def method_labels(denoiser, ctx):
+    """'ε*, ddim (50 steps)', ...: the row labels of the samplers."""
+    steps = ctx.config.analysis.sampler_steps
+    return {m: f'{denoiser}, {m}' + ('' if m == 'ddpm' else f' ({steps} steps)')
+            for m in METHODS}
+
+
+def real_row(numbers, ctx):
+    return (f'real training images (n = {len(quality.real_reference(ctx))})', numbers[REAL])
 
 
 def nearest_figures(ctx, prefix, title, samples, d1):
@@ -66,10 +71,11 @@ def nearest_figures(ctx, prefix, title, samples, d1):
     if ctx.dataset.is_image:
         rows = []
         for method, x in samples.items():
-            _, _, nearest = metrics.nearest_two(x[:SHOWN], ctx.train_rows)
+            _, _, nearest = metrics.nearest_two(x[:SHOWN], ctx.distance_rows)
             rows += [(f'{method} sample', x[:SHOWN]), ('nearest training', train[nearest])]
         figures.image_rows(rows, ctx.figure_path(names[0]),
-                         f'{title}: samples (from the same x_T) and their nearest training images')
+                           f'{title}: samples (from the same x_T) and their nearest training '
+                           'images')
     else:
         fig, axes = figures.subplots(len(samples), width=4.0, height=4.0)
         for ax, (method, x) in zip(axes, samples.items()):
@@ -80,39 +86,28 @@ def nearest_figures(ctx, prefix, title, samples, d1):
         figures.save(fig, ctx.figure_path(names[0]), f'{title}: samples and the training set')
     fig, (ax,) = figures.subplots(1, width=6.0)
     figures.histogram(ax, {m: d1[m] for m in samples}, 'd₁: distance to the nearest training '
-                    'image (RMS per pixel)\nexact copies (d₁ < 1e-4) in the first bin', log_x=True)
+                      'image (RMS per pixel)\nvalues below 1e-4 (exact copies: 0) in the first '
+                      'bin', log_x=True)
     figures.save(fig, ctx.figure_path(names[1]), f'{title}: distance to the training set')
     return names
 
 
-def run(ctx):
-    optimum = ctx.optimum()
-    samples, numbers, d1 = {}, {}, {}
-    for method in METHODS:
-        samples[method] = ctx.sample(optimum, method, key=SAMPLE_KEYS[method])
-        numbers[method], d1[method], _ = measure(samples[method], ctx)
-    numbers['real_training_images'] = reference_quality(ctx)
-    names = nearest_figures(ctx, 'e1', 'E1 (ε*)', samples, d1)
-    steps = ctx.config.analysis.sampler_steps
-    rows = [(f'ε*, {m}' + ('' if m == 'ddpm' else f' ({steps} steps)'), numbers[m])
-            for m in METHODS]
-    rows.append((f'real training images (n = {len(quality.real_reference(ctx))})',
-                 numbers['real_training_images']))
-    ratio = min(numbers[m]['memorisation_ratio'] for m in ('ddim', 'heun'))
+def render(numbers, ctx):
+    names = nearest_figures(ctx, 'e1', 'E1 (ε*)', numbers['_samples'], numbers['_d1'])
+    labels = method_labels('ε*', ctx)
+    rows = [(labels[m], numbers[m]) for m in METHODS] + [real_row(numbers, ctx)]
+    memorised = ', '.join(f'{m} {numbers[m]["memorisation_ratio"]:.1%}' for m in METHODS)
+    fd = ', '.join(f'{m} {number(numbers[m]["fd"], ".2f")}' for m in METHODS)
     markdown = (
         f'{len(ctx.x_T)} samples of the empirical-optimal denoiser ε* per sampler, from the '
         f'same x_T. Memorised: d₁/d₂ < 1/3; exact copy: d₁ < {metrics.EXACT_COPY_TOL:g} (RMS '
         f'per pixel). FD / precision / recall: classifier features against the held-out set.'
-        f'\n\n{table(rows)}\n\n'
-        + (f'The optimum copies: with the deterministic samplers {ratio:.1%} or more of its '
-           f'samples are memorised, as docs/math.md §4 predicts (the last step returns x̂₀*, a '
-           f'one-hot average of training images). Its quality is that of real training '
-           f'images, so low FD alone cannot tell copying from generalising.'
-           if ratio >= 0.99 else
-           f'Only {ratio:.1%} of the deterministic samplers\' samples are memorised, fewer than '
-           f'docs/math.md §4 predicts (nearly all): too few sampler steps near t = 1?'))
-    return Section('e1', 'E1: the optimum copies the training set', markdown, numbers, names)
+        f'\n\n{metrics_table(rows)}\n\n'
+        f'Memorised samples of ε*: {memorised}. docs/math.md §4 predicts all of them for the '
+        f'deterministic samplers (DDIM, Heun): their last step returns x̂₀*, an average of '
+        f'training images whose weights become one-hot as σ → 0. FD of ε*\'s samples: {fd}; '
+        f'of as many real training images: {number(numbers[REAL]["fd"], ".2f")}.')
+    return Section(KEY, TITLE, markdown, numbers, names)
 
 
-register(Experiment('e1', 'E1: the optimum copies the training set', measure=lambda ctx, cfg: run(ctx),
-                    render=lambda section, ctx: section))  # TRANSITIONAL
+register(Experiment(KEY, TITLE, measure, render))

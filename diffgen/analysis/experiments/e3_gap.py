@@ -22,10 +22,15 @@ from diffgen.diffusion import samplers
 from diffgen.diffusion.conversions import diffuse
 from diffgen.optimum.optimal import optimal_eps, optimal_stats
 from diffgen.analysis.experiment import Experiment, register
-from diffgen.analysis.report import Section
+from diffgen.analysis.report import Section, markdown_table, number
 
+KEY, TITLE = 'e3', 'E3: the gap between the network and the optimum'
 _NOISE_KEY = 21                       # ctx.rng fold_in constant of E3's forward-process noise
 TABLE_TIMES = (1, 10, 50, 100, 250, 500, 1000)   # per 1000 steps: rows of the table
+GAP_HEADINGS = {'gap_train': 'gap, train', 'gap_heldout': 'gap, held-out',
+                'gap_trajectory': 'gap, trajectory'}
+CLOSE = 0.01      # the text states the t range where every gap is below this
+ONE_HOT = 0.9     # and the largest t where the posterior's largest weight exceeds this
 
 
 @jax.jit
@@ -36,9 +41,10 @@ def trajectory_gap(network, rows, schedule, x_T, pairs):
         t, t_next = ts
         tt = jnp.full((x.shape[0],), t, jnp.int32)
         eps = network(x, tt)
-        sq_diff, sq_opt = metrics.squared_errors(eps, optimal_eps(rows, schedule, x, tt))
-        entropy, max_weight = optimal_stats(rows, schedule, x, tt)
-        x_next = samplers.ddim_step(x, eps, t, t_next, schedule)   # DDIM, eta = 0
+        eps_star = optimal_eps(x, tt, rows=rows, schedule=schedule)
+        sq_diff, sq_opt = metrics.squared_errors(eps, eps_star)
+        entropy, max_weight = optimal_stats(x, tt, rows=rows, schedule=schedule)
+        x_next = samplers.ddim_step(x, eps, t=t, t_next=t_next, schedule=schedule)  # eta = 0
         return x_next, (sq_diff, sq_opt, entropy, max_weight)
 
     return jax.lax.scan(step, x_T, pairs)
@@ -49,8 +55,9 @@ def forward_gap(network, rows, schedule, y, noise, ts):
     """(‖ε_θ − ε*‖², ‖ε*‖²), each (S, B), at x = a_t y + σ_t noise for each t in ts."""
     def step(_, t):
         tt = jnp.full((y.shape[0],), t, jnp.int32)
-        x = diffuse(y, noise, schedule.a[t], schedule.sigma[t])
-        return None, metrics.squared_errors(network(x, tt), optimal_eps(rows, schedule, x, tt))
+        x = diffuse(y, eps=noise, a=schedule.a[t], sigma=schedule.sigma[t])
+        return None, metrics.squared_errors(network(x, tt),
+                                            optimal_eps(x, tt, rows=rows, schedule=schedule))
 
     return jax.lax.scan(step, None, ts)[1]
 
@@ -62,9 +69,10 @@ def _batched(fn, arrays, batch_size):
     return [np.concatenate([np.asarray(o[j]) for o in outs], axis=1) for j in range(len(outs[0]))]
 
 
-def measure(ctx):
+def measure(ctx, cfg):
     """The numbers of E3: t (descending, the DDIM grid without 0), gap per set, and the mean
     entropy and largest weight of the optimal posterior along the model's trajectories."""
+    del cfg  # E3 has no settings
     T, batch = ctx.schedule.num_timesteps, ctx.config.analysis.batch_size
     pairs = samplers.step_pairs(T, ctx.config.analysis.sampler_steps)
     ts = pairs[:, 0]
@@ -123,49 +131,45 @@ def _figure(ctx, numbers):
 
 
 def _table(numbers, T):
+    """The rows of the t nearest TABLE_TIMES (per 1000 steps), t ascending."""
     t = numbers['t']
     rows = sorted({int(np.argmin(np.abs(t - max(1, round(s * T / 1000))))) for s in TABLE_TIMES},
                   key=lambda i: t[i])
-    keys = [k for k in ('gap_train', 'gap_heldout', 'gap_trajectory') if k in numbers]
-    heads = {'gap_train': 'gap, train', 'gap_heldout': 'gap, held-out',
-             'gap_trajectory': 'gap, trajectory'}
-    lines = ['| t | ' + ' | '.join(heads[k] for k in keys) + ' | H(w) | max w |',
-             '| ---: |' + ' ---: |' * (len(keys) + 2)]
-    for i in rows:
-        cells = [f'{numbers[k][i]:.3g}' for k in keys]
-        lines.append(f'| {t[i]} | ' + ' | '.join(cells) +
-                     f' | {numbers["entropy"][i]:.3f} | {numbers["max_weight"][i]:.3f} |')
-    return '\n'.join(lines)
+    keys = [k for k in GAP_HEADINGS if k in numbers]
+    return markdown_table(
+        ['t', *(GAP_HEADINGS[k] for k in keys), 'H(w)', 'max w'],
+        [[t[i], *(number(numbers[k][i], '.3g') for k in keys),
+          number(numbers['entropy'][i]), number(numbers['max_weight'][i])] for i in rows])
 
 
-def run(ctx):
-    numbers = measure(ctx)
+def render(numbers, ctx):
     name = _figure(ctx, numbers)
-    T, last = ctx.schedule.num_timesteps, -1   # t descends: index -1 is the smallest t
+    t, last = numbers['t'], -1   # t descends: index -1 is the smallest t
     text = (f'gap(t) on forward-process points and along {len(ctx.x_T)} DDIM trajectories of the '
             f'trained model ({ctx.config.analysis.sampler_steps} steps); H(w) and max w: the '
             f'optimal posterior over the N = {ctx.train_rows.num_rows} training images at the '
-            f'trajectory\'s states (sample means).\n\n{_table(numbers, T)}\n\n'
-            f'At t = {numbers["t"][last]} the gap is {numbers["gap_train"][last]:.3g} on noised '
+            f'trajectory\'s states (sample means).\n\n'
+            f'{_table(numbers, ctx.schedule.num_timesteps)}\n\n'
+            f'At t = {t[last]} the gap is {number(numbers["gap_train"][last], ".3g")} on noised '
             f'training images')
     if 'gap_heldout' in numbers:
-        text += f' and {numbers["gap_heldout"][last]:.3g} on noised held-out images'
-    text += (f', and {numbers["gap_trajectory"][last]:.3g} along the model\'s own trajectories, '
-             f'where the optimal posterior\'s largest weight is '
-             f'{numbers["max_weight"][last]:.3f}.')
-    gaps = np.stack([numbers[k] for k in ('gap_train', 'gap_heldout', 'gap_trajectory')
-                     if k in numbers])
-    close = np.all(gaps < 0.01, axis=0)        # t descends with the index
+        text += f' and {number(numbers["gap_heldout"][last], ".3g")} on noised held-out images'
+    text += (f', and {number(numbers["gap_trajectory"][last], ".3g")} along the model\'s own '
+             f'trajectories, where the optimal posterior\'s largest weight is '
+             f'{number(numbers["max_weight"][last])}.')
+    gaps = np.stack([numbers[k] for k in GAP_HEADINGS if k in numbers])
+    close = np.all(gaps < CLOSE, axis=0)        # t descends with the index
     close_run = len(close) if close.all() else int(np.argmin(close))
-    one_hot = numbers['t'][numbers['max_weight'] > 0.9]
-    if close_run and len(one_hot):
-        text += (f' The network is within 1% of ε* (relative) on every set for '
-                 f't ≥ {numbers["t"][close_run - 1]} and departs from it as t → 0, where the '
-                 f'optimal posterior turns one-hot (max w > 0.9 for t ≤ {one_hot.max()} along '
-                 f'the trajectories).')
-    return Section('e3', 'E3: the gap between the network and the optimum', text, numbers,
-                   [name])
+    if close_run:
+        text += f' The gap is below {CLOSE:g} on every set for all t ≥ {t[close_run - 1]}'
+    else:
+        text += f' At the largest t, {t[0]}, the gap is not below {CLOSE:g} on every set'
+    one_hot = t[numbers['max_weight'] > ONE_HOT]
+    text += (f'; the largest t at which the optimal posterior\'s largest weight exceeds '
+             f'{ONE_HOT:g} along the trajectories is {one_hot.max()}.' if len(one_hot) else
+             f'; the optimal posterior\'s largest weight exceeds {ONE_HOT:g} at no t along the '
+             'trajectories.')
+    return Section(KEY, TITLE, text, numbers, [name])
 
 
-register(Experiment('e3', 'E3: the gap between the network and the optimum', measure=lambda ctx, cfg: run(ctx),
-                    render=lambda section, ctx: section))  # TRANSITIONAL
+register(Experiment(KEY, TITLE, measure, render))

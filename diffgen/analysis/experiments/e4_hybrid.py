@@ -4,7 +4,7 @@ same x_T as E1/E2 with a denoiser that switches at t_switch:
     optimum first:  ε*(x, t) for t > t_switch, ε_θ(x, t) for t <= t_switch,
     network first:  ε_θ(x, t) for t > t_switch, ε*(x, t) for t <= t_switch,
 
-for t_switch = round(f T), f in analysis.e4_switch_fractions (0 and T are always included).
+for t_switch = round(f T), f in analysis.e4.switch_fractions (0 and T are always included).
 Per run: memorisation ratio, exact-copy rate and FD / precision / recall. At the ends the
 hybrid is one denoiser alone, so its samples are E1's (ε*) or E2's (ε_θ) DDIM samples; the
 largest difference from those, recomputed here, is reported.
@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffgen.diffusion.denoisers import hybrid_denoiser
-from diffgen.errors import ConfigError
-from diffgen.analysis.experiments import e1_optimum_copies as e1
-from diffgen.analysis.experiments import e2_model_novelty as e2
 from diffgen import figures
 from diffgen.analysis.experiment import Experiment, register
+from diffgen.analysis.experiments import e1_optimum_copies as e1
+from diffgen.analysis.experiments import e2_model_novelty as e2
+from diffgen.analysis.report import Section, markdown_table, number
+from diffgen.diffusion.denoisers import hybrid_denoiser
 from diffgen.errors import require
-from diffgen.analysis.report import Section
 
+KEY, TITLE = 'e4', 'E4: hybrid sampling locates where the model stops copying'
 ORDERS = ('optimum_first', 'network_first')
 LABELS = {'optimum_first': 'ε* for t > t_switch, then ε_θ',
           'network_first': 'ε_θ for t > t_switch, then ε*'}
@@ -30,8 +30,6 @@ _SAMPLE_KEY = 31   # ctx.rng fold_in constant of E4 (DDIM with eta = 0 draws no 
 
 def switch_times(fractions, T):
     """Sorted unique t_switch = round(f T) with 0 and T added."""
-    if any(not 0.0 <= f <= 1.0 for f in fractions):
-        raise ConfigError(f'analysis.e4_switch_fractions must lie in [0, 1], got {fractions}')
     return sorted({0, T} | {int(round(f * T)) for f in fractions})
 
 
@@ -43,16 +41,18 @@ def hybrid(ctx, order, t_switch):
     return hybrid_denoiser(network, optimum, t_switch)
 
 
-def run(ctx):
+def measure(ctx, cfg):
+    """t_switch; per order, ctx.copy_metrics of the hybrid's DDIM samples at each t_switch
+    (lists over t_switch); the largest difference of the ends from E1's and E2's samples."""
     T = ctx.schedule.num_timesteps
-    times = switch_times(ctx.config.analysis.e4_switch_fractions, T)
+    times = switch_times(cfg.switch_fractions, T)
     numbers = {'t_switch': times}
     ends = {}
     for order in ORDERS:
         rows = []
         for t_switch in times:
             x = ctx.sample(hybrid(ctx, order, t_switch), 'ddim', key=_SAMPLE_KEY)
-            rows.append(e1.measure(x, ctx)[0])
+            rows.append(ctx.copy_metrics(x)[0])
             if t_switch in (0, T):
                 ends[(order, t_switch)] = x
         numbers[order] = {k: [r[k] for r in rows] for k in rows[0]}
@@ -65,9 +65,7 @@ def run(ctx):
     numbers['ends_max_abs_diff'] = {
         who: max(float(np.max(np.abs(ends[end] - alone[who]))) for end in pairs[who])
         for who in alone}
-    name = _figure(ctx, numbers)
-    return Section('e4', 'E4: hybrid sampling locates where the model stops copying',
-                   _markdown(ctx, numbers), numbers, [name])
+    return numbers
 
 
 def _figure(ctx, numbers):
@@ -94,36 +92,36 @@ def _figure(ctx, numbers):
     return name
 
 
-def _markdown(ctx, numbers):
+def _first(times, ratios, condition):
+    """(t_switch, ratio) of the smallest t_switch whose ratio meets condition, or None."""
+    return next(((ts, r) for ts, r in zip(times, ratios) if condition(r)), None)
+
+
+def render(numbers, ctx):
+    name = _figure(ctx, numbers)
     t = numbers['t_switch']
-    head = ('| t_switch | ' + ' | '.join(f'{LABELS[o]}: memorised' for o in ORDERS) +
-            ' | ' + ' | '.join(f'{LABELS[o]}: FD' for o in ORDERS) + ' |')
-    lines = [head, '| ---: |' + ' ---: |' * 4]
-    for i, ts in enumerate(t):
-        lines.append(f'| {ts} | ' + ' | '.join(
-            f'{numbers[o]["memorisation_ratio"][i]:.3f}' for o in ORDERS) + ' | ' + ' | '.join(
-            f'{numbers[o]["fd"][i]:.2f}' for o in ORDERS) + ' |')
+    table = markdown_table(
+        ['t_switch', *(f'{LABELS[o]}: memorised' for o in ORDERS),
+         *(f'{LABELS[o]}: FD' for o in ORDERS)],
+        [[ts, *(number(numbers[o]['memorisation_ratio'][i]) for o in ORDERS),
+          *(number(numbers[o]['fd'][i], '.2f') for o in ORDERS)] for i, ts in enumerate(t)])
     diff = numbers['ends_max_abs_diff']
     text = ('DDIM samples from the same x_T as E1/E2 with the denoiser switched at t_switch. '
-            'Memorised: d₁/d₂ < 1/3.\n\n' + '\n'.join(lines) + '\n\n'
+            f'Memorised: d₁/d₂ < 1/3.\n\n{table}\n\n'
             f'At the ends the hybrid is one denoiser alone: its samples differ from E1\'s '
             f'ε* DDIM samples by at most {diff["optimum"]:.2g} and from E2\'s ε_θ DDIM samples '
             f'by at most {diff["network"]:.2g}.')
-    first = [ts for ts, r in zip(t, numbers['optimum_first']['memorisation_ratio']) if r < 0.5]
-    last = [ts for ts, r in zip(t, numbers['network_first']['memorisation_ratio']) if r >= 0.5]
-    if first and last:
-        text += (f' Handing over to the network at t_switch = {first[0]} (ε* above) is enough '
-                 f'for most samples to be new, and ε* below t_switch = {last[0]} (the network '
-                 f'above) for most to be copies')
-        text += (': whether a sample is a copy is decided in the last, small-t steps.'
-                 if max(first[0], last[0]) <= t[-1] // 10 else '.')
-    return text
+    for order, below, condition in (('optimum_first', 'below', lambda r: r < 0.5),
+                                    ('network_first', 'at least', lambda r: r >= 0.5)):
+        found = _first(t, numbers[order]['memorisation_ratio'], condition)
+        text += (f' {LABELS[order]}: the smallest t_switch with a memorisation ratio {below} '
+                 + (f'0.5 is {found[0]} ({found[1]:.3f}).' if found else '0.5: none.'))
+    return Section(KEY, TITLE, text, numbers, [name])
 
 
 def check(config):
-    require(all(0.0 <= x <= 1.0 for x in config.analysis.e4_switch_fractions),
-            'analysis.e4_switch_fractions must lie in [0, 1]')
+    require(all(0.0 <= x <= 1.0 for x in config.analysis.e4.switch_fractions),
+            'analysis.e4.switch_fractions must lie in [0, 1]')
 
 
-register(Experiment('e4', 'E4: hybrid sampling locates where the model stops copying', measure=lambda ctx, cfg: run(ctx),
-                    render=lambda section, ctx: section, check=check))  # TRANSITIONAL
+register(Experiment(KEY, TITLE, measure, render, check))

@@ -3,10 +3,11 @@
 The run's training set, in its draw order (class-balanced prefixes), is cut into two
 disjoint halves A = y_1..y_h and B = y_{h+1}..y_{2h}, h = ⌊N/2⌋, written as npz files
 W/e5/half_a.npz and W/e5/half_b.npz. Two models with the run's config are trained on them
-by diffgen.train.train_and_evaluate in W/e5/half_a and W/e5/half_b (resumable like any run;
-analysis.e5_num_steps steps each, default training.num_steps // 5, so that the two cost
-less than the main run). Both sample the same x_T (ctx.x_T) with deterministic DDIM, and
-per sample i (EMA parameters; see half_config for their decay):
+by diffgen.training.loop.train_and_evaluate in W/e5/half_a and W/e5/half_b (resumable like any run;
+analysis.e5.num_steps steps each, by default training.num_steps // 5 (a FieldReference in
+configs/default.py), so that the two cost less than the main run). Both sample the same x_T
+(ctx.x_T) with deterministic DDIM, and per sample i (with the parameters sampling.use_ema
+selects; see half_config for the EMA decay):
 
     cross_i = cos(z_i^A, z_i^B)                          the two models' samples agree
     train_i^A = cos(z_i^A, y_{n(i)}),  y_{n(i)} ∈ A the nearest (Euclidean) to z_i^A
@@ -25,17 +26,17 @@ import os
 
 import numpy as np
 
-from diffgen import files
+from diffgen import figures, files
 from diffgen.analysis import metrics
-from diffgen import figures
-from diffgen.analysis.metrics import cosine_similarity
-from diffgen.data import to_float
-from diffgen.errors import ConfigError, WorkdirError
 from diffgen.analysis.experiment import Experiment, register
-from diffgen.errors import require
-from diffgen.analysis.report import Section
+from diffgen.analysis.metrics import cosine_similarity
+from diffgen.analysis.report import Section, markdown_table
+from diffgen.data import to_float
+from diffgen.errors import WorkdirError, require
 from diffgen.training.loop import train_and_evaluate
+from diffgen.training.state import sampling_params
 
+KEY, TITLE = 'e5', 'E5: reproducibility across disjoint training sets'
 HALVES = ('a', 'b')
 
 
@@ -46,15 +47,11 @@ def split_halves(images, labels):
     return [(images[:h], cut(labels, 0, h)), (images[h:2 * h], cut(labels, h, 2 * h))]
 
 
-def num_steps(config):
-    """analysis.e5_num_steps, or training.num_steps // 5 if 0, rounded up to a multiple of
-    training.steps_per_call."""
-    t = config.training
-    if config.analysis.e5_num_steps < 0:
-        raise ConfigError(f'analysis.e5_num_steps={config.analysis.e5_num_steps} must be >= 0 '
-                          '(0 = training.num_steps // 5)')
-    steps = config.analysis.e5_num_steps or t.num_steps // 5
-    return max(-(-steps // t.steps_per_call), 1) * t.steps_per_call
+def num_steps(cfg, training):
+    """cfg.num_steps (E5's settings) rounded up to a whole number (at least one) of jitted
+    calls of training.steps_per_call steps."""
+    per_call = training.steps_per_call
+    return max(-(-cfg.num_steps // per_call), 1) * per_call
 
 
 def half_config(config, npz_path, steps):
@@ -81,10 +78,9 @@ def _write_npz(path, images, labels):
     files.save_npz(path, **arrays)
 
 
-def train_halves(ctx):
-    """Trains (or resumes) the two half models; returns [(EMA or raw params, half images
-    in [-1, 1])] for A and B."""
-    steps = num_steps(ctx.config)
+def train_halves(ctx, steps):
+    """Trains (or resumes) the two half models; returns [(their sampling parameters, half
+    images in [-1, 1])] for A and B, trained `steps` steps."""
     out = []
     ds = ctx.dataset
     for name, (images, labels) in zip(HALVES, split_halves(ds.train_images, ds.train_labels)):
@@ -96,8 +92,7 @@ def train_halves(ctx):
         if int(state.step) != steps:
             raise WorkdirError(f'e5: training of half {name} stopped at step '
                                f'{int(state.step)}; rerun the same command to resume')
-        params = state.ema_params if ctx.config.sampling.use_ema else state.params
-        out.append((params, to_float(images)))
+        out.append((sampling_params(state, ctx.config.sampling.use_ema), to_float(images)))
     return out
 
 
@@ -113,8 +108,11 @@ def _scatter(train_a, train_b, cross, path):
     figures.save(fig, path)
 
 
-def run(ctx):
-    (params_a, half_a), (params_b, half_b) = train_halves(ctx)
+def measure(ctx, cfg):
+    """Trains the halves' models; the similarities of the module doc (means; per sample for
+    the figure) and each model's memorisation ratio against its own half."""
+    train_steps = num_steps(cfg, ctx.config.training)
+    (params_a, half_a), (params_b, half_b) = train_halves(ctx, train_steps)
     centre = ctx.dataset.train.mean(axis=0)
     steps = ctx.config.analysis.sampler_steps
     samples, train_sim, memorised = [], [], []
@@ -126,11 +124,8 @@ def run(ctx):
         memorised.append(metrics.memorisation_ratio(d1, d2))
     cross = cosine_similarity(samples[0], samples[1], centre)
     raw_cross = cosine_similarity(samples[0], samples[1])
-
-    path = ctx.figure_path('e5_reproducibility.png')
-    _scatter(train_sim[0], train_sim[1], cross, path)
-    numbers = {
-        'half_size': len(half_a), 'num_steps': num_steps(ctx.config),
+    return {
+        'half_size': len(half_a), 'num_steps': train_steps,
         'num_samples': len(cross), 'sampler': f'ddim, {steps} steps',
         'cross_similarity_mean': float(np.mean(cross)),
         'train_similarity_mean_a': float(np.mean(train_sim[0])),
@@ -138,28 +133,33 @@ def run(ctx):
         'cross_above_train_fraction': float(np.mean(cross > 0.5 * (train_sim[0] + train_sim[1]))),
         'raw_cross_similarity_mean': float(np.mean(raw_cross)),
         'memorisation_ratio_a': memorised[0], 'memorisation_ratio_b': memorised[1],
+        '_cross': cross, '_train_similarity': train_sim,
     }
+
+
+def render(numbers, ctx):
     n = numbers
+    name = 'e5_reproducibility.png'
+    _scatter(*n['_train_similarity'], n['_cross'], ctx.figure_path(name))
+    table = markdown_table(['', 'mean cosine similarity'], [
+        ['sample of A vs sample of B (same x_T)', f'{n["cross_similarity_mean"]:.3f}'],
+        ['sample of A vs nearest image of half A', f'{n["train_similarity_mean_a"]:.3f}'],
+        ['sample of B vs nearest image of half B', f'{n["train_similarity_mean_b"]:.3f}']])
     markdown = '\n'.join([
         f'Two models trained {n["num_steps"]} steps on disjoint halves of {n["half_size"]} '
         f'images each, sampled from the same {n["num_samples"]} x_T ({n["sampler"]}). Cosine '
-        'similarities of images centred on the training-set mean:', '',
-        '| | mean cosine similarity |', '| --- | --- |',
-        f'| sample of A vs sample of B (same x_T) | {n["cross_similarity_mean"]:.3f} |',
-        f'| sample of A vs nearest image of half A | {n["train_similarity_mean_a"]:.3f} |',
-        f'| sample of B vs nearest image of half B | {n["train_similarity_mean_b"]:.3f} |', '',
-        f'A fraction {n["cross_above_train_fraction"]:.2f} of the pairs agree with each other '
-        'more than with their nearest training images (uncentred cross similarity '
-        f'{n["raw_cross_similarity_mean"]:.3f}); memorisation ratios (d_1/d_2 < 1/3) A '
-        f'{n["memorisation_ratio_a"]:.3f}, B {n["memorisation_ratio_b"]:.3f}.'])
-    return Section('e5', 'E5: reproducibility across disjoint training sets', markdown,
-                   numbers, [os.path.basename(path)])
+        'similarities of images centred on the training-set mean:', '', table, '',
+        f'In a fraction {n["cross_above_train_fraction"]:.2f} of the pairs the two samples are '
+        'more similar to each other than to their nearest training images (the mean of the '
+        f'two similarities). Uncentred cross similarity {n["raw_cross_similarity_mean"]:.3f}; '
+        f'memorisation ratios (d_1/d_2 < 1/3) A {n["memorisation_ratio_a"]:.3f}, '
+        f'B {n["memorisation_ratio_b"]:.3f}.'])
+    return Section(KEY, TITLE, markdown, numbers, [name])
 
 
 def check(config):
-    require(config.analysis.e5_num_steps >= 0,
-            'analysis.e5_num_steps must be >= 0 (0 = num_steps // 5)')
+    require(config.analysis.e5.num_steps >= 0,
+            'analysis.e5.num_steps must be >= 0 (default training.num_steps // 5)')
 
 
-register(Experiment('e5', 'E5: reproducibility across disjoint training sets', measure=lambda ctx, cfg: run(ctx),
-                    render=lambda section, ctx: section, check=check))  # TRANSITIONAL
+register(Experiment(KEY, TITLE, measure, render, check, trains=True))

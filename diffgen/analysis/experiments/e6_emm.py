@@ -1,6 +1,6 @@
 """E6: effective model memorisation (EMM): the largest training-set size N at which the
 trained model's memorisation ratio (fraction of samples with d_1/d_2 < 1/3) is at least
-analysis.e6_threshold (0.9), found by a sweep over N.
+analysis.e6.threshold (0.9), found by a sweep over N.
 
 In one run, E6 measures that run's own point: the memorisation ratio of analysis.num_samples
 deterministic DDIM samples (from ctx.x_T) against the run's training set of N images, with
@@ -12,7 +12,7 @@ which runs each N of configs/digits.py's get_sweep() in D/num_train_<N> (with
 analysis.experiments = ('e6',)), then collects every run's report.json into D/results.csv
 (columns 'e6.num_train', 'e6.memorisation_ratio', ...) and draws D/emm.png with
 write_sweep_summary below. To put the sweep into a run's report, point the run at it:
---config.analysis.e6_sweep_dir=D; E6 then reads D/results.csv (if it exists) and adds the
+--config.analysis.e6.sweep_dir=D; E6 then reads D/results.csv (if it exists) and adds the
 ratio-against-N table, the EMM and the plot.
 """
 from __future__ import annotations
@@ -24,12 +24,13 @@ import os
 
 import numpy as np
 
-from diffgen import files
+from diffgen import figures, files
 from diffgen.analysis import metrics
-from diffgen import figures
 from diffgen.analysis.experiment import Experiment, register
+from diffgen.analysis.report import Section, markdown_table
 from diffgen.errors import require
-from diffgen.analysis.report import Section
+
+KEY, TITLE = 'e6', 'E6: effective model memorisation'
 
 RESULTS = 'results.csv'
 FIGURE = 'emm.png'
@@ -83,46 +84,51 @@ def write_sweep_summary(sweep_dir, rows, threshold, figure_path=None):
     return num_train, ratios, emm
 
 
-def run(ctx):
-    a = ctx.config.analysis
-    samples = ctx.sample(ctx.network(), 'ddim', num_steps=a.sampler_steps)
-    d1, d2, _ = metrics.nearest_two(samples, ctx.train_rows, mesh=ctx.mesh)
+def measure(ctx, cfg):
+    """This run's memorisation ratio (with its binomial standard error) and exact-copy rate
+    of DDIM samples; with cfg.sweep_dir, the sweep's ratio against N and its EMM."""
+    steps = ctx.config.analysis.sampler_steps
+    samples = ctx.sample(ctx.network(), 'ddim', num_steps=steps)
+    d1, d2, _ = metrics.nearest_two(samples, ctx.distance_rows, mesh=ctx.mesh)
     ratio = metrics.memorisation_ratio(d1, d2)
-    n = int(ctx.dataset.train_images.shape[0])
-    numbers = {'num_train': n, 'memorisation_ratio': ratio,
+    numbers = {'num_train': int(ctx.dataset.train_images.shape[0]), 'memorisation_ratio': ratio,
                'memorisation_ratio_se': math.sqrt(ratio * (1 - ratio) / len(samples)),
                'exact_copy_rate': metrics.exact_copy_rate(d1), 'num_samples': len(samples),
-               'sampler': f'ddim, {a.sampler_steps} steps', 'threshold': a.e6_threshold}
-    lines = [f'This run (N = {n}): memorisation ratio {ratio:.3f} '
-             f'(± {numbers["memorisation_ratio_se"]:.3f}) of {len(samples)} DDIM samples, '
-             f'exact-copy rate {numbers["exact_copy_rate"]:.3f}.']
-    figure_names = []
-    summary = None
-    if a.e6_sweep_dir:
-        summary = write_sweep_summary(a.e6_sweep_dir, read_results(a.e6_sweep_dir),
-                                      a.e6_threshold, ctx.figure_path(FIGURE))
-    if summary is None:
-        if a.e6_sweep_dir:
-            lines.append(f'\nNo E6 results in {a.e6_sweep_dir}/{RESULTS} yet.')
+               'sampler': f'ddim, {steps} steps', 'threshold': cfg.threshold}
+    num_train, ratios = sweep_points(read_results(cfg.sweep_dir) if cfg.sweep_dir else [])
+    if len(num_train):
+        numbers['sweep'] = {'sweep_dir': cfg.sweep_dir, 'num_train': num_train,
+                            'memorisation_ratio': ratios, 'emm': effective_model_memorisation(
+                                num_train.tolist(), ratios.tolist(), cfg.threshold)}
+    return numbers
+
+
+def render(numbers, ctx):
+    n, sweep_dir = numbers, ctx.config.analysis.e6.sweep_dir
+    lines = [f'This run (N = {n["num_train"]}): memorisation ratio {n["memorisation_ratio"]:.3f} '
+             f'(± {n["memorisation_ratio_se"]:.3f}) of {n["num_samples"]} DDIM samples, '
+             f'exact-copy rate {n["exact_copy_rate"]:.3f}.']
+    if 'sweep' not in n:
+        if sweep_dir:
+            lines.append(f'\nNo E6 results in {sweep_dir}/{RESULTS} yet.')
         lines.append('\nThe EMM needs a sweep over N: run `python -m launch.sweep '
                      '--config=<config> --sweep_dir=D`, then analyse with '
-                     '`--config.analysis.e6_sweep_dir=D`.')
-    else:
-        num_train, ratios, emm = summary
-        numbers['sweep'] = {'sweep_dir': a.e6_sweep_dir, 'num_train': num_train,
-                            'memorisation_ratio': ratios, 'emm': emm}
-        lines += ['', f'Sweep {a.e6_sweep_dir}:', '', '| N | memorisation ratio |',
-                  '| --- | --- |', *(f'| {k} | {r:.3f} |' for k, r in zip(num_train, ratios)),
-                  '', f'EMM (largest N with ratio ≥ {a.e6_threshold}): '
-                  f'{emm if emm is not None else f"none (no N reaches {a.e6_threshold})"}.']
-        figure_names.append(FIGURE)
-    return Section('e6', 'E6: effective model memorisation', '\n'.join(lines), numbers,
-                   figure_names)
+                     '`--config.analysis.e6.sweep_dir=D`.')
+        return Section(KEY, TITLE, '\n'.join(lines), numbers)
+    sweep, threshold = n['sweep'], n['threshold']
+    plot_emm(sweep['num_train'], sweep['memorisation_ratio'], sweep['emm'], threshold,
+             ctx.figure_path(FIGURE))
+    table = markdown_table(['N', 'memorisation ratio'],
+                           [[k, f'{r:.3f}'] for k, r in zip(sweep['num_train'],
+                                                           sweep['memorisation_ratio'])])
+    emm = sweep['emm'] if sweep['emm'] is not None else f'none (no N reaches {threshold})'
+    lines += ['', f'Sweep {sweep["sweep_dir"]}:', '', table, '',
+              f'EMM (largest N with ratio ≥ {threshold}): {emm}.']
+    return Section(KEY, TITLE, '\n'.join(lines), numbers, [FIGURE])
 
 
 def check(config):
-    require(0.0 < config.analysis.e6_threshold <= 1.0, 'analysis.e6_threshold must be in (0, 1]')
+    require(0.0 < config.analysis.e6.threshold <= 1.0, 'analysis.e6.threshold must be in (0, 1]')
 
 
-register(Experiment('e6', 'E6: effective model memorisation', measure=lambda ctx, cfg: run(ctx),
-                    render=lambda section, ctx: section, check=check))  # TRANSITIONAL
+register(Experiment(KEY, TITLE, measure, render, check, trains=True))
