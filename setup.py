@@ -28,5 +28,10 @@ setup(
         'importlib_resources>=7.1.0',
         'pillow>=13.0.0',
     ],
-    extras_require={'test': ['pytest>=9.0']},
+    extras_require={
+        'test': ['pytest>=9.0'],
+        # config.model.init_from: published diffusers checkpoints (safetensors is read without
+        # PyTorch; torch and diffusers for .bin weights and for tests/test_import_diffusers.py)
+        'import': ['torch>=2.4', 'diffusers>=0.42.1', 'safetensors>=0.8.0'],
+    },
 )

@@ -7,11 +7,18 @@ Modes: train (train, resuming from DIR's checkpoints, then draw a sample grid), 
 (draw samples from DIR's latest checkpoint), analyze (the generalisation report in
 DIR/report), all (train, then analyze), compare (DIR's model against
 --other_workdir's, in DIR/report/compare).
-Bad input (config, data, workdir) is reported as one line with exit status 2.
+Bad input (config, data, workdir), a damaged file in the workdir, a workdir in use by
+another run and a full disk are reported as one line with exit status 2. SIGTERM or SIGINT
+stops a run with one line saying what is kept: training saves a checkpoint and exits 0 (a
+preemption); elsewhere (data loading, sampling, analysis, compare) the run exits 128 + the
+signal's number, and a rerun continues (the analysis with its next unfinished section).
 """
 from __future__ import annotations
 
+import errno
+import logging as std_logging
 import os
+import signal
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -33,6 +40,40 @@ _OTHER_WORKDIR = flags.DEFINE_string('other_workdir', None,
                                      'The second workdir of --mode=compare.')
 _STEP = flags.DEFINE_integer('step', None, 'sample / analyze: the kept checkpoint of this step '
                              '(default: the latest).')
+
+# OS errors that are the environment's, not a bug: reported as one line.
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+# What a signal outside the training loop leaves, per mode.
+KEPT = {
+    'train': 'the checkpoints saved so far are kept',
+    'sample': 'the checkpoints are kept, no samples were written',
+    'analyze': 'the finished report sections are kept in {report}',
+    'all': 'the checkpoints and the finished report sections ({report}) are kept',
+    'compare': 'nothing of the comparison was written',
+}
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT outside the training loop (which saves and stops by itself).
+    A BaseException, so that no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+def raise_interrupted(signum, frame):
+    del frame
+    raise Interrupted(signum)
+
+
+class QuietLibraryErrors(std_logging.Filter):
+    """Drops what Orbax and asyncio log about a failed save or restore (tracebacks of its
+    threads): diffgen reports those failures itself, as one line."""
+
+    def filter(self, record):
+        return not (record.name == 'asyncio' or f'{os.sep}orbax{os.sep}' in record.pathname)
 
 
 def fail(message, status=2):
@@ -66,17 +107,21 @@ def parse_flags(argv):
 
 def run(config, workdir, mode):
     options = modes.Options(step=_STEP.value, other_workdir=_OTHER_WORKDIR.value)
-    return modes.MODES[mode](config, workdir, options)
+    return modes.run(mode, config, workdir, options)
 
 
 def main(argv):
     logging.set_verbosity(logging.WARNING)  # progress lines are printed; keep library chatter out
+    for name in ('absl', 'asyncio'):
+        std_logging.getLogger(name).addFilter(QuietLibraryErrors())
     if len(argv) > 1:
         fail(f'unexpected arguments {argv[1:]}')
     try:
         parallel.initialize()  # several processes (a TPU pod, $DIFFGEN_COORDINATOR ...)
     except ValueError as e:
         fail(str(e))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, raise_interrupted)
     try:
         try:
             config = _CONFIG.value
@@ -96,6 +141,17 @@ def main(argv):
         fail(str(e))
     except TrainingDiverged as e:
         fail(str(e), status=1)
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        fail(f'{e.filename or "a file"}: {e.strerror}; free space or fix permissions, then '
+             'rerun the same command')
+    except Interrupted as e:
+        report = os.path.join(_WORKDIR.value or '.', 'report', 'report.json')
+        kept = KEPT.get(_MODE.value, 'what finished is kept').format(report=report)
+        print(f'diffgen: stopped by {e.name}: {kept}; rerun the same command to continue',
+              file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)
 
 
 if __name__ == '__main__':

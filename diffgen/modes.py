@@ -1,7 +1,10 @@
 """What each --mode does, as functions of (config, workdir, options): options carries the
-flags that only some modes read (--step, --other_workdir)."""
+flags that only some modes read (--step, --other_workdir). run(mode, ...) runs one holding
+the workdir lock (diffgen.files.workdir_lock), so that a second run on a workdir stops at
+once instead of interleaving its checkpoints and reports with the first one's."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
@@ -34,6 +37,8 @@ def sample(config, workdir, options=Options()):
     run = restore_trained(config, workdir, options.step)
     step = int(run.state.step)
     path = os.path.join(workdir, 'samples', f'step_{step:08d}_final.png')
+    print(f'sampling {config.sampling.num_samples} samples ({config.sampling.method}) from '
+          f'step {step} ...', flush=True)
     samples = sample_and_save(config, run.model, run.params(config.sampling.use_ema),
                               run.schedule, run.dataset, path, run.mesh)
     if jax.process_index() == 0:
@@ -51,10 +56,14 @@ def analyze(config, workdir, options=Options()):
 
 
 def all_(config, workdir, options=Options()):
-    """Trains (resuming), samples, then analyses."""
+    """Trains (resuming), samples, then analyses (a training stopped early by a signal
+    says that the analysis did not run)."""
     state = train(config, workdir, options)
     if int(state.step) == config.training.num_steps:
         analyze(config, workdir, options)
+    else:
+        print(f'analysis not run: training stopped at step {int(state.step)} of '
+              f'{config.training.num_steps}; rerun the same command to continue', flush=True)
     return state
 
 
@@ -65,3 +74,11 @@ def compare(config, workdir, options=Options()):
 
 
 MODES = {'train': train, 'sample': sample, 'analyze': analyze, 'all': all_, 'compare': compare}
+
+
+def run(mode, config, workdir, options=Options()):
+    """MODES[mode](config, workdir, options) holding the workdir lock (process 0 takes it
+    for all processes); WorkdirError naming the holder if another run has it."""
+    lock = files.workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return MODES[mode](config, workdir, options)

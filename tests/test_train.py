@@ -6,6 +6,7 @@ import pytest
 
 from diffgen import data, parallel
 from diffgen.training import checkpoints as checkpointing
+from diffgen.training import step as train_step
 from diffgen.diffusion import objectives
 from diffgen.errors import TrainingDiverged
 from diffgen.training.loop import build, train_and_evaluate
@@ -57,9 +58,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
     config = tiny_digits_config(data_dir, **{'training.num_steps': 4})
     good = train_and_evaluate(config, tmp_path)
 
-    def poisoned(apply_fn, params, x0, rng, schedule):
-        return objectives.eps_loss(apply_fn, params, x0, rng, schedule) * jnp.nan
-    monkeypatch.setitem(objectives.OBJECTIVES, 'eps', poisoned)
+    def poisoned(apply_fn, params, x0, *, rng, schedule):
+        return objectives.eps_loss(apply_fn, params, x0, rng=rng, schedule=schedule) * jnp.nan
+    monkeypatch.setattr(train_step, 'get_objective', lambda training_config: poisoned)
     with pytest.raises(TrainingDiverged, match='non-finite at step 5.*step 4'):
         train_and_evaluate(tiny_digits_config(data_dir, **{'training.num_steps': 8}), tmp_path)
 

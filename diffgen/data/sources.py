@@ -34,6 +34,7 @@ from diffgen.registry import Registry
 SOURCES = Registry('data source')
 _READ_BATCH = 1024       # examples per __getitems__ call on a TFDS data source
 _PROGRESS_EVERY_S = 5.0  # seconds between progress lines of a long TFDS read
+_HALF_LEVEL = 0.5 / 255  # half a pixel level of [0, 1]: float round-off tolerated in npz images
 
 
 class Source:
@@ -149,28 +150,38 @@ class ArrayPool:
 def npz_pool(path: str, transform: ImageTransform) -> ArrayPool:
     """The examples of a user's .npz file.
 
-    Key 'images': uint8 (N, H, W) or (N, H, W, C) (a missing C becomes 1); other integer
-    dtypes with values in 0..255; or floats, read as [0, 1] (x * 255, rounded) when no value
-    is negative and as [-1, 1] (to_uint8) otherwise. Optional key 'labels': integers (N,).
+    Key 'images': uint8 (N, H, W) or (N, H, W, C) (a missing C becomes 1), N, H, W > 0;
+    other integer dtypes with values in 0..255; or finite floats, whose range is decided from
+    their minimum m (a pixel level is 1/255 of [0, 1]):
+      m >= -0.5/255       [0, 1]: x * 255, rounded (and clipped: round-off around 0 and 1)
+      m <= -0.5           [-1, 1]: to_uint8 (some pixel lies in the darker quarter)
+      otherwise           ambiguous (too negative for round-off, too little for [-1, 1]):
+                          a DataError asking for uint8 pixels.
+    Optional key 'labels': integers >= 0 of shape (N,). A file cut short or damaged is a
+    DataError naming it.
     """
     if not files.exists(path):
         raise DataError(f'npz file not found: {path}')
     try:
         with files.open_file(path, 'rb') as f:  # local or gs:// (E5 writes its halves there)
             archive = np.load(io.BytesIO(f.read()), allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f'cannot read {path} as .npz: {e}') from e
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f'{path} is a single array, not an .npz archive with key "images"')
-    with archive:
-        if 'images' not in archive.files:
-            raise DataError(f'{path} has no key "images" (keys: {", ".join(archive.files)})')
-        images = _npz_images(archive['images'], path)
-        labels = archive['labels'] if 'labels' in archive.files else None
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DataError(f'{path} is a single array, not an .npz archive with key "images"')
+        with archive:
+            if 'images' not in archive.files:
+                raise DataError(f'{path} has no key "images" (keys: '
+                                f'{", ".join(archive.files)})')
+            images = archive['images']
+            labels = archive['labels'] if 'labels' in archive.files else None
+    except files.NPZ_ERRORS as e:
+        raise DataError(f'cannot read {path} as .npz (cut short or damaged?): {e}') from e
+    images = _npz_images(images, path)
     if labels is not None:
         if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
             raise DataError(f'{path}: "labels" must be integers of shape ({images.shape[0]},), '
                             f'not {labels.dtype} {labels.shape}')
+        if labels.min() < 0:
+            raise DataError(f'{path}: "labels" must be >= 0, found {labels.min()}')
         labels = labels.astype(np.int32)
     return ArrayPool(f'npz:{path}', images, labels, transform=transform)
 
@@ -179,8 +190,8 @@ def _npz_images(images: np.ndarray, path: str) -> np.ndarray:
     """The 'images' array of an .npz file as uint8 (N, H, W, C); see npz_pool."""
     if images.ndim == 3:
         images = images[..., None]
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise DataError(f'{path}: "images" must be (N, H, W) or (N, H, W, C) with N > 0, '
+    if images.ndim != 4 or 0 in images.shape[:3]:
+        raise DataError(f'{path}: "images" must be (N, H, W) or (N, H, W, C) with N, H, W > 0, '
                         f'not {images.shape}')
     if images.dtype == np.uint8:
         return images
@@ -190,13 +201,25 @@ def _npz_images(images: np.ndarray, path: str) -> np.ndarray:
                             f'{images.min()}..{images.max()}')
         return images.astype(np.uint8)
     if np.issubdtype(images.dtype, np.floating):
-        if not np.isfinite(images).all() or images.min() < -1 or images.max() > 1:
-            raise DataError(f'{path}: float "images" must be finite and lie in [0, 1] or '
-                            f'[-1, 1], found {images.min()}..{images.max()}')
-        if images.min() >= 0:
-            return np.rint(images.astype(np.float32) * 255).astype(np.uint8)
-        return to_uint8(images)
+        return _float_pixels(images, path)
     raise DataError(f'{path}: "images" must be uint8, integers or floats, not {images.dtype}')
+
+
+def _float_pixels(images: np.ndarray, path: str) -> np.ndarray:
+    """Float images as uint8, their range [0, 1] or [-1, 1] decided by npz_pool's rule."""
+    if not np.isfinite(images).all():
+        raise DataError(f'{path}: float "images" must be finite')
+    low, high = float(images.min()), float(images.max())
+    if low >= -_HALF_LEVEL and high <= 1 + _HALF_LEVEL:
+        return np.clip(np.rint(images.astype(np.float32) * 255), 0, 255).astype(np.uint8)
+    if low <= -0.5 and low >= -1 - 2 * _HALF_LEVEL and high <= 1 + 2 * _HALF_LEVEL:
+        return to_uint8(images)
+    if -0.5 < low < -_HALF_LEVEL and high <= 1 + _HALF_LEVEL:
+        raise DataError(f'{path}: float "images" range over {low:.4g}..{high:.4g}: neither '
+                        f'[0, 1] (values below -0.5/255, more than round-off) nor clearly '
+                        f'[-1, 1] (no value <= -0.5); save them as uint8 pixels 0..255')
+    raise DataError(f'{path}: float "images" must lie in [0, 1] or [-1, 1], found '
+                    f'{low:.4g}..{high:.4g}')
 
 
 def _split_pools(tfds, name: str, data_config, *, root: str, transform: ImageTransform):

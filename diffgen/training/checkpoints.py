@@ -1,21 +1,41 @@
 """Orbax checkpoints of the TrainState under <workdir>/checkpoints, and the check that a
-workdir's checkpoints came from a compatible config (<workdir>/config.json)."""
+workdir's checkpoints came from a compatible config and training set.
+
+Beside the checkpoints: config.json (the run's config) and training_set.json (the
+fingerprint of its training set, diffgen.data.fingerprint). A run resumes only if every
+key that changes what the model is (COMPATIBILITY_SECTIONS, COMPATIBILITY_TRAINING_KEYS,
+and the gap objective's options when it is used) and the training set are the same.
+
+Checkpoints are those Orbax counts as finished (a save cut short leaves a temporary
+directory, or on a bucket a step directory without its commit marker: neither counts).
+Restoring falls back from a checkpoint that cannot be read to the next older one, saying
+so. Saves are asynchronous; a failed one (disk full, no permission) is a WorkdirError naming
+the checkpoint's path and the reason, raised at the first check after it (check_saved) or
+at wait, and the checkpoints before it stay.
+"""
 from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from diffgen import files
 from diffgen.errors import WorkdirError
 
-# Config sections that fix what a checkpoint holds (parameter shapes, optimiser state) or
-# what it means (data, forward process); the others (steps, logging, sampling) may change
-# between a run and its resumption.
+# Config sections and training keys that fix what a checkpoint holds (parameter shapes,
+# optimiser state) or what it means (data, forward process, objective, batch); the others
+# (steps, logging, sampling, analysis) may change between a run and its resumption.
 COMPATIBILITY_SECTIONS = ('seed', 'data', 'diffusion', 'model', 'optim')
+COMPATIBILITY_TRAINING_KEYS = ('objective', 'batch_size')
+GAP_TRAINING_KEYS = ('gap_max_k', 'gap_p_zero', 'gap_weighting')  # with objective 'gap'
 _MUTABLE_DATA_KEYS = ('data_dir',)
+SKIPPED = 'skipped_checkpoints'  # <workdir>/SKIPPED/<step>: checkpoints training set aside
+_REASON_CHARS = 200
 
 
 def checkpoint_dir(workdir):
@@ -27,6 +47,10 @@ def config_path(workdir):
     return os.path.join(workdir, 'config.json')
 
 
+def training_set_path(workdir):
+    return os.path.join(workdir, 'training_set.json')
+
+
 def _flatten(tree, prefix=''):
     if not isinstance(tree, dict):
         return {prefix: tree}
@@ -36,40 +60,69 @@ def _flatten(tree, prefix=''):
     return out
 
 
-def _fingerprint(config_dict):
-    """The dotted keys of the compatibility sections, with values as JSON stores them."""
-    fp = json.loads(json.dumps({k: config_dict.get(k) for k in COMPATIBILITY_SECTIONS}))
-    flat = _flatten(fp)
+def _fingerprint(config_dict, gap):
+    """The dotted keys that must match for a resume (with gap, also the gap objective's
+    options), with values as JSON stores them."""
+    training = config_dict.get('training') or {}
+    keys = COMPATIBILITY_TRAINING_KEYS + (GAP_TRAINING_KEYS if gap else ())
+    tree = {k: config_dict.get(k) for k in COMPATIBILITY_SECTIONS}
+    tree['training'] = {k: training.get(k) for k in keys}
+    flat = _flatten(json.loads(json.dumps(tree, default=list)))
     return {k: v for k, v in flat.items() if k.split('.')[-1] not in _MUTABLE_DATA_KEYS}
 
 
+def finished_steps(workdir):
+    """The steps of the workdir's finished checkpoints, as Orbax finds them (read only)."""
+    options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+    return list(ocp.CheckpointManager(checkpoint_dir(workdir), options=options).all_steps())
+
+
 def has_checkpoint(workdir):
-    d = checkpoint_dir(workdir)
-    return any(n.isdigit() for n in files.listdir(d))
+    return bool(finished_steps(workdir))
 
 
-def check_compatible(workdir, config):
-    """Raises WorkdirError if the workdir's checkpoints came from an incompatible config."""
+def check_compatible(workdir, config, fingerprint=None):
+    """Raises WorkdirError if the workdir's checkpoints came from an incompatible config, or
+    (fingerprint given: diffgen.data.fingerprint of the training set) from another training
+    set."""
     if not has_checkpoint(workdir):
         return
     path = config_path(workdir)
     if not files.exists(path):
         raise WorkdirError(f'{workdir} holds checkpoints but no config.json; '
                            'use a new --workdir')
-    stored = _fingerprint(json.loads(files.read_text(path)))
-    current = _fingerprint(config.to_dict())
+    stored = files.read_json(path, remedy=(
+        'it describes the checkpoints beside it: use a new --workdir, or put back the '
+        'config.json of the run that wrote them'))
+    current = config.to_dict()
+    gap = all((c.get('training') or {}).get('objective') == 'gap' for c in (stored, current))
+    stored, current = _fingerprint(stored, gap), _fingerprint(current, gap)
     diffs = [f'{k}: {stored.get(k)!r} -> {current.get(k)!r}'
              for k in sorted(set(stored) | set(current)) if stored.get(k) != current.get(k)]
     if diffs:
         raise WorkdirError(f'the checkpoints in {workdir} come from an incompatible config '
                            f'({"; ".join(diffs[:3])}); use a new --workdir')
+    path = training_set_path(workdir)
+    if fingerprint is None or not files.exists(path):
+        return
+    stored = files.read_json(path, remedy=(
+        'delete it to resume without checking the training set, or use a new --workdir'))
+    if stored.get('fingerprint') != fingerprint:
+        raise WorkdirError(f'the checkpoints in {workdir} were trained on another training '
+                           f'set (fingerprint {stored.get("fingerprint")} -> {fingerprint}: '
+                           f'the contents of {config.data.source} changed); use a new '
+                           '--workdir')
 
 
-def write_config(workdir, config):
-    """Stores the run's config beside its checkpoints (process 0 only)."""
+def write_config(workdir, config, fingerprint=None):
+    """Stores the run's config, and the fingerprint of its training set if given, beside
+    its checkpoints (process 0 only)."""
     if jax.process_index() == 0:
         files.write_text(config_path(workdir),
                          json.dumps(config.to_dict(), indent=2, default=list))
+        if fingerprint is not None:
+            files.write_text(training_set_path(workdir),
+                             json.dumps({'fingerprint': fingerprint}, indent=2))
 
 
 def make_manager(workdir, keep, keep_period=0):
@@ -81,24 +134,114 @@ def make_manager(workdir, keep, keep_period=0):
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
-def save(manager, state, force=False):
+def reason(error):
+    """An Orbax / TensorStore error as a short phrase: the OS error it carries, else the
+    first line of its root cause (the last of its chain) without TensorStore's spec."""
+    chain = [error]
+    while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    code = re.search(r"os_error_code='?(\d+)", ' '.join(str(e) for e in chain))
+    if code:
+        return os.strerror(int(code.group(1)))
+    root = chain[-1]
+    if isinstance(root, OSError) and root.strerror:
+        return root.strerror
+    line = (str(root).strip().splitlines() or [type(root).__name__])[0]
+    line = line.split(' See full TensorStore details')[0]
+    return line if len(line) <= _REASON_CHARS else line[:_REASON_CHARS] + ' ...'
+
+
+def _save_failed(manager, step, error):
+    """The WorkdirError of a failed save of step, after removing what it left."""
+    directory = epath.Path(manager.directory)
+    if jax.process_index() == 0:
+        for leftover in directory.glob(f'{step}.orbax-checkpoint-tmp*'):
+            leftover.rmtree(missing_ok=True)
+    kept = [s for s in manager.all_steps() if s != step]
+    where = (f'the checkpoint of step {max(kept)} is kept' if kept else
+             'no earlier checkpoint exists')
+    return WorkdirError(f'cannot save checkpoint {step} in {directory}: {reason(error)}; the '
+                        f'run stopped and {where}: free space or fix permissions, then rerun '
+                        'the same command')
+
+
+def save(manager, state, previous=None, force=False):
+    """Starts saving state (asynchronously) once the save of step `previous` (the one
+    before, if any) has finished; returns its step. WorkdirError if either fails."""
+    wait(manager, previous)  # Orbax waits for it too: so that its failure is told as its own
     step = int(jax.device_get(state.step))
-    manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    try:
+        manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    except Exception as e:  # noqa: BLE001 -- any failure to write is reported as one line
+        raise _save_failed(manager, step, e) from e
     return step
 
 
-def restore_latest(manager, target, step=None):
-    """The latest checkpoint (or the kept one of the given step) restored onto target's
-    structure and shardings, or None if there is none."""
-    if step is not None and step not in manager.all_steps():
-        raise WorkdirError(f'no checkpoint of step {step} in {manager.directory}; kept steps: '
-                           f'{sorted(manager.all_steps())} (training.keep_period keeps more)')
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+def wait(manager, step):
+    """Waits for the save of step (the last one started) to finish; WorkdirError if it
+    failed."""
     try:
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except (ValueError, KeyError, TypeError) as e:
-        raise WorkdirError(f'checkpoint {step} in {manager.directory} does not fit this '
-                           f'config: {str(e).splitlines()[0]}') from e
+        manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 -- as in save
+        raise _save_failed(manager, step, e) from e
+
+
+def check_saved(manager, step):
+    """Without waiting for a save in progress: WorkdirError if the save of step (the last
+    one started) has failed."""
+    if step is not None and not manager.is_saving_in_progress():
+        wait(manager, step)
+
+
+def _warn(message):
+    print(f'diffgen: warning: {message}', file=sys.stderr, flush=True)
+
+
+def restore_latest(manager, target, step=None, set_aside=False):
+    """The newest checkpoint that Orbax can restore onto target's structure and shardings
+    (or the kept one of the given step), or None if there is none.
+
+    A checkpoint that cannot be restored (cut short, damaged) is skipped for the next older
+    one, with a line naming it and why; with set_aside (training, which saves those steps
+    again) the skipped ones are moved to <workdir>/skipped_checkpoints/<step> once an older
+    one restored. WorkdirError if none can be restored (then nothing is moved)."""
+    steps = sorted(manager.all_steps(), reverse=True)
+    if step is not None:
+        if step not in steps:
+            raise WorkdirError(f'no checkpoint of step {step} in {manager.directory}; kept '
+                               f'steps: {sorted(steps)} (training.keep_period keeps more)')
+        steps = [step]
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    skipped = []
+    for s in steps:
+        try:
+            restored = manager.restore(s, args=ocp.args.StandardRestore(abstract))
+        except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint is skipped
+            skipped.append((s, reason(e)))
+            _warn(f'checkpoint {s} in {manager.directory} cannot be restored '
+                  f'({reason(e)})' + ('; trying the one before' if s != steps[-1] else ''))
+            continue
+        if skipped and set_aside:
+            _set_aside(manager, [bad for bad, _ in skipped])
+        return restored
+    if skipped:
+        raise WorkdirError(f'no checkpoint in {manager.directory} can be restored ('
+                           + '; '.join(f'step {s}: {why}' for s, why in skipped)
+                           + '); use a new --workdir')
+    return None
+
+
+def _set_aside(manager, steps):
+    """Moves the checkpoints of steps to <workdir>/SKIPPED/<step> (process 0), out of the
+    way of the saves that will write those steps again."""
+    directory = epath.Path(manager.directory)
+    target = directory.parent / SKIPPED
+    if jax.process_index() == 0:
+        target.mkdir(parents=True, exist_ok=True)
+        for s in steps:
+            place, n = target / str(s), 1
+            while place.exists():  # that step was set aside before
+                place, n = target / f'{s}.{n}', n + 1
+            (directory / str(s)).rename(place)
+            _warn(f'moved the checkpoint of step {s} to {place}')
+    manager.reload()

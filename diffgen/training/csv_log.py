@@ -8,13 +8,15 @@ import csv
 import io
 
 from diffgen import files
+from diffgen.errors import CorruptFileError
 
 
 class CsvLog:
     def __init__(self, path, *, resume_step):
-        """Opens path (keeping the rows with step <= resume_step, if it exists)."""
+        """Opens path (keeping the rows with step <= resume_step, if it exists);
+        CorruptFileError if it is not such a CSV (damaged)."""
         self.path = path
-        self.rows = [r for r in read_csv(path) if int(r['step']) <= resume_step] \
+        self.rows = [r for r in read_csv(path) if _step(r, path) <= resume_step] \
             if files.exists(path) else []
 
     def append(self, step, numbers):
@@ -30,4 +32,19 @@ class CsvLog:
 
 def read_csv(path):
     """The rows of a CSV file as dicts of strings."""
-    return list(csv.DictReader(io.StringIO(files.read_text(path))))
+    try:
+        return list(csv.DictReader(io.StringIO(files.read_text(path))))
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise _damaged(path, e) from e
+
+
+def _step(row, path):
+    try:
+        return int(row['step'])
+    except (KeyError, TypeError, ValueError) as e:
+        raise _damaged(path, f'a row whose step is {row.get("step")!r}') from e
+
+
+def _damaged(path, why):
+    return CorruptFileError(f'{path} is damaged ({why}); delete it to start it anew (the '
+                            'evaluations it held are not redone)')

@@ -1,8 +1,10 @@
 """The training loop: data -> state -> jitted train calls -> metrics, checkpoints, samples.
 
-`train_and_evaluate(config, workdir)` resumes from the latest checkpoint in the workdir.
-Checkpoints are written every `checkpoint_every` steps, at the end, and on SIGTERM
-(preemption); a non-finite loss stops the run without saving the diverged state.
+`train_and_evaluate(config, workdir)` resumes from the newest restorable checkpoint in the
+workdir (training.checkpoints: same config keys and training set, else WorkdirError).
+Checkpoints are written every `checkpoint_every` steps, at the end, and on SIGTERM or SIGINT
+(preemption); a non-finite loss stops the run without saving the diverged state; a failed
+save stops it at the next train call, the checkpoints before it kept.
 """
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ import numpy as np
 from clu import metric_writers
 
 from diffgen import data, parallel
+from diffgen.data.fingerprint import data_fingerprint
 from diffgen.training import checkpoints as checkpointing
 from diffgen import figures
 from diffgen.diffusion import samplers
 from diffgen.diffusion.denoisers import network_denoiser
 from diffgen.errors import ConfigError, TrainingDiverged, WorkdirError
-from diffgen.networks import get_network
+from diffgen.networks import diffusers_import, get_network
 from diffgen.progress import Progress
 from diffgen.rng import stream
 from diffgen.diffusion.schedules import get_schedule
@@ -32,26 +35,29 @@ EVAL_CSV = 'eval.csv'  # the evaluations during training, one row per evaluated 
 
 
 class Preemption:
-    """Turns SIGTERM into a flag the loop checks after each train call (with several
-    processes, a signal to any one of them stops all of them at the same step)."""
+    """Turns SIGTERM and SIGINT into a flag the loop checks after each train call (with
+    several processes, a signal to any one of them stops all of them at the same step)."""
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.name = 'SIGTERM'   # the signal received (a signal to another process: SIGTERM)
+        self._previous = {}
 
     def __enter__(self):
         def handler(signum, frame):
-            del signum, frame
+            del frame
             self.requested = True
+            self.name = signal.Signals(signum).name
         try:
-            self._previous = signal.signal(signal.SIGTERM, handler)
+            self._previous = {s: signal.signal(s, handler) for s in self.SIGNALS}
         except ValueError:  # not the main thread: no handler
-            self._previous = None
+            self._previous = {}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 def check_model_fits_data(config, dataset):
@@ -60,11 +66,13 @@ def check_model_fits_data(config, dataset):
     if not dataset.is_image and config.model.name == 'unet':
         raise ConfigError(f'{config.data.source} holds points, not images; use model.name=mlp')
     if dataset.is_image:
-        size = dataset.image_shape[0]
+        height, width = dataset.image_shape[:2]
         levels = len(config.model.ch_mult) - 1
-        if size % (2 ** levels):
-            raise ConfigError(f'{size}x{size} images cannot be halved {levels} times '
-                              f'(model.ch_mult={tuple(config.model.ch_mult)})')
+        if height % (2 ** levels) or width % (2 ** levels):
+            raise ConfigError(f'{height}x{width} images of {config.data.source} cannot be '
+                              f'halved {levels} times (model.ch_mult='
+                              f'{tuple(config.model.ch_mult)}): height and width must be '
+                              f'multiples of {2 ** levels}')
 
 
 @dataclasses.dataclass
@@ -94,16 +102,32 @@ def build(config, dataset):
                           f'over {mesh.devices.size} devices')
     state = create_train_state(model, tx, stream(config.seed, 'init'),
                                dataset.image_shape)
+    if config.model.init_from:  # a published model's weights, raw and EMA (diffusers_import)
+        params = diffusers_import.load_params(config.model.init_from, model, state.params,
+                                              dataset.image_shape)
+        state = state.replace(params=params, ema_params=jax.tree.map(np.copy, params))
     return Run(dataset, schedule, model, tx, mesh, parallel.replicate(state, mesh))
 
 
+def training_set_fingerprint(dataset):
+    """diffgen.data.fingerprint of the training set, or None where this process holds only
+    its own rows of it (several processes: the check is then left out)."""
+    whole = dataset.num_train in (None, len(dataset.train_images))
+    return data_fingerprint(dataset.train_images) if whole else None
+
+
 def restore_trained(config, workdir, step=None):
-    """The Run of the workdir's latest checkpoint, or of the kept checkpoint of that step
-    (WorkdirError if there is none)."""
+    """The Run of the workdir's newest restorable checkpoint, or of the kept checkpoint of
+    that step (WorkdirError if there is none); with model.init_from and no checkpoint yet,
+    the imported model (step 0)."""
     if not checkpointing.has_checkpoint(workdir):
+        if config.model.init_from and step is None:  # the imported model as published
+            dataset = data.load(config)
+            check_model_fits_data(config, dataset)
+            return build(config, dataset)
         raise WorkdirError(f'no checkpoint in {workdir}; run --mode=train first')
-    checkpointing.check_compatible(workdir, config)
     dataset = data.load(config)
+    checkpointing.check_compatible(workdir, config, training_set_fingerprint(dataset))
     check_model_fits_data(config, dataset)
     run = build(config, dataset)
     manager = checkpointing.make_manager(workdir, config.training.keep_checkpoints,
@@ -143,18 +167,25 @@ def train_and_evaluate(config, workdir, make_evaluator=None):
     mesh = parallel.get_mesh()
     dataset = data.load(config, train_rows=lambda n: parallel.process_rows(n, mesh))
     check_model_fits_data(config, dataset)
-    checkpointing.check_compatible(workdir, config)
+    fingerprint = training_set_fingerprint(dataset)
+    checkpointing.check_compatible(workdir, config, fingerprint)
     run = build(config, dataset)
     schedule, model, tx, mesh, state = run.schedule, run.model, run.tx, run.mesh, run.state
 
-    checkpointing.write_config(workdir, config)
     manager = checkpointing.make_manager(workdir, config.training.keep_checkpoints,
                                          config.training.keep_period)
-    restored = checkpointing.restore_latest(manager, state)
+    restored = checkpointing.restore_latest(manager, state, set_aside=True)
     if restored is not None:
         state = restored
+        if int(state.step) > config.training.num_steps:
+            raise WorkdirError(
+                f'training.num_steps={config.training.num_steps} is below the step '
+                f'{int(state.step)} of the checkpoint in {checkpointing.checkpoint_dir(workdir)}:'
+                f' nothing to train; set training.num_steps >= {int(state.step)}, or use '
+                '--mode=sample / analyze (--step=S for an earlier kept checkpoint)')
         print(f'resumed from step {int(state.step)} in {checkpointing.checkpoint_dir(workdir)}',
               flush=True)
+    checkpointing.write_config(workdir, config, fingerprint)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     train_set = place_training_set(dataset, mesh)
     train_call = make_train_call(config, model, tx, schedule, mesh)
@@ -165,11 +196,13 @@ def train_and_evaluate(config, workdir, make_evaluator=None):
     eval_log = CsvLog(os.path.join(workdir, EVAL_CSV), resume_step=step)
     progress = Progress('train step', t.num_steps, step)
     pending = []  # per-call metrics still on the device: fetched only at boundaries
+    saving = None  # the step of the last save started
     with Preemption() as preemption:
         while step < t.num_steps:
             state, metrics = train_call(state, train_set)
             step += t.steps_per_call
             pending.append(metrics)
+            checkpointing.check_saved(manager, saving)  # a failed save stops the run here
             preemption.requested = parallel.any_process(preemption.requested)
             at_log = step % t.log_every == 0 or step == t.num_steps
             at_save = step % t.checkpoint_every == 0 or step == t.num_steps
@@ -179,7 +212,7 @@ def train_and_evaluate(config, workdir, make_evaluator=None):
             losses = np.concatenate([np.asarray(m['loss']) for m in pending])
             if not np.all(np.isfinite(losses)):
                 bad = step - len(losses) + int(np.argmin(np.isfinite(losses))) + 1
-                manager.wait_until_finished()
+                checkpointing.wait(manager, saving)
                 raise TrainingDiverged(
                     f'loss became non-finite at step {bad}; training stopped, the last good '
                     f'checkpoint (step {manager.latest_step()}) is kept')
@@ -196,18 +229,18 @@ def train_and_evaluate(config, workdir, make_evaluator=None):
                 print(f'eval step {step}: ' + '  '.join(
                     f'{k} {v:.4g}' for k, v in numbers.items()), flush=True)
             if at_save or preemption.requested:
-                checkpointing.save(manager, state, force=preemption.requested)
+                saving = checkpointing.save(manager, state, saving, force=preemption.requested)
             if preemption.requested:
-                manager.wait_until_finished()
-                print(f'SIGTERM: saved step {step} and stopped; rerun the same command to '
-                      'resume', flush=True)
+                checkpointing.wait(manager, saving)
+                print(f'{preemption.name}: saved step {step} and stopped; rerun the same '
+                      'command to resume', flush=True)
                 writer.close()
                 return state
             if t.sample_every and step % t.sample_every == 0 and step != t.num_steps:
                 sample_and_save(config, model, sampling_params(state, config.sampling.use_ema),
                                 schedule, dataset,
                                 os.path.join(workdir, 'samples', f'step_{step:08d}.png'), mesh)
-    manager.wait_until_finished()
+    checkpointing.wait(manager, saving)
     writer.flush()
     writer.close()
     return state
