@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -374,6 +375,28 @@ def fill(disk, leave):
     return filler
 
 
+def test_disk_full_stops_training_at_the_failed_save(trained, data_dir, small_disk):
+    workdir = copy_of(trained, small_disk)
+    filler = fill(small_disk, leave=300_000)   # room for small files, not a checkpoint
+    args = main_args(workdir, 'train', data_dir, **{'training.num_steps': 2000,
+                                                    'training.checkpoint_every': 4})
+    result = run_main(*args)
+    assert_one_line_error(result, f'cannot save checkpoint 12 in {workdir}/checkpoints: No '
+                          'space left on device', 'checkpoint of step 8 is kept')
+    reached = max(int(l.split()[2].split('/')[0]) for l in result.stdout.splitlines()
+                  if l.startswith('train step '))
+    assert reached < 200, 'the run went on after the failed save'
+    assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', '8']   # no half checkpoint
+    restores(workdir, data_dir, 8)
+
+    filler.unlink()
+    rerun = run_main(*[a for a in args if 'num_steps' not in a],
+                     '--config.training.num_steps=16')
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert 'resumed from step 8 ' in rerun.stdout
+    assert checkpointing.finished_steps(workdir)[-1] == 16
+
+
 # An ENOSPC injected where diffgen writes its own files (etils.epath's local write), for
 # machines without a tmpfs: config.json, written at every start, is the first such file.
 INJECT_ENOSPC = '''
@@ -465,49 +488,56 @@ CRASH = {'training.num_steps': 24, 'training.checkpoint_every': 4, 'data.num_tra
          'analysis.sampler_steps': 5, 'analysis.quality.classifier_steps': 20,
          'analysis.e5.num_steps': 4}
 CRASH_FLAGS = ["--config.analysis.e4.switch_fractions=(0.0,0.5,1.0)"]
-KILLS = 10
+# The phases a kill lands in, by the line that starts each: training (twice), the final
+# sampling, each experiment, and E5's two trainings.
+PHASES = ('train step 10/24', 'train step 18/24', 'sampling ', 'analysis 1/5: e1 ...',
+          'analysis 2/5: e2 ...', 'analysis 3/5: e3 ...', 'analysis 4/5: e4 ...',
+          'analysis 5/5: e5 ...', 'e5: half a', 'e5: half b')
 
 
-def timed_run(args, log_path, kill_after=None):
-    """Runs diffgen.main, its output to log_path; SIGKILL after kill_after seconds if it is
-    still running. Returns (exit status, seconds it ran, its last line of progress)."""
-    start = time.time()
+def run_logged(args, log_path, kill_at=None):
+    """Runs diffgen.main, writing its output with the seconds since its start to log_path;
+    kill_at = (phase, delay): SIGKILL delay seconds after its first line starting with phase.
+    Returns (exit status, [(seconds, line)])."""
+    proc = subprocess.Popen([sys.executable, '-m', 'diffgen.main', *args], cwd=REPO, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED='1'),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    start, lines, timer = time.time(), [], None
     with open(log_path, 'w') as log:
-        proc = subprocess.Popen([sys.executable, '-m', 'diffgen.main', *args], cwd=REPO,
-                                stdout=log, stderr=subprocess.STDOUT, text=True,
-                                env=dict(os.environ, PYTHONUNBUFFERED='1'))
-        try:
-            proc.wait(timeout=kill_after)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    seconds = time.time() - start
-    lines = [l for l in open(log_path).read().splitlines() if not l.startswith(('W', 'I0'))]
-    return proc.returncode, seconds, lines[-1] if lines else ''
+        for line in proc.stdout:
+            lines.append((time.time() - start, line))
+            log.write(f'{lines[-1][0]:8.1f} {line}')
+            if kill_at and timer is None and line.startswith(kill_at[0]):
+                timer = threading.Timer(kill_at[1], proc.kill)
+                timer.start()
+    proc.wait()
+    if timer is not None:
+        timer.cancel()
+    return proc.returncode, lines
 
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_across_mode_all_ends_as_an_uninterrupted_run(data_dir,
                                                                                   tmp_path):
+    """Kill i lands at a random moment of phase i (PHASES): a delay drawn uniformly over
+    the time the uninterrupted run spent between that phase's first line and the next
+    phase's. Each rerun resumes (checkpoints, finished report sections); the last one
+    completes with the uninterrupted run's parameters, samples and report."""
     args = lambda w: [*main_args(w, 'all', data_dir, **CRASH), *CRASH_FLAGS]
-    status, duration, _ = timed_run(args(tmp_path / 'straight'), tmp_path / 'straight.log')
-    assert status == 0, open(tmp_path / 'straight.log').read()[-3000:]
+    status, lines = run_logged(args(tmp_path / 'straight'), tmp_path / 'straight.log')
+    assert status == 0, ''.join(l for _, l in lines)[-3000:]
+    starts = [next(t for t, l in lines if l.startswith(p)) for p in PHASES] + [lines[-1][0]]
 
-    # Moments drawn over the uninterrupted run's length; kill i comes (moment_i -
-    # moment_{i-1}) after a rerun's start-up (imports, data, restore, compile: a guess), so
-    # that the kills spread over training, sampling and each experiment.
     rng = random.Random(12)
-    moments = sorted(rng.uniform(0, duration) for _ in range(KILLS))
-    start_up = min(duration / 4, 60.0)
     killed, landed = tmp_path / 'killed', []
-    for i, (before, moment) in enumerate(zip([0.0] + moments, moments)):
-        status, _, last = timed_run(args(killed), tmp_path / f'kill_{i}.log',
-                                    kill_after=start_up + moment - before)
-        landed.append(f'{status}: {last}')
-    print('\n'.join(landed))   # where each kill landed (pytest -s)
-    assert any(s.startswith(f'{-signal.SIGKILL}:') for s in landed), landed
-    status, _, _ = timed_run(args(killed), tmp_path / 'final.log')
-    assert status == 0, open(tmp_path / 'final.log').read()[-3000:]
+    for i, phase in enumerate(PHASES):
+        delay = rng.uniform(0, starts[i + 1] - starts[i])
+        status, out = run_logged(args(killed), tmp_path / f'kill_{i}.log', (phase, delay))
+        landed.append((status, phase, out[-1][1].strip() if out else ''))
+    print('\n'.join(map(str, landed)))   # where each kill landed (pytest -s)
+    assert sum(status == -signal.SIGKILL for status, _, _ in landed) >= len(PHASES) // 2, landed
+    status, out = run_logged(args(killed), tmp_path / 'final.log')
+    assert status == 0, ''.join(l for _, l in out)[-3000:]
 
     config = tiny_digits_config(data_dir, **CRASH)
     target = build(config, data.load(config)).state

@@ -220,12 +220,15 @@ def test_analyze_imported_model(digits_model, data_dir, tmp_path, capsys):
     assert 'imported (model.init_from)' in sections['e5'].numbers['skipped']
     report = json.loads(files.read_text(tmp_path / 'report' / 'report.json'))
     assert report['e5']['skipped'] and 'memorisation_ratio' in report['e2']['ddim']
+    assert (f'imported from {directory}, fine-tuned 0 steps'
+            in files.read_text(tmp_path / 'report' / 'report.md'))
 
     x_T = make_context(config, str(tmp_path), restore_trained(config, str(tmp_path))).x_T
     samples = sections['e2'].numbers['_samples']['ddim']
     expected = torch_ddim(theirs, scheduler, x_T, config.analysis.sampler_steps)
-    assert np.abs(expected).max() > 0.5
-    assert np.abs(samples - expected).max() <= 1e-4
+    scale = np.abs(expected).max()   # about 20: the briefly trained model leaves [-1, 1]
+    assert scale > 0.5
+    assert np.abs(samples - expected).max() <= 2e-5 * scale   # float32 round-off (9e-5 here)
 
 
 @pytest.mark.slow

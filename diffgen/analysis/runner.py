@@ -51,5 +51,8 @@ def run_experiments(ctx, keys):
 
 def title(ctx):
     c = ctx.config
-    return (f'diffgen report: {c.data.source}, N = {ctx.dataset.train_images.shape[0]}, '
-            f'{c.model.name}, {c.training.num_steps} steps')
+    model = f'{c.model.name}, {c.training.num_steps} steps'
+    if c.model.init_from:  # an imported model, fine-tuned for as many steps as its checkpoint's
+        model = (f'{c.model.name} imported from {c.model.init_from}, fine-tuned '
+                 f'{ctx.provenance.get("step", 0)} steps')
+    return f'diffgen report: {c.data.source}, N = {ctx.dataset.train_images.shape[0]}, {model}'

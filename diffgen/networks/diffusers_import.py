@@ -41,7 +41,9 @@ WEIGHTS = ('diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.bin')
 REMEDY = 'download the model again'
 TIME_OFFSET = -1   # diffgen's t = diffusers' timestep + 1
 
-# UNet2DModel's defaults (diffusers 0.42), for the keys an older config.json lacks.
+# UNet2DModel's defaults (diffusers 0.42), for the keys an older config.json lacks. Two do not
+# change the network a checkpoint computes: dropout (the run's model.dropout applies when
+# fine-tuning) and num_train_timesteps (read by learned time embeddings only).
 UNET_DEFAULTS = {
     'sample_size': None, 'in_channels': 3, 'out_channels': 3, 'center_input_sample': False,
     'time_embedding_type': 'positional', 'time_embedding_dim': None, 'freq_shift': 0,
@@ -64,8 +66,6 @@ FIXED = {
     'resnet_time_scale_shift': 'default', 'add_attention': True, 'class_embed_type': None,
     'num_class_embeds': None,
 }
-# Keys that do not change the network a checkpoint computes at inference.
-IGNORED = ('dropout', 'num_train_timesteps')
 DOWN_BLOCKS = {'DownBlock2D': False, 'AttnDownBlock2D': True}   # type -> has attention
 UP_BLOCKS = {'UpBlock2D': False, 'AttnUpBlock2D': True}
 DOWNSAMPLE_PADS = {0: 'same', 1: 'both'}   # downsample_padding -> model.downsample_pad
@@ -173,11 +173,13 @@ def image_size(unet, where='config.json'):
 
 
 def scheduler_config(init_from, directory):
-    """scheduler_config.json beside config.json, in ../scheduler/ or in init_from/scheduler/
-    (a pipeline), with the scheduler's defaults filled in."""
+    """scheduler_config.json beside config.json, or in the pipeline's scheduler/ (init_from
+    a pipeline, or its unet/), with the scheduler's defaults filled in."""
     candidates = [os.path.join(directory, SCHEDULER_CONFIG),
-                  os.path.join(init_from, 'scheduler', SCHEDULER_CONFIG),
-                  os.path.join(directory, os.pardir, 'scheduler', SCHEDULER_CONFIG)]
+                  os.path.join(init_from, 'scheduler', SCHEDULER_CONFIG)]
+    if os.path.basename(os.path.normpath(directory)) == 'unet':
+        candidates.append(os.path.join(os.path.dirname(os.path.normpath(directory)),
+                                       'scheduler', SCHEDULER_CONFIG))
     for path in candidates:
         if files.exists(path):
             return path, {**SCHEDULER_DEFAULTS, **files.read_json(path, remedy=REMEDY)}

@@ -24,6 +24,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from configs import default
 from diffgen import files
 from diffgen.errors import WorkdirError
 
@@ -71,6 +72,20 @@ def _fingerprint(config_dict, gap):
     return {k: v for k, v in flat.items() if k.split('.')[-1] not in _MUTABLE_DATA_KEYS}
 
 
+def _fill(tree, defaults):
+    """tree with every dotted key of defaults that it lacks set to the default's value."""
+    tree = json.loads(json.dumps(tree))
+    for key, value in defaults.items():
+        node = tree
+        for part in key.split('.')[:-1]:
+            if not isinstance(node.get(part), dict):
+                break
+            node = node[part]
+        else:
+            node.setdefault(key.split('.')[-1], value)
+    return tree
+
+
 def finished_steps(workdir):
     """The steps of the workdir's finished checkpoints, as Orbax finds them (read only)."""
     options = ocp.CheckpointManagerOptions(create=False, read_only=True)
@@ -95,6 +110,10 @@ def check_compatible(workdir, config, fingerprint=None):
         'it describes the checkpoints beside it: use a new --workdir, or put back the '
         'config.json of the run that wrote them'))
     current = config.to_dict()
+    # A key added to diffgen after the run was written is absent from its config.json: it
+    # held the default then (new keys default to what diffgen did before them).
+    defaults = _flatten(json.loads(json.dumps(default.get_config().to_dict(), default=list)))
+    stored = _fill(stored, defaults)
     gap = all((c.get('training') or {}).get('objective') == 'gap' for c in (stored, current))
     stored, current = _fingerprint(stored, gap), _fingerprint(current, gap)
     diffs = [f'{k}: {stored.get(k)!r} -> {current.get(k)!r}'
