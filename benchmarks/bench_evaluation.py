@@ -26,6 +26,7 @@ from diffgen.analysis.evaluation import Evaluator  # noqa: E402
 from diffgen.training.loop import build, place_training_set  # noqa: E402
 from diffgen.training.state import sampling_params  # noqa: E402
 from diffgen.training.step import make_train_call  # noqa: E402
+from benchmarks.timing import time_train_calls  # noqa: E402
 
 
 def load_config(spec):
@@ -48,11 +49,8 @@ def main(spec='configs/digits.py', repeats=3):
     calls = t.eval_every // t.steps_per_call
     best_train = best_eval = float('inf')
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            state, metrics = train_call(state, train_set)
-        jax.block_until_ready(metrics)
-        best_train = min(best_train, time.perf_counter() - start)
+        seconds, state = time_train_calls(train_call, state, train_set, calls)
+        best_train = min(best_train, seconds)
         start = time.perf_counter()
         evaluate(sampling_params(state, config.sampling.use_ema))
         best_eval = min(best_eval, time.perf_counter() - start)

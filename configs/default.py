@@ -65,6 +65,7 @@ def get_config(arg=None):
     optim.beta2 = 0.999
     optim.eps = 1e-8
     optim.ema_decay = 0.9999                # EMA of the parameters
+    optim.ema_warmup = False                # EMA decay min(ema_decay, (1+t)/(10+t)) at step t
 
     # --- training ---------------------------------------------------------------------
     config.training = training = ml_collections.ConfigDict()
@@ -82,6 +83,11 @@ def get_config(arg=None):
     training.sample_every = 50_000          # steps between sample grids (0 = only at the end)
     training.eval_every = 0                 # steps between evaluations (config.evaluation; 0 = none)
     training.keep_period = 0                # also keep every checkpoint whose step is a multiple (0 = none)
+    training.loss_bands = 4                 # TensorBoard: the loss in this many equal bands of t (0 = none)
+    training.profile_steps = 0              # jax.profiler trace of this many steps after the first call (0 = none)
+    training.compute_dtype = 'float32'      # 'float32' | 'bfloat16' (activations; params, optimiser: float32)
+    # persistent XLA compilation cache: 'auto' = <data dir>/jax_compilation_cache, '' = none
+    training.compile_cache_dir = 'auto'
 
     # --- sampling ---------------------------------------------------------------------
     config.sampling = sampling = ml_collections.ConfigDict()
@@ -120,9 +126,11 @@ def get_config(arg=None):
     # e4 (hybrid sampling): eps* above t_switch and the network below, and the reverse order
     analysis.e4 = e4 = ml_collections.ConfigDict()
     e4.switch_fractions = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.3, 1.0)  # t_switch / T
-    # e5 (reproducibility): two models on the disjoint halves of the training set
+    # e5 (reproducibility): models on the disjoint halves of the training set, a seed control
     analysis.e5 = e5 = ml_collections.ConfigDict()
-    e5.num_steps = training.get_ref('num_steps') // 5  # steps of each half's model
+    # steps of each of its three models; `* 1` makes a derived reference, so that setting this
+    # key leaves training.num_steps alone
+    e5.num_steps = training.get_ref('num_steps') * 1
     # e6 (EMM): the run's own memorisation ratio, plus a launch/sweep.py sweep over N
     analysis.e6 = e6 = ml_collections.ConfigDict()
     e6.sweep_dir = ''                       # sweep dir whose results.csv E6 reports ('' = none)
@@ -134,6 +142,6 @@ def get_config(arg=None):
     e7.num_samples = 512                    # M samples per model
     e7.train_steps = (200, 1000, 3000)      # estimate I(z; S) after these steps (x steps_per_call)
     e7.knn_k = 3                            # k of the Kozachenko-Leonenko estimator
-    e7.num_bootstrap = 1000                 # bootstrap resamples (over the K sets) per interval
+    e7.seeds_per_set = 2                    # R models (seeds) per set: Q(z|S) marginalises the seed
     e7.validation_num_sets = 64             # K of the closed-form case (it also runs at num_sets)
     return config

@@ -23,6 +23,7 @@ def get_config(arg=None):
     config.optim.learning_rate = 1e-3
     config.optim.warmup_steps = 100
     config.optim.ema_decay = 0.995
+    config.optim.ema_warmup = True          # short runs (E7 from 200 steps): no init left in the EMA
 
     config.training.batch_size = 256
     config.training.num_steps = 4000

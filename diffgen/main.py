@@ -76,6 +76,15 @@ class QuietLibraryErrors(std_logging.Filter):
         return not (record.name == 'asyncio' or f'{os.sep}orbax{os.sep}' in record.pathname)
 
 
+def quiet_closed_loop(unraisable):
+    """sys.unraisablehook: drops the 'Event loop is closed' errors of a failed save's writes
+    still in flight when Orbax closed its event loop (one traceback per write; diffgen
+    reports the failure itself, as one line); any other goes to Python's default hook."""
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+        sys.__unraisablehook__(unraisable)
+
+
 def fail(message, status=2):
     print(f'diffgen: error: {message}', file=sys.stderr, flush=True)
     sys.exit(status)
@@ -111,9 +120,11 @@ def run(config, workdir, mode):
 
 
 def main(argv):
-    logging.set_verbosity(logging.WARNING)  # progress lines are printed; keep library chatter out
+    if not flags.FLAGS['verbosity'].present:  # progress lines are printed; library chatter
+        logging.set_verbosity(logging.WARNING)  # only with an explicit --verbosity
     for name in ('absl', 'asyncio'):
         std_logging.getLogger(name).addFilter(QuietLibraryErrors())
+    sys.unraisablehook = quiet_closed_loop
     if len(argv) > 1:
         fail(f'unexpected arguments {argv[1:]}')
     try:
@@ -136,6 +147,7 @@ def main(argv):
         if _MODE.value not in MODES:
             fail(f'--mode={_MODE.value!r} is not one of {MODES}')
         config = validate(config)
+        modes.init_compile_cache(config)
         run(config, _WORKDIR.value, _MODE.value)
     except UserError as e:
         fail(str(e))

@@ -11,10 +11,12 @@ import os
 import jax
 
 from diffgen import files
+from diffgen.data import data_dir
 from diffgen.analysis import compare as comparison
 from diffgen.analysis.context import make_context
 from diffgen.analysis.evaluation import Evaluator
 from diffgen.analysis.runner import run_experiments
+from diffgen.training import metrics_log
 from diffgen.training.loop import restore_trained, sample_and_save, train_and_evaluate
 
 
@@ -39,8 +41,10 @@ def sample(config, workdir, options=Options()):
     path = os.path.join(workdir, 'samples', f'step_{step:08d}_final.png')
     print(f'sampling {config.sampling.num_samples} samples ({config.sampling.method}) from '
           f'step {step} ...', flush=True)
+    writer = metrics_log.make_writer(workdir)  # the grid as TensorBoard's 'samples' of step
     samples = sample_and_save(config, run.model, run.params(config.sampling.use_ema),
-                              run.schedule, run.dataset, path, run.mesh)
+                              run.schedule, run.dataset, path, run.mesh, writer, step)
+    writer.close()
     if jax.process_index() == 0:
         files.save_npz(os.path.join(workdir, 'samples', 'samples.npz'), samples=samples,
                  step=step)
@@ -74,6 +78,25 @@ def compare(config, workdir, options=Options()):
 
 
 MODES = {'train': train, 'sample': sample, 'analyze': analyze, 'all': all_, 'compare': compare}
+
+
+def compile_cache_dir(config):
+    """The persistent compilation cache's directory of training.compile_cache_dir: 'auto' =
+    <data dir>/jax_compilation_cache (data.data_dir, $DIFFGEN_DATA_DIR or ~/.diffgen/data; a
+    gs:// data dir works too), '' = none (None)."""
+    configured = config.training.compile_cache_dir
+    if configured != 'auto':
+        return configured or None
+    return os.path.join(data_dir(config.data.data_dir), 'jax_compilation_cache')
+
+
+def init_compile_cache(config):
+    """Turns on JAX's persistent compilation cache (compile_cache_dir), so that a rerun or
+    the next run of a sweep loads the train call, samplers and k-NN instead of compiling
+    them (every compilation of >= 1 s, jax_persistent_cache_min_compile_time_secs)."""
+    path = compile_cache_dir(config)
+    if path:
+        jax.config.update('jax_compilation_cache_dir', path)
 
 
 def run(mode, config, workdir, options=Options()):

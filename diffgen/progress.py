@@ -1,7 +1,10 @@
-"""Progress lines for long work: step, rate, ETA."""
+"""Progress lines for long work: step, rate, ETA; printed by process 0 only (a pod would
+show each line once per host)."""
 from __future__ import annotations
 
 import time
+
+import jax
 
 
 def format_seconds(seconds):
@@ -29,5 +32,6 @@ class Progress:
             rate_text = f'{rate:.1f} {self.unit}/s'
             eta_text = f'  ETA {format_seconds((self.total - done) / max(rate, 1e-9))}'
         line = f'{self.what} {done}/{self.total}  {rate_text}{eta_text}{extra}'
-        print(line, flush=True)
+        if jax.process_index() == 0:
+            print(line, flush=True)
         self.last_done = done

@@ -43,9 +43,9 @@ def test_variants_combine():
 
 def test_e5_steps_follow_the_training_length():
     config = digits.get_config()
-    assert config.analysis.e5.num_steps == 5000 // 5
-    assert digits.get_config('smoke').analysis.e5.num_steps == 600 // 5
+    assert config.analysis.e5.num_steps == 5000      # the run's full length (issue 10)
+    assert digits.get_config('smoke').analysis.e5.num_steps == 600
     config.training.num_steps = 750                  # an override carries over
-    assert config.analysis.e5.num_steps == 150
+    assert config.analysis.e5.num_steps == 750
     config.analysis.e5.num_steps = 7                 # unless the key itself is set
     assert config.analysis.e5.num_steps == 7 and config.training.num_steps == 750

@@ -13,6 +13,7 @@ from diffgen.analysis.context import make_context
 from diffgen.analysis.experiment import EXPERIMENTS
 from diffgen.analysis.experiments import e5_reproducibility as e5
 from diffgen.analysis.experiments import e6_emm as e6
+from diffgen.analysis.experiments import e7_mutual_information as e7
 from diffgen.errors import ConfigError
 from diffgen.training.loop import build
 from diffgen.validation import validate
@@ -40,9 +41,9 @@ def test_split_halves_are_disjoint_and_equal():
 
 def test_num_steps_rule():
     config = digits.get_config()                      # 5000 steps, 5 per call
-    assert e5.num_steps(config.analysis.e5, config.training) == 1000
+    assert e5.num_steps(config.analysis.e5, config.training) == 5000  # the run's length
     config.training.num_steps = 600                   # the default follows (FieldReference)
-    assert e5.num_steps(config.analysis.e5, config.training) == 120
+    assert e5.num_steps(config.analysis.e5, config.training) == 600
     config.analysis.e5.num_steps = 333
     assert e5.num_steps(config.analysis.e5, config.training) == 335  # whole calls of 5
     config.analysis.e5.num_steps = 0
@@ -53,12 +54,35 @@ def test_half_config_loads_exactly_the_half(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 1), dtype=np.uint8)
     path = str(tmp_path / 'half_a.npz')
     e5._write_npz(path, images, np.arange(10) % 3)
-    config = validate(e5.half_config(digits.get_config('smoke'), path, 100))
-    assert config.training.num_steps == 100
+    config = validate(e5.half_config(digits.get_config('smoke'), path, 100, seed=7))
+    assert config.training.num_steps == 100 and config.seed == 7
     assert config.optim.ema_decay == pytest.approx(0.9)   # 1 - 10/100 < the run's 0.999
     ds = data.load(config)
     assert len(ds.heldout_images) == 0
     assert sorted(map(bytes, ds.train_images)) == sorted(map(bytes, images))
+
+
+def test_e5_models_have_distinct_seeds():
+    """A, B and the seed control A' each get their own seed; A and A' share half A."""
+    assert len({offset for _, _, offset in e5.MODELS}) == len(e5.MODELS)
+    assert [h for _, h, _ in e5.MODELS] == [0, 1, 0] and 0 not in [o for *_, o in e5.MODELS]
+
+
+def test_mean_interval_hand_computed():
+    # x = 1, 2, 3, 4: mean 2.5, s = sqrt(5/3), half-width 1.96 s / 2.
+    m = e5.mean_interval([1.0, 2.0, 3.0, 4.0])
+    half = e5.Z_95 * np.sqrt(5 / 3) / 2
+    assert m == pytest.approx({'mean': 2.5, 'low': 2.5 - half, 'high': 2.5 + half})
+
+
+def test_regime_rule():
+    iv = lambda low, high: {'low': low, 'high': high}
+    above, around, below = iv(0.1, 0.2), iv(-0.05, 0.05), iv(-0.2, -0.1)
+    assert e5.regime(around, above, around) == 'undetermined'   # controls do not separate
+    assert e5.regime(below, around, above) == 'memorising'      # cross ≈ optimum's
+    assert e5.regime(around, above, above) == 'generalising'    # cross ≈ seed ≫ optimum's
+    assert e5.regime(above, above, above) == 'generalising'
+    assert e5.regime(below, above, above) == 'intermediate'
 
 
 def test_effective_model_memorisation_hand_computed():
@@ -91,7 +115,7 @@ def test_e7_end_to_end(tmp_path):
     config.analysis.num_samples = 8
     e7 = config.analysis.e7
     e7.num_sets, e7.num_train, e7.num_samples = 4, 8, 64
-    e7.train_steps, e7.num_bootstrap, e7.validation_num_sets = (20, 40), 100, 16
+    e7.train_steps, e7.seeds_per_set, e7.validation_num_sets = (20, 40), 2, 16
     validate(config)
     dataset = data.load(config)
     ctx = make_context(config, str(tmp_path), build(config, dataset))
@@ -103,12 +127,36 @@ def test_e7_end_to_end(tmp_path):
     assert 'Î = ∞' in section.markdown
     assert numbers['optimum']['exact_copy_rate'] > 0.5
     assert [t['steps'] for t in numbers['trained']] == [20, 40]
-    assert all(np.isfinite(t['value']) and t['low'] <= t['value'] <= t['high']
-               for t in numbers['trained'])
+    for t in numbers['trained']:
+        assert np.isfinite(t['value']) and t['low'] <= t['value'] <= t['high']
+        assert t['corrected_low'] <= t['corrected'] <= t['corrected_high']
+        seed = t['seed_only']
+        assert seed['low'] <= seed['value'] <= seed['high'] <= np.log(2) + 3 * seed['se']
+    assert numbers['seeds_per_set'] == 2
     assert [v['num_sets'] for v in numbers['validation']] == [4, 16]
-    assert all(v['analytic'] == pytest.approx(np.log(2.0)) for v in numbers['validation'])
+    for v in numbers['validation']:
+        assert v['analytic'] == pytest.approx(np.log(2.0))
+        assert 0 < v['expected_js'] < min(v['analytic'], np.log(v['num_sets']))
+        assert v['covered'] == (v['corrected_low'] <= v['analytic'] <= v['corrected_high'])
+    assert 'Î(z; ω | S)' in section.markdown and 'E JS_K' in section.markdown
     for name in section.figures:
         assert os.path.exists(os.path.join(ctx.report_dir, name))
+
+
+@pytest.mark.slow
+def test_e7_validation_covers_log2_at_the_default_k():
+    """Acceptance (issue 10): E7's closed-form case at the default settings (K = 16 sets of
+    N = 32, R·M = 2·512 points per set, k = 3) has I = log 2; its jackknife-corrected 95%
+    interval covers log 2 in at least 18 of 20 independent replications, and the plain
+    interval covers the K-set divergence E JS_K it targets in at least 18 of 20."""
+    cfg = toy2d.get_config().analysis.e7
+    assert (cfg.num_sets, cfg.num_train, cfg.seeds_per_set, cfg.num_samples, cfg.knn_k) == (
+        16, 32, 2, 512, 3)
+    runs = [e7._validation(cfg.num_sets, cfg.num_train, cfg.seeds_per_set * cfg.num_samples,
+                           2, cfg.knn_k, seed, 0) for seed in range(20)]
+    assert all(v['analytic'] == pytest.approx(np.log(2.0)) for v in runs)
+    assert sum(v['covered'] for v in runs) >= 18
+    assert sum(v['covered_js'] for v in runs) >= 18
 
 
 def test_e7_rejects_images_and_bad_settings_before_any_work():
@@ -120,27 +168,65 @@ def test_e7_rejects_images_and_bad_settings_before_any_work():
     config.analysis.e7.train_steps = (150,)           # not a multiple of steps_per_call = 100
     with pytest.raises(ConfigError, match='analysis.e7.train_steps'):
         validate(config)
+    config = toy2d.get_config()
+    config.analysis.e7.seeds_per_set = 1              # the seed cannot be marginalised
+    with pytest.raises(ConfigError, match='seeds_per_set'):
+        validate(config)
+
+
+def _tiny_e5_context(tmp_path, num_samples):
+    """A tiny digits run (40 training images) with E5's models trained 4 steps and a
+    20-step quality classifier."""
+    config = tiny_digits_config(tmp_path / 'data', **{'data.num_train': 40})
+    config.analysis.e5.num_steps = 4
+    config.analysis.num_samples = num_samples
+    config.analysis.sampler_steps = 5
+    config.analysis.quality.classifier_steps = 20
+    validate(config)
+    dataset = data.load(config)
+    return config, make_context(config, str(tmp_path / 'run'), build(config, dataset))
 
 
 @pytest.mark.slow
 def test_e5_end_to_end(tmp_path):
-    """E5 on a tiny digits config: two half models trained in W/e5/half_{a,b} on disjoint
-    npz halves, similarities in [-1, 1], and a rerun resumes instead of retraining."""
-    config = tiny_digits_config(tmp_path / 'data', **{'data.num_train': 40})
-    config.analysis.e5.num_steps = 4
-    config.analysis.num_samples = 8
-    config.analysis.sampler_steps = 5
-    validate(config)
-    dataset = data.load(config)
+    """E5 on a tiny digits config: three models trained in W/e5/half_{a,b}_seed{s} with
+    seeds s + 1, s + 2, s + 3 on disjoint npz halves, similarities in [-1, 1] with their
+    intervals, a regime, per-model quality, and a rerun resumes instead of retraining."""
+    config, ctx = _tiny_e5_context(tmp_path, 8)
     workdir = tmp_path / 'run'
-    ctx = make_context(config, str(workdir), build(config, dataset))
-    n = report.reported(EXPERIMENTS['e5'].run(ctx).numbers)
+    section = EXPERIMENTS['e5'].run(ctx)
+    n = report.reported(section.numbers)
     assert n['half_size'] == 20 and n['num_steps'] == 4 and n['num_samples'] == 8
-    for key in ('cross_similarity_mean', 'train_similarity_mean_a', 'train_similarity_mean_b'):
-        assert -1.0 <= n[key] <= 1.0
-    halves = [data.load(e5.half_config(config, str(workdir / 'e5' / f'half_{h}.npz'), 4))
+    for key in ('cross_similarity', 'seed_similarity', 'optimum_similarity'):
+        assert -1.0 <= n[key]['low'] <= n[key]['mean'] <= n[key]['high']
+        assert n[key]['mean'] <= 1.0 + 1e-9
+    assert n['regime'] in ('undetermined', 'memorising', 'generalising', 'intermediate')
+    assert f'Regime: {n["regime"]}' in section.markdown
+    assert list(n['models']) == ['A', 'B', "A'", 'ε*_A', 'ε*_B']
+    assert [n['models'][m]['seed'] for m in ('A', 'B', "A'")] == [
+        config.seed + 1, config.seed + 2, config.seed + 3]
+    assert all(np.isfinite(m['fd']) and 0 <= m['precision'] <= 1 for m in n['models'].values())
+    assert n['models']['ε*_A']['exact_copy_rate'] > 0.5     # the optimum copies its half
+    halves = [data.load(e5.half_config(config, str(workdir / 'e5' / f'half_{h}.npz'), 4, 0))
               for h in e5.HALVES]
     assert not set(map(bytes, halves[0].train_images)) & set(map(bytes, halves[1].train_images))
-    for h in e5.HALVES:
-        assert (workdir / 'e5' / f'half_{h}' / 'checkpoints' / '4').is_dir()
+    for name, offset in (('a', 1), ('b', 2), ('a', 3)):
+        seed = config.seed + offset
+        assert (workdir / 'e5' / f'half_{name}_seed{seed}' / 'checkpoints' / '4').is_dir()
     assert report.reported(EXPERIMENTS['e5'].run(ctx).numbers) == n
+
+
+@pytest.mark.slow
+def test_e5_identical_halves_seed_control_equals_cross_half(tmp_path, monkeypatch):
+    """Acceptance (issue 10): with both halves the same data, A vs B and A vs A' are both
+    two seeds on one set, so the seed-only control lies within the cross-half figure's
+    interval and the paired difference's interval contains 0; the halves' optima coincide."""
+    monkeypatch.setattr(e5, 'split_halves',
+                        lambda images, labels: [(images[:20], labels[:20])] * 2)
+    _, ctx = _tiny_e5_context(tmp_path, 64)
+    n = EXPERIMENTS['e5'].run(ctx).numbers
+    cross, seed = n['cross_similarity'], n['seed_similarity']
+    assert cross['low'] <= seed['mean'] <= cross['high']
+    assert n['cross_minus_seed']['low'] <= 0.0 <= n['cross_minus_seed']['high']
+    assert n['optimum_similarity']['mean'] == pytest.approx(1.0, abs=1e-6)
+    assert n['regime'] == 'undetermined'    # the seed control is not above the optima's 1

@@ -1,6 +1,6 @@
 """The report's experiments E1-E4 on tiny digits (an untrained network suffices for the
-identities): the optimum copies, E4's ends are E1's and E2's samples, E3's trajectory is the
-DDIM sampler's, and the hybrid denoiser selects per t and compiles once; the report's text
+identities): the optimum copies, E4's ends are E1's and E2's samples (E3: tests/test_e3_gap.py),
+and the hybrid denoiser selects per t and compiles once; the report's text
 states its numbers, its tables come from one helper, and report.json leaves figure data out."""
 import json
 import os
@@ -13,11 +13,10 @@ import pytest
 
 from diffgen import data
 from diffgen.analysis.context import make_context
-from diffgen.analysis import metrics, report
+from diffgen.analysis import report
 from diffgen.diffusion import samplers
 from diffgen.diffusion.denoisers import hybrid_denoiser
 from diffgen.analysis.experiments import e1_optimum_copies as e1
-from diffgen.analysis.experiments import e3_gap as e3
 from diffgen.analysis.experiments import e6_emm as e6
 from diffgen.analysis.experiment import EXPERIMENTS
 from diffgen.training.loop import build
@@ -115,30 +114,6 @@ def test_e6_reports_its_point_and_a_sweep(ctx, tmp_path):
     section = e6.render(numbers, ctx)
     assert '| 32 | 0.920 |' in section.markdown and 'ratio ≥ 0.9): 32.' in section.markdown
     assert section.figures == [e6.FIGURE] and os.path.exists(ctx.figure_path(e6.FIGURE))
-
-
-def test_e3_trajectory_is_the_ddim_sampler_and_gap_of_the_optimum_is_zero(ctx):
-    grid = samplers.timestep_grid(100, 10)
-    pairs = jnp.stack([grid[1:][::-1], grid[:-1][::-1]], axis=1)
-    x_T = jnp.asarray(ctx.x_T[:16])
-    x0, (sq_diff, sq_opt, entropy, max_weight) = e3.trajectory_gap(
-        ctx.network(), ctx.train_rows, ctx.schedule, x_T, pairs)
-    expected = samplers.sample(ctx.network(), x_T, ctx.schedule, 'ddim', num_steps=10)
-    np.testing.assert_allclose(x0, expected, atol=1e-4)
-    assert sq_diff.shape == (len(pairs), 16) and np.all(np.asarray(sq_opt) > 0)
-    log_n = np.log(ctx.train_rows.num_rows)
-    assert np.all((np.asarray(entropy) >= -1e-4) & (np.asarray(entropy) <= log_n + 1e-4))
-    assert np.all((np.asarray(max_weight) > 0) & (np.asarray(max_weight) <= 1 + 1e-6))
-    _, (sq_diff, sq_opt, _, _) = e3.trajectory_gap(ctx.optimum(), ctx.train_rows, ctx.schedule,
-                                                   x_T, pairs)
-    assert np.all(metrics.gap(sq_diff, sq_opt) < 1e-10)   # ε* against itself (round-off)
-
-
-def test_e3_section(ctx):
-    section = EXPERIMENTS['e3'].run(ctx)
-    for key in ('gap_train', 'gap_heldout', 'gap_trajectory', 'entropy', 'max_weight'):
-        assert section.numbers[key].shape == section.numbers['t'].shape
-    assert np.all(section.numbers['gap_train'] >= 0)
 
 
 def _constant(value, x, t):

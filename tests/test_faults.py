@@ -1,11 +1,12 @@
 """Faults a run meets, tried as a user meets them, one test each: a damaged file diffgen
 wrote, a checkpoint cut short, a second run on the same workdir, a resume with a changed
-model or training set, num_steps below the checkpoint, bad npz input, SIGTERM / SIGINT
-outside training, a full disk. Each asserts the one line (and exit status) the user gets,
-that nothing earlier was lost (the previous checkpoint restores, finished report sections
-remain) and, where the user can act, that the rerun completes. Last, the randomised crash
-test (slow): SIGKILL at random moments across --mode=all, each rerun resuming, ends with the
-parameters and report of an uninterrupted run.
+model or training set (or from before a config key existed), num_steps below the
+checkpoint, bad npz input, SIGTERM / SIGINT outside training, a full disk, a sweep rerun.
+Each asserts the one line (and exit status) the user gets, that nothing earlier was lost
+(the previous checkpoint restores, finished report sections remain) and, where the user can
+act, that the rerun completes. Last, the randomised crash test (slow): SIGKILL at random
+moments across --mode=all, each rerun resuming, ends with the parameters and report of an
+uninterrupted run.
 
 Most workdirs are copies of one tiny model trained here (checkpoints 4 and 8); the command
 line runs use the same tiny config (tests/tiny.py) without evaluation during training."""
@@ -32,8 +33,12 @@ from diffgen.analysis.runner import run_experiments
 from diffgen.errors import ConfigError, CorruptFileError, DataError, WorkdirError
 from diffgen.training import checkpoints as checkpointing
 from diffgen.training.loop import build, restore_trained, train_and_evaluate
+from launch import sweep
 from tests.test_main import assert_one_line_error
-from tests.tiny import REPO, override_flags, run_main, tiny_digits_config
+from tests.test_sweep_runner import CONFIG as SWEEP_CONFIG, results, write_plan
+from tests.test_sweep_runner import fake  # noqa: F401 -- the fixture: runs are tests/fake_run.py
+from tests import tiny
+from tests.tiny import REPO, override_flags, tiny_digits_config
 
 FAST = {'training.eval_every': 0}   # no evaluation during training: no classifier to train
 PLUGINS = "--config.analysis.plugins=('tests.toy_experiment','tests.pause_experiment')"
@@ -61,6 +66,12 @@ def copy_of(workdir, tmp_path, name='work'):
 def main_args(workdir, mode, data_dir, **overrides):
     return ['--config=configs/digits.py', f'--workdir={workdir}', f'--mode={mode}',
             *override_flags(data_dir, **{**FAST, **overrides})]
+
+
+def run_main(*args):
+    """tests.tiny.run_main with a timeout that only a hang reaches, also on a busy shared
+    machine (where one of these runs has taken over 5 minutes)."""
+    return tiny.run_main(*args, timeout=900)
 
 
 def start_main(*args, **env):
@@ -252,6 +263,8 @@ def test_a_failed_run_leaves_no_workdir_behind(data_dir, tmp_path):
     ({'optim.beta2': 0.99}, 'optim.beta2'),
     ({'diffusion.schedule': 'cosine'}, 'diffusion.schedule'),
     ({'data.num_heldout': 32}, 'data.num_heldout'),
+    ({'model.ch': 16}, 'model.ch'),
+    ({'seed': 1}, 'seed'),
 ])
 def test_resume_refuses_a_change_of_what_the_model_is(trained, data_dir, overrides, changed):
     config = tiny_digits_config(data_dir, **{'training.num_steps': 12, **overrides})
@@ -270,6 +283,26 @@ def test_resume_checks_the_gap_objectives_options_when_it_is_used(trained, data_
     with pytest.raises(WorkdirError, match=r'training.gap_max_k: 10 -> 50'):
         checkpointing.check_compatible(
             workdir, tiny_digits_config(data_dir, **{**gap, 'training.gap_max_k': 50}))
+
+
+def test_a_config_json_from_before_a_key_existed_still_resumes(trained, data_dir, tmp_path,
+                                                                capsys):
+    """A key added to diffgen after a run was written (here model.init_from) is absent from
+    that run's config.json: it held the default then (configs/default.py), so the run
+    resumes, and its config.json is written whole again. The default is not a wildcard: a
+    value other than it is still a change."""
+    workdir = copy_of(trained, tmp_path)
+    stored = json.loads((workdir / 'config.json').read_text())
+    del stored['model']['init_from']
+    (workdir / 'config.json').write_text(json.dumps(stored))
+    with pytest.raises(WorkdirError, match="incompatible config.*model.init_from: '' -> 'x'"):
+        checkpointing.check_compatible(
+            workdir, tiny_digits_config(data_dir, **{'model.init_from': 'x'}))
+    state = train_and_evaluate(tiny_digits_config(data_dir, **{'training.num_steps': 12}),
+                               workdir)
+    assert 'resumed from step 8 ' in capsys.readouterr().out
+    assert int(state.step) == 12 and checkpointing.finished_steps(workdir) == [4, 8, 12]
+    assert json.loads((workdir / 'config.json').read_text())['model']['init_from'] == ''
 
 
 def test_resume_refuses_a_changed_training_set(data_dir, tmp_path):
@@ -354,75 +387,71 @@ def test_sigterm_during_compare_is_one_line_and_writes_nothing(trained, data_dir
 
 # --- a full disk --------------------------------------------------------------------------
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 16 MiB tmpfs (root and a kernel that allows it), unmounted afterwards."""
-    mount = tmp_path / 'disk'
-    mount.mkdir()
-    made = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', str(mount)],
-                          capture_output=True)
-    if made.returncode != 0:
-        pytest.skip('cannot mount a tmpfs here (the injected ENOSPC test covers writes)')
-    yield mount
-    subprocess.run(['umount', str(mount)], check=True)
-
-
-def fill(disk, leave):
-    """Fills disk up to `leave` free bytes; returns the filler file."""
-    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-    filler = disk / 'filler'
-    filler.write_bytes(b'\0' * max(free - leave, 0))
-    return filler
-
-
-def test_disk_full_stops_training_at_the_failed_save(trained, data_dir, small_disk):
-    workdir = copy_of(trained, small_disk)
-    filler = fill(small_disk, leave=300_000)   # room for small files, not a checkpoint
-    args = main_args(workdir, 'train', data_dir, **{'training.num_steps': 2000,
-                                                    'training.checkpoint_every': 4})
-    result = run_main(*args)
-    assert_one_line_error(result, f'cannot save checkpoint 12 in {workdir}/checkpoints: No '
-                          'space left on device', 'checkpoint of step 8 is kept')
-    reached = max(int(l.split()[2].split('/')[0]) for l in result.stdout.splitlines()
-                  if l.startswith('train step '))
-    assert reached < 200, 'the run went on after the failed save'
-    assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', '8']   # no half checkpoint
-    restores(workdir, data_dir, 8)
-
-    filler.unlink()
-    rerun = run_main(*[a for a in args if 'num_steps' not in a],
-                     '--config.training.num_steps=16')
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert 'resumed from step 8 ' in rerun.stdout
-    assert checkpointing.finished_steps(workdir)[-1] == 16
-
-
-# An ENOSPC injected where diffgen writes its own files (etils.epath's local write), for
-# machines without a tmpfs: config.json, written at every start, is the first such file.
+# diffgen.main in a process whose local file writes through etils.epath (diffgen.files, and
+# Orbax's metadata files) fail with ENOSPC where FULL_WHERE (an expression of the path p)
+# holds: a full disk, without filling one.
 INJECT_ENOSPC = '''
 import errno, sys
 from etils import epath
 from absl import app
 Local = type(epath.Path('/'))
-write_bytes = Local.write_bytes
-def full(self, data, *args, **kwargs):
-    if self.name.startswith('.config.json.tmp'):
-        raise OSError(errno.ENOSPC, 'No space left on device')
-    return write_bytes(self, data, *args, **kwargs)
-Local.write_bytes = full
+def failing(write):
+    def full(self, data, *args, **kwargs):
+        p = str(self)
+        if FULL_WHERE:
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return write(self, data, *args, **kwargs)
+    return full
+Local.write_bytes, Local.write_text = failing(Local.write_bytes), failing(Local.write_text)
 from diffgen import main
 sys.argv[0] = 'diffgen.main'
 app.run(main.main, flags_parser=main.parse_flags)
 '''
 
 
+def run_main_disk_full(where, *args):
+    """run_main(*args) with every write whose path p makes `where` true failing: ENOSPC."""
+    script = INJECT_ENOSPC.replace('FULL_WHERE', where)
+    return subprocess.run([sys.executable, '-c', script, *args], cwd=REPO,
+                          env=dict(os.environ, PYTHONUNBUFFERED='1'), capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_disk_full_stops_training_at_the_failed_save(trained, data_dir, tmp_path):
+    """The save of step 12 fails in the background, while training goes on (the disk is
+    full for the metadata Orbax writes beside the arrays, while their writes are in flight):
+    the run stops at the latest at the next save, with one line naming the checkpoint and
+    the reason (no traceback of the writes left in flight); the half-written checkpoint is
+    removed, checkpoint 8 restores and, space freed, the rerun resumes from it."""
+    workdir = copy_of(trained, tmp_path)
+    args = main_args(workdir, 'train', data_dir, **{'training.num_steps': 2000,
+                                                    'training.checkpoint_every': 4})
+    result = run_main_disk_full("'/12.orbax-checkpoint-tmp' in p and "
+                                "'/default.orbax-checkpoint-tmp/' in p", *args)
+    assert_one_line_error(result, f'cannot save checkpoint 12 in {workdir}/checkpoints: No '
+                          'space left on device', 'checkpoint of step 8 is kept')
+    reached = max(int(l.split()[2].split('/')[0]) for l in result.stdout.splitlines()
+                  if l.startswith('train step '))
+    assert 12 <= reached <= 16, 'the run went on past the next save after the failed one'
+    assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', '8']   # no half checkpoint
+    assert not (workdir / files.LOCK).exists()
+    restores(workdir, data_dir, 8)
+
+    rerun = run_main(*[a for a in args if 'num_steps' not in a],
+                     '--config.training.num_steps=16')
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert 'resumed from step 8 ' in rerun.stdout
+    assert checkpointing.finished_steps(workdir) == [8, 12, 16]
+    restores(workdir, data_dir, 16)
+
+
 def test_disk_full_at_a_file_write_is_one_line_and_loses_nothing(trained, data_dir,
                                                                  tmp_path):
+    """config.json, written at every start, is the first file diffgen writes."""
     workdir = copy_of(trained, tmp_path)
     config_before = (workdir / 'config.json').read_text()
     args = main_args(workdir, 'train', data_dir, **{'training.num_steps': 12})
-    result = subprocess.run([sys.executable, '-c', INJECT_ENOSPC, *args], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
+    result = run_main_disk_full("'/.config.json.tmp' in p", *args)
     assert_one_line_error(result, f'{workdir}/config.json: No space left on device',
                           'free space')
     assert (workdir / 'config.json').read_text() == config_before
@@ -481,18 +510,41 @@ def rows(images):
     return sorted(map(bytes, images))
 
 
+# --- sweeps (launch/sweep.py; each run is tests/fake_run.py, as in tests/test_sweep_runner.py) --
+
+def test_sweep_rerun_appends_the_log_and_never_counts_a_failed_runs_old_report(fake):
+    """A run finished; the sweep is rerun with longer training and that run fails: its log
+    holds both attempts (appended, not reopened for writing), its old report stays on disk
+    but, stale, never reaches results.csv, and the sweep says the run failed."""
+    write_plan(fake, '16')
+    runs, _ = sweep.sweep(SWEEP_CONFIG, str(fake / 'sweep'), '16', 'all', 'fake')
+    assert runs[0].status == 'ok' and [r['run'] for r in results(fake)] == ['num_train_16']
+    extra = ['training.num_steps=800']
+    write_plan(fake, '16', fail=(16,), extra=extra)
+    runs, summary = sweep.sweep(SWEEP_CONFIG, str(fake / 'sweep'), '16', 'all', 'fake', extra)
+    assert runs[0].status == 'failed (exit 1)'
+    assert results(fake) == [] and summary is None
+    assert (fake / 'sweep' / 'num_train_16' / 'report' / 'report.json').exists()
+    log = (fake / 'sweep' / 'num_train_16.log').read_text()
+    assert log.count('--- sweep: start') == 2
+    assert log.index('fake run: done') < log.index('fake run: failing as planned')
+
+
 # --- SIGKILL at random moments (acceptance: nothing is lost, the end is the same) ----------
 
-CRASH = {'training.num_steps': 24, 'training.checkpoint_every': 4, 'data.num_train': 64,
+# A smoke-sized --mode=all: 16 training steps, the final sampling, and three experiments: E1,
+# E2 and E5 (which trains three models of its own, resumable like the run, of
+# analysis.e5.num_steps steps: by default training.num_steps).
+CRASH = {'training.num_steps': 16, 'training.checkpoint_every': 4, 'data.num_train': 64,
          'diffusion.num_timesteps': 100, 'analysis.num_samples': 16, 'analysis.batch_size': 16,
-         'analysis.sampler_steps': 5, 'analysis.quality.classifier_steps': 20,
-         'analysis.e5.num_steps': 4}
-CRASH_FLAGS = ["--config.analysis.e4.switch_fractions=(0.0,0.5,1.0)"]
-# The phases a kill lands in, by the line that starts each: training (twice), the final
-# sampling, each experiment, and E5's two trainings.
-PHASES = ('train step 10/24', 'train step 18/24', 'sampling ', 'analysis 1/5: e1 ...',
-          'analysis 2/5: e2 ...', 'analysis 3/5: e3 ...', 'analysis 4/5: e4 ...',
-          'analysis 5/5: e5 ...', 'e5: half a', 'e5: half b')
+         'analysis.sampler_steps': 5, 'analysis.quality.classifier_steps': 20}
+CRASH_FLAGS = ["--config.analysis.experiments=('e1','e2','e5')"]
+CRASH_EXPERIMENTS = {'e1', 'e2', 'e5'}
+# The phases a kill lands in, by the line that starts each: training (three times), the
+# final sampling, each experiment, and each of E5's three trainings (seeds 1, 2, 3).
+PHASES = ('train step 4/16', 'train step 10/16', 'train step 14/16', 'sampling ',
+          'analysis 1/3: e1 ...', 'analysis 2/3: e2 ...', 'analysis 3/3: e5 ...',
+          'e5: half a, seed 1', 'e5: half b, seed 2', 'e5: half a, seed 3')
 
 
 def run_logged(args, log_path, kill_at=None):
@@ -507,6 +559,7 @@ def run_logged(args, log_path, kill_at=None):
         for line in proc.stdout:
             lines.append((time.time() - start, line))
             log.write(f'{lines[-1][0]:8.1f} {line}')
+            log.flush()
             if kill_at and timer is None and line.startswith(kill_at[0]):
                 timer = threading.Timer(kill_at[1], proc.kill)
                 timer.start()
@@ -543,11 +596,11 @@ def test_sigkill_at_random_moments_across_mode_all_ends_as_an_uninterrupted_run(
     target = build(config, data.load(config)).state
     ends = [checkpointing.restore_latest(checkpointing.make_manager(w, 3), target)
             for w in (tmp_path / 'straight', killed)]
-    assert int(ends[0].step) == int(ends[1].step) == 24
+    assert int(ends[0].step) == int(ends[1].step) == 16
     assert leaves_equal(ends[0], ends[1])   # params, EMA params, optimiser state
     reports = [json.loads((w / 'report' / 'report.json').read_text())
                for w in (tmp_path / 'straight', killed)]
-    assert set(reports[0]) == {'e1', 'e2', 'e3', 'e4', 'e5'}
+    assert set(reports[0]) == CRASH_EXPERIMENTS
     assert reports[0] == reports[1]
     samples = [np.load(w / 'samples' / 'samples.npz')['samples']
                for w in (tmp_path / 'straight', killed)]

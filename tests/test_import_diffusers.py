@@ -1,15 +1,19 @@
 """Published diffusers UNet2DModel checkpoints as diffgen networks (model.init_from,
 diffgen/networks/diffusers_import.py): eps parity with PyTorch on the exact configuration of
 google/ddpm-cifar10-32, on the ddpm-church-256 layout at reduced width and on diffusers'
-defaults; a UNet2DModel trained in PyTorch on the digits, analysed (E2 = PyTorch's DDIM from
-the same x_T; E5 skipped), sampled and fine-tuned; one-line errors. Needs the import extra
-(pip install -e '.[import]'): skipped without PyTorch and diffusers."""
+defaults; diffusers' timestep 0 is diffgen's t = 1; safetensors read without PyTorch; a
+UNet2DModel trained in PyTorch on the digits, analysed (E2 = PyTorch's DDIM from the same x_T;
+E5-E7 skipped), sampled and fine-tuned; one-line errors, exit 2 from diffgen.main. Needs the
+import extra (pip install -e '.[import]'): skipped without PyTorch and diffusers."""
 import json
 import os
 import shutil
+import sys
+import types
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -20,7 +24,9 @@ safetensors_numpy = pytest.importorskip('safetensors.numpy')
 from configs import cifar10, ddpm_cifar10_import, default  # noqa: E402
 from diffgen import data, files, modes  # noqa: E402
 from diffgen.analysis.context import make_context  # noqa: E402
+from diffgen.analysis.experiment import EXPERIMENTS  # noqa: E402
 from diffgen.diffusion.samplers import step_pairs  # noqa: E402
+from diffgen.diffusion.schedules import get_schedule  # noqa: E402
 from diffgen.errors import ConfigError  # noqa: E402
 from diffgen.networks import check_config, diffusers_import, get_network  # noqa: E402
 from diffgen.training.loop import build, restore_trained, train_and_evaluate  # noqa: E402
@@ -137,7 +143,7 @@ def test_bin_weights_old_attention_names_and_pipeline_layout(tmp_path):
     x = np.random.default_rng(1).standard_normal((len(TIMES), 16, 16, 3), dtype=np.float32)
     t = np.array(TIMES)
     expected = torch_eps(theirs, x, t - 1)
-    assert np.abs(np.asarray(model.apply(params, x, t)) - expected).max() <= TOLERANCE
+    assert np.abs(np.asarray(jax.jit(model.apply)(params, x, t)) - expected).max() <= TOLERANCE
 
 
 def write_json(path, **changes):
@@ -264,16 +270,34 @@ def untrained_digits_model(tmp_path_factory):
     return directory
 
 
+def copy_model(source, directory, config=None, scheduler=None, edit_weights=None):
+    """A copy of the model directory source with changes to its config.json and
+    scheduler_config.json ({key: value}) and its weights (edit_weights({name: array}))."""
+    shutil.copytree(source, directory)
+    if config:
+        write_json(directory / 'config.json', **config)
+    if scheduler:
+        write_json(directory / 'scheduler_config.json', **scheduler)
+    if edit_weights:
+        path = str(directory / 'diffusion_pytorch_model.safetensors')
+        weights = safetensors_numpy.load_file(path)
+        edit_weights(weights)
+        safetensors_numpy.save_file(weights, path)
+    return directory
+
+
+ATTENTION_KEY = 'mid_block.attentions.0.to_k.weight'   # a weight the digits model needs
+
+
 def test_config_errors_name_the_problem(untrained_digits_model, data_dir, tmp_path):
-    directory = untrained_digits_model
+    source = untrained_digits_model
     with pytest.raises(ConfigError, match='no such directory'):
         digits_config(data_dir, tmp_path / 'absent')
     with pytest.raises(ConfigError, match='holds no config.json'):
         digits_config(data_dir, tmp_path)
 
-    unsupported = tmp_path / 'unsupported'
-    shutil.copytree(directory, unsupported)
-    write_json(unsupported / 'config.json', resnet_time_scale_shift='scale_shift')
+    unsupported = copy_model(source, tmp_path / 'unsupported',
+                             config={'resnet_time_scale_shift': 'scale_shift'})
     with pytest.raises(ConfigError, match="resnet_time_scale_shift='scale_shift'.*cannot express"):
         digits_config(data_dir, unsupported)
     write_json(unsupported / 'config.json', resnet_time_scale_shift='default',
@@ -281,47 +305,110 @@ def test_config_errors_name_the_problem(untrained_digits_model, data_dir, tmp_pa
     with pytest.raises(ConfigError, match='attention in down blocks'):
         digits_config(data_dir, unsupported)
 
-    other_schedule = tmp_path / 'other_schedule'
-    shutil.copytree(directory, other_schedule)
-    write_json(other_schedule / 'scheduler_config.json', beta_end=0.012)
+    other_schedule = copy_model(source, tmp_path / 'other_schedule',
+                                scheduler={'beta_end': 0.012})
     with pytest.raises(ConfigError, match=r'beta_end=0.012 but diffusion.beta_end=0.02'):
         digits_config(data_dir, other_schedule)
     assert digits_config(data_dir, other_schedule, **{'diffusion.beta_end': 0.012})
+    write_json(other_schedule / 'scheduler_config.json', beta_end=0.02,
+               prediction_type='v_prediction')
+    with pytest.raises(ConfigError, match="prediction_type='v_prediction'; diffgen has "
+                                          "'epsilon' only"):
+        digits_config(data_dir, other_schedule)
 
-    def edited_weights(name, edit):
-        edited = tmp_path / name
-        shutil.copytree(directory, edited)
-        path = edited / 'diffusion_pytorch_model.safetensors'
-        weights = safetensors_numpy.load_file(str(path))
-        edit(weights)
-        safetensors_numpy.save_file(weights, str(path))
-        return edited
-
-    key = 'mid_block.attentions.0.to_k.weight'
-    with pytest.raises(ConfigError, match=rf"safetensors has no weight '{key}', which the "
-                                          "network of config.json needs"):
-        imported(edited_weights('incomplete', lambda w: w.pop(key)), (8, 8, 1))
+    incomplete = copy_model(source, tmp_path / 'incomplete',
+                            edit_weights=lambda w: w.pop(ATTENTION_KEY))
+    with pytest.raises(ConfigError, match=rf"safetensors has no weight '{ATTENTION_KEY}', which "
+                                          "the network of config.json needs"):
+        imported(incomplete, (8, 8, 1))
+    misshapen = copy_model(source, tmp_path / 'misshapen', edit_weights=lambda w: w.update(
+        {ATTENTION_KEY: w[ATTENTION_KEY][:, :8].copy()}))
     with pytest.raises(ConfigError, match=r"weight 'mid_block.attentions.0.to_k' has shape "
                                           r"\(32, 8\) .* needs \{'bias': \(2, 16\), "
                                           r"'kernel': \(32, 2, 16\)\}"):
-        imported(edited_weights('misshapen', lambda w: w.update({key: w[key][:, :8].copy()})),
-                 (8, 8, 1))
+        imported(misshapen, (8, 8, 1))
+    surplus = copy_model(source, tmp_path / 'surplus', edit_weights=lambda w: w.update(
+        {'extra.weight': w[ATTENTION_KEY]}))
     with pytest.raises(ConfigError, match=r"does not use \(1, e.g. 'extra.weight'\)"):
-        imported(edited_weights('surplus', lambda w: w.update({'extra.weight': w[key]})),
-                 (8, 8, 1))
+        imported(surplus, (8, 8, 1))
 
-    cifar_shaped = tmp_path / 'cifar_shaped'
-    shutil.copytree(directory, cifar_shaped)
-    write_json(cifar_shaped / 'config.json', sample_size=32, in_channels=3, out_channels=3)
+    cifar_shaped = copy_model(source, tmp_path / 'cifar_shaped',
+                              config={'sample_size': 32, 'in_channels': 3, 'out_channels': 3})
     with pytest.raises(ConfigError, match='built for 3-channel 32x32 images; the data are '
                                           '1-channel 8x8'):
         imported(cifar_shaped, (8, 8, 1))
 
 
-def test_wrong_directory_is_one_line_exit_2(data_dir, tmp_path):
+@pytest.mark.parametrize('problem', [
+    'wrong directory',
+    pytest.param('missing weight', marks=pytest.mark.slow),
+    pytest.param('architecture', marks=pytest.mark.slow),
+    pytest.param('schedule', marks=pytest.mark.slow)])
+def test_problem_is_one_line_exit_2(problem, untrained_digits_model, data_dir, tmp_path):
+    """python -m diffgen.main --mode=analyze with a faulty model.init_from: one line naming
+    the problem, exit status 2 (one subprocess each; the missing weight is found when the
+    weights are loaded, the others by config validation)."""
+    directory, source = tmp_path / 'model', untrained_digits_model
+    if problem == 'wrong directory':
+        expected = f'model.init_from={directory}: no such directory'
+    elif problem == 'missing weight':
+        copy_model(source, directory, edit_weights=lambda w: w.pop(ATTENTION_KEY))
+        expected = (f'model.init_from={directory}: diffusion_pytorch_model.safetensors has no '
+                    f'weight {ATTENTION_KEY!r}, which the network of config.json needs')
+    elif problem == 'architecture':
+        copy_model(source, directory, config={'resnet_time_scale_shift': 'scale_shift'})
+        expected = (f"{directory / 'config.json'}: resnet_time_scale_shift='scale_shift' "
+                    "(diffgen has 'default' only); diffgen's UNet cannot express this network")
+    else:
+        copy_model(source, directory, scheduler={'beta_end': 0.012})
+        expected = (f"{directory / 'scheduler_config.json'}: beta_end=0.012 but "
+                    'diffusion.beta_end=0.02: the model was trained with another schedule '
+                    '(set --config.diffusion.beta_end=0.012)')
     result = run_main('--config=configs/digits.py', f'--workdir={tmp_path / "work"}',
-                      '--mode=analyze', f'--config.model.init_from={tmp_path / "absent"}',
+                      '--mode=analyze', f'--config.model.init_from={directory}',
                       *override_flags(data_dir))
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
-        f'diffgen: error: model.init_from={tmp_path / "absent"}: no such directory')
+    assert 'Traceback' not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f'diffgen: error: {expected}'
+
+
+def test_safetensors_are_read_without_pytorch(untrained_digits_model, tmp_path, monkeypatch):
+    """With `import torch` failing, safetensors weights import (the same arrays, in Flax
+    layouts); .bin weights are one line saying what to install."""
+    theirs = diffusers.UNet2DModel.from_pretrained(untrained_digits_model)
+    state = {k: v.numpy() for k, v in theirs.state_dict().items()}
+    pickled = copy_model(untrained_digits_model, tmp_path / 'pickled')
+    torch.save(theirs.state_dict(), pickled / 'diffusion_pytorch_model.bin')
+    os.remove(pickled / 'diffusion_pytorch_model.safetensors')
+    monkeypatch.setitem(sys.modules, 'torch', None)   # `import torch` raises ImportError
+
+    _, params = imported(untrained_digits_model, (8, 8, 1))
+    p = params['params']
+    assert np.array_equal(p['Conv_0']['kernel'], state['conv_in.weight'].transpose(2, 3, 1, 0))
+    assert np.array_equal(p['Dense_0']['kernel'], state['time_embedding.linear_1.weight'].T)
+    with pytest.raises(ConfigError, match=r"reading diffusion_pytorch_model.bin needs torch: "
+                                          r"pip install -e '.\[import\]'"):
+        imported(pickled, (8, 8, 1))
+
+
+def test_diffusers_timestep_0_is_diffgen_t_1():
+    """diffusers' alphas_cumprod[t_d] (t_d = 0..T-1) is diffgen's alphas_bar at t = t_d + 1
+    (alphas_bar_0 = 1): the importer's time_offset = -1."""
+    ours = np.asarray(get_schedule(default.get_config()).alphas_bar, np.float64)
+    theirs = diffusers.DDPMScheduler().alphas_cumprod.double().numpy()
+    assert diffusers_import.TIME_OFFSET == -1 and ours[0] == 1.0
+    np.testing.assert_allclose(ours[1:], theirs, rtol=1e-4)   # float32 cumprod in diffusers
+    assert np.abs(ours[:-1] / theirs - 1).max() > 1e-3         # unshifted, they differ
+
+
+@pytest.mark.parametrize('key', ['e5', 'e6', 'e7'])
+def test_experiments_that_train_are_skipped_for_an_imported_model(key, capsys):
+    """E5-E7 train models of their own from scratch: on an imported model each is a report
+    section saying why it was skipped, with nothing measured."""
+    ctx = types.SimpleNamespace(config=ml_collections.ConfigDict(
+        {'model': {'init_from': 'models/ddpm-cifar10-32'}}))
+    section = EXPERIMENTS[key].run(ctx)
+    reason = (f"{key} compares the run's model with models it trains from scratch, but this "
+              'model is imported (model.init_from), not trained by diffgen')
+    assert capsys.readouterr().out == f'{key} skipped: {reason}\n'
+    assert section.key == key and section.numbers == {'skipped': reason}

@@ -58,8 +58,10 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
     config = tiny_digits_config(data_dir, **{'training.num_steps': 4})
     good = train_and_evaluate(config, tmp_path)
 
-    def poisoned(apply_fn, params, x0, *, rng, schedule):
-        return objectives.eps_loss(apply_fn, params, x0, rng=rng, schedule=schedule) * jnp.nan
+    def poisoned(apply_fn, params, x0, *, rng, schedule, with_terms=False):
+        loss, terms = objectives.eps_loss(apply_fn, params, x0, rng=rng, schedule=schedule,
+                                          with_terms=True)
+        return (loss * jnp.nan, terms) if with_terms else loss * jnp.nan
     monkeypatch.setattr(train_step, 'get_objective', lambda training_config: poisoned)
     with pytest.raises(TrainingDiverged, match='non-finite at step 5.*step 4'):
         train_and_evaluate(tiny_digits_config(data_dir, **{'training.num_steps': 8}), tmp_path)

@@ -89,10 +89,11 @@ class Context:
         return numbers, d1
 
     def real_quality(self):
-        """FD / precision / recall of as many real training images as the reference set
-        holds, against the reference: the best a model can score at this sample size."""
-        n = len(quality.real_reference(self))
-        return quality.quality_metrics(self.dataset.train[:n], self)
+        """FD / precision / recall of as many real training images as there are samples
+        (len(x_T); all N if fewer), against the reference, and that number ('num_images'):
+        the best a model can score at this sample size."""
+        n = min(len(self.x_T), len(self.dataset.train))
+        return {**quality.quality_metrics(self.dataset.train[:n], self), 'num_images': n}
 
     def figure_path(self, name):
         return os.path.join(self.report_dir, name)

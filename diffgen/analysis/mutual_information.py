@@ -15,9 +15,24 @@ r^pool the k-th neighbour distance among all KM points, r^own among the M points
 mixture (1/K) Σ_k Q(z|S_k), not of Q̄ = E_S Q(z|S), so Î estimates the generalised
 Jensen–Shannon divergence of the K conditionals: at most log K, and → I as K → ∞.
 
-Intervals: a percentile bootstrap over the K training sets (the set is the unit the outer
-expectation averages over), resampling the per-set means ū_k with the neighbour distances
-held fixed. If any sample coincides with another of its own set (r^own = 0, the atoms of the
+Seed marginalisation. Q(z | S) includes the training randomness ω (initialisation, noise
+draws): with R models (seeds) per set, z of shape (K, R, M, d), Î(z; S) is computed with the
+RM points of set k as its own sample (the mixture over seeds), and the seed-only dependence
+Î(z; ω | S) with the same estimator applied, set by set, to the R seeds of one set (R
+"sets" of M points each), averaged over k. The two add up exactly to the estimate with all KR
+models as components: Î(z; S, ω) = Î(z; S) + Î(z; ω | S) (the ψ terms and the log radii
+telescope).
+
+Intervals: a jackknife over the K training sets (the unit the outer expectation averages
+over). With Î_(−k) the estimate from the other K − 1 sets (their pooled radii recomputed),
+Ī = (1/K) Σ_k Î_(−k) and t = the Student t quantile with K − 1 degrees of freedom,
+    se² = ((K − 1)/K) Σ_k (Î_(−k) − Ī)²,
+    Ĩ   = K Î − (K − 1) Ī                    (the jackknife bias correction),
+    divergence interval  Î ± t se            (targets E JS_K, what Î estimates),
+    corrected interval   Ĩ ± t se            (targets I(z; S): JS_K = I − O(1/K), and the
+                                              correction removes the O(1/K) term).
+For a mean of per-set values (the seed-only dependence) the jackknife is the t interval
+x̄ ± t s/√K. If any sample coincides with another of its own set (r^own = 0, the atoms of the
 empirical optimum with a deterministic sampler), Q(z|S_k) has atoms at S-dependent places
 and I = ∞.
 """
@@ -26,19 +41,26 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy.special import digamma, gammaln
+from scipy import stats
+from scipy.special import digamma, gammaln, logsumexp
 from sklearn.neighbors import NearestNeighbors
 
 
 @dataclasses.dataclass(frozen=True)
 class Estimate:
-    """A point estimate and its percentile-bootstrap interval [low, high]."""
+    """Î (the K-set divergence estimate) with its interval [low, high] = Î ± t se, and the
+    jackknife bias-corrected Ĩ with [corrected_low, corrected_high] = Ĩ ± t se (module doc).
+    Where there is no jackknife (a mean of per-set values) Ĩ = Î."""
     value: float
     low: float
     high: float
+    corrected: float
+    corrected_low: float
+    corrected_high: float
+    se: float
 
     def as_dict(self):
-        return {'value': self.value, 'low': self.low, 'high': self.high}
+        return dataclasses.asdict(self)
 
 
 def log_unit_ball_volume(d):
@@ -82,17 +104,53 @@ def mutual_information_terms(z, k=3):
     return digamma(num_sets * m) - digamma(m), u
 
 
-def mutual_information(z, k=3, num_bootstrap=1000, level=0.95, seed=0):
-    """Î(z; S) (nats) from samples z (K, M, d) of K models fitted to K training sets, with a
-    percentile-bootstrap interval over the sets. Infinite if any set's samples are atoms."""
+def mutual_information_value(z, k=3):
+    """Î(z; S) = ψ(KM) − ψ(M) + (1/K) Σ_k ū_k (nats) of samples z (K, M, d); +inf if a set's
+    samples are atoms."""
     c, u = mutual_information_terms(z, k)
-    value = float(c + np.mean(u))
+    return float(c + np.mean(u))
+
+
+def _t_quantile(level, dof):
+    return float(stats.t.ppf((1 + level) / 2, dof))
+
+
+def _infinite():
+    return Estimate(*[np.inf] * 7)
+
+
+def mutual_information(z, k=3, level=0.95):
+    """Î(z; S) (nats) from samples z (K, M, d) of K models (or mixtures of R seeds, M = RM')
+    fitted to K training sets, with the jackknife over sets of the module doc: the interval
+    Î ± t se and the bias-corrected Ĩ ± t se. Infinite if any set's samples are atoms."""
+    z = np.asarray(z, np.float64)
+    num_sets = len(z)
+    value = mutual_information_value(z, k)
     if not np.isfinite(value):
-        return Estimate(np.inf, np.inf, np.inf)
-    rng = np.random.default_rng(seed)
-    draws = c + u[rng.integers(len(u), size=(num_bootstrap, len(u)))].mean(axis=1)
-    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
-    return Estimate(value, float(low), float(high))
+        return _infinite()
+    leave_out = np.array([mutual_information_value(np.delete(z, j, axis=0), k)
+                          for j in range(num_sets)])
+    mean = leave_out.mean()
+    se = float(np.sqrt((num_sets - 1) / num_sets * np.sum((leave_out - mean) ** 2)))
+    corrected = float(num_sets * value - (num_sets - 1) * mean)
+    half = _t_quantile(level, num_sets - 1) * se
+    return Estimate(value, value - half, value + half, corrected, corrected - half,
+                    corrected + half, se)
+
+
+def seed_dependence(z, k=3, level=0.95):
+    """Î(z; ω | S) (nats) from samples z (K, R, M, d) of R seeds per set: the mean over sets
+    of x_k = Î of set k's R seeds (mutual_information_value(z[k])), with x̄ ± t s/√K, s the
+    standard deviation (ddof 1) of the x_k, t with K − 1 degrees of freedom (the jackknife of
+    a mean). Corrected = value: no jackknife over R seeds (the estimate targets the R-seed
+    divergence, at most log R). Infinite if any model's samples are atoms."""
+    per_set = np.array([mutual_information_value(zk, k) for zk in np.asarray(z, np.float64)])
+    if not np.all(np.isfinite(per_set)):
+        return _infinite()
+    value = float(per_set.mean())
+    se = float(per_set.std(ddof=1) / np.sqrt(len(per_set)))
+    half = _t_quantile(level, len(per_set) - 1) * se
+    return Estimate(value, value - half, value + half, value, value - half, value + half, se)
 
 
 def gaussian_entropy(cov):
@@ -118,3 +176,22 @@ def sample_gaussian_mean_case(rng, num_sets, num_train, num_samples, dim, data_s
     sets = data_std * rng.standard_normal((num_sets, num_train, dim))
     means = sets.mean(axis=1, keepdims=True)
     return means + noise_std * rng.standard_normal((num_sets, num_samples, dim))
+
+
+def gaussian_mean_js(rng, num_sets, num_train, dim, data_std, noise_std, num_draws=100,
+                     num_points=64):
+    """(E JS_K, its Monte-Carlo standard error): the K-set divergence Î targets in the
+    closed-form case of gaussian_mean_mi, q_k = N(ȳ_k, s² I), ȳ_k ~ N(0, (τ²/N) I):
+        JS_K = (1/K) Σ_k E_{z~q_k}[ log q_k(z) − log (1/K) Σ_j q_j(z) ],
+    log q_k(z) − log q_j(z) = (‖z − ȳ_j‖² − ‖z − ȳ_k‖²) / (2 s²). Each of num_draws draws of
+    K means gives one JS_K from num_points points z per component."""
+    values = []
+    for _ in range(num_draws):
+        means = data_std / np.sqrt(num_train) * rng.standard_normal((num_sets, dim))
+        z = means[:, None] + noise_std * rng.standard_normal((num_sets, num_points, dim))
+        sq = np.sum((z[:, :, None, :] - means[None, None]) ** 2, axis=-1) / (2 * noise_std ** 2)
+        own = np.take_along_axis(sq, np.arange(num_sets)[:, None, None], axis=2)[..., 0]
+        mixture = logsumexp(-sq, axis=2) - np.log(num_sets)
+        values.append(np.mean(-own - mixture))
+    values = np.asarray(values)
+    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(num_draws))

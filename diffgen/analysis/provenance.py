@@ -4,7 +4,9 @@ provenance differs from the current run's is stale (another checkpoint, config o
 set) and is never merged into its report.
 
   config_digest     SHA-256 (first 16 hex digits) of the config as canonical JSON (sorted
-                    keys, tuples as lists)
+                    keys, tuples as lists), without the keys that only choose which sections
+                    run (SELECTION_KEYS): analysing e5 alone and then e1-e4 gives sections of
+                    one report
   data_fingerprint  SHA-256 (first 16 hex digits) of the training set's uint8 rows, in
                     order, with their shape (diffgen.data.fingerprint)
 """
@@ -16,9 +18,15 @@ import json
 from diffgen.data.fingerprint import data_fingerprint
 
 
+SELECTION_KEYS = ('experiments', 'plugins')   # of config.analysis
+
+
 def config_digest(config) -> str:
-    """The digest of a ConfigDict (or of its to_dict())."""
-    tree = config.to_dict() if hasattr(config, 'to_dict') else config
+    """The digest of a ConfigDict (or of its to_dict()), without analysis.SELECTION_KEYS."""
+    tree = json.loads(json.dumps(config.to_dict() if hasattr(config, 'to_dict') else config,
+                                 default=list))
+    for key in SELECTION_KEYS:
+        (tree.get('analysis') or {}).pop(key, None)
     text = json.dumps(tree, sort_keys=True, default=list, separators=(',', ':'))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -83,20 +83,29 @@ def _read(path):
 def write_report(sections, directory, title, preamble=''):
     """Writes report.json ({key: reported numbers}), sections.json ({key: title, markdown,
     figures}) and report.md (sections with their figures). Existing sections of report.json
-    and sections.json that this call does not rewrite are kept."""
+    and sections.json that this call does not rewrite are kept if they were made with the
+    provenance (numbers['provenance']: checkpoint step, config digest, training-set
+    fingerprint) of a section it writes, and dropped otherwise: a section of another
+    checkpoint, config or training set is never merged into the report. report.md shows this
+    call's sections in order, then the kept ones."""
     json_path = os.path.join(directory, 'report.json')
-    numbers = _read(json_path)
-    numbers.update({s.key: _jsonable(reported(s.numbers)) for s in sections})
+    written = {s.key: _jsonable(reported(s.numbers)) for s in sections}
+    current = [n.get('provenance') for n in written.values()]
+    numbers = {k: n for k, n in _read(json_path).items()
+               if isinstance(n, dict) and n.get('provenance') in current}
+    numbers.update(written)
     files.write_text(json_path, json.dumps(numbers, indent=2))
     texts_path = os.path.join(directory, 'sections.json')
-    texts = _read(texts_path)
+    texts = {k: t for k, t in _read(texts_path).items() if k in numbers}
     texts.update({s.key: {'title': s.title, 'markdown': s.markdown, 'figures': s.figures}
                   for s in sections})
     files.write_text(texts_path, json.dumps(texts, indent=2))
     parts = [f'# {title}\n', preamble.strip() + '\n' if preamble else '']
-    for s in sections:
-        parts.append(f'## {s.title}\n\n{s.markdown.strip()}\n')
-        parts.extend(f'![{s.key}: {name}]({name})\n' for name in s.figures)
+    kept = [texts[k] | {'key': k} for k in texts if k not in written]   # after this call's
+    for s in [{'key': s.key, 'title': s.title, 'markdown': s.markdown, 'figures': s.figures}
+              for s in sections] + kept:
+        parts.append(f'## {s["title"]}\n\n{s["markdown"].strip()}\n')
+        parts.extend(f'![{s["key"]}: {name}]({name})\n' for name in s['figures'])
     files.write_text(os.path.join(directory, 'report.md'), '\n'.join(p for p in parts if p))
     return json_path
 

@@ -13,6 +13,7 @@ from diffgen.analysis import experiments  # noqa: F401 -- registers the built-in
 from diffgen.analysis import report
 from diffgen.analysis.experiment import EXPERIMENTS
 from diffgen.errors import ConfigError
+from diffgen.training import metrics_log
 
 
 def import_plugins(config):
@@ -46,6 +47,7 @@ def run_experiments(ctx, keys):
               flush=True)
         if jax.process_index() == 0:  # the report so far, so nothing is lost on a crash
             report.write_report(sections, ctx.report_dir, title(ctx))
+            metrics_log.write_report(ctx.workdir, ctx.provenance.get('step', 0), [section])
     return sections
 
 

@@ -22,15 +22,25 @@ def sample_timesteps(rng, batch_size, num_timesteps):
 
 
 @OBJECTIVES.register('eps')
-def eps_loss(apply_fn, params, x0, *, rng, schedule):
+def eps_loss(apply_fn, params, x0, *, rng, schedule, with_terms=False):
     """L_eps(theta) = E_{t, eps} ||eps_theta(a_t x0 + sigma_t eps, t) - eps||^2,
-    t ~ U{1..T}, eps ~ N(0, I); averaged over the batch and over the D dimensions."""
+    t ~ U{1..T}, eps ~ N(0, I); averaged over the batch and over the D dimensions.
+    with_terms: (loss, (per-example losses (B,), t (B,))) instead (with_example_terms)."""
     t_rng, eps_rng, dropout_rng = jax.random.split(rng, 3)
     t = sample_timesteps(t_rng, x0.shape[0], schedule.num_timesteps)
     eps = jax.random.normal(eps_rng, x0.shape, x0.dtype)
     x_t = diffuse(x0, eps=eps, a=schedule.a[t], sigma=schedule.sigma[t])
     pred = apply_fn(params, x_t, t, train=True, rngs={'dropout': dropout_rng})
-    return jnp.mean((pred - eps) ** 2)
+    squares = (pred - eps) ** 2
+    return with_example_terms(jnp.mean(squares), squares, t, with_terms)
+
+
+def with_example_terms(loss, squares, t, with_terms):
+    """loss, or (loss, (mean of squares over all axes but the batch's, t)) with with_terms:
+    the per-example losses the loss averages, for its breakdown by t (training.loss_bands)."""
+    if not with_terms:
+        return loss
+    return loss, (jnp.mean(squares, axis=tuple(range(1, squares.ndim))), t)
 
 
 def gap_coefficients(schedule, t, s):
@@ -75,13 +85,14 @@ def gap_pair(x0, t, s, *, eps_s, xi, schedule, weighting='eps'):
 
 
 @OBJECTIVES.register('gap')
-def gap_loss(apply_fn, params, x0, *, rng, schedule, max_k=1, p_zero=0.0, weighting='eps'):
+def gap_loss(apply_fn, params, x0, *, rng, schedule, max_k=1, p_zero=0.0, weighting='eps',
+             with_terms=False):
     """The gap objective (docs/math.md §6; our formulation from the paper's summary, not its text):
 
         L_gap(theta) = E weight ||eps_theta(x_t, t) - xi_{t,s}/c_{t,s}||^2,
         t ~ U{1..T},  s = max(t - k, 0), k ~ U{1..K} (s = 0 with probability p_zero),
     with x_t, target and weight from gap_pair; averaged over the batch and the D dimensions.
-    K = 1 pairs adjacent steps; s = 0 is L_eps."""
+    K = 1 pairs adjacent steps; s = 0 is L_eps. with_terms: as eps_loss."""
     t_rng, s_rng, eps_rng, xi_rng, dropout_rng = jax.random.split(rng, 5)
     t = sample_timesteps(t_rng, x0.shape[0], schedule.num_timesteps)
     s = gap_timesteps(s_rng, t, max_k=max_k, p_zero=p_zero)
@@ -90,7 +101,8 @@ def gap_loss(apply_fn, params, x0, *, rng, schedule, max_k=1, p_zero=0.0, weight
     x_t, target, weight = gap_pair(x0, t, s, eps_s=eps_s, xi=xi, schedule=schedule,
                                    weighting=weighting)
     pred = apply_fn(params, x_t, t, train=True, rngs={'dropout': dropout_rng})
-    return jnp.mean(per_example(weight, pred) * (pred - target) ** 2)
+    squares = per_example(weight, pred) * (pred - target) ** 2
+    return with_example_terms(jnp.mean(squares), squares, t, with_terms)
 
 
 def get_objective(training_config):

@@ -1,6 +1,7 @@
 """Training: the train state, the jitted train step, the loop with its Orbax checkpoints,
 and vmapped ensembles of small models."""
 from diffgen.errors import require
+from diffgen.training.step import COMPUTE_DTYPES
 
 
 def check_config(config):
@@ -21,3 +22,7 @@ def check_config(config):
                 f'training.steps_per_call={t.steps_per_call}')
     require(t.log_every >= 1 and t.checkpoint_every >= 1,
             'training.log_every and checkpoint_every must be >= 1')
+    require(t.loss_bands >= 0 and t.profile_steps >= 0,
+            'training.loss_bands and profile_steps must be >= 0 (0 = none)')
+    require(t.compute_dtype in COMPUTE_DTYPES,
+            f'training.compute_dtype={t.compute_dtype!r} is not one of {tuple(COMPUTE_DTYPES)}')

@@ -43,7 +43,8 @@ def make_ensemble_train_call(config, model, tx, schedule, num_steps):
                                                    train_set.shape[0])])
         loss, grads = jax.value_and_grad(
             lambda p: loss_fn(model.apply, p, x0, rng=loss_key, schedule=schedule))(state.params)
-        return apply_gradients(state, grads, tx, config.optim.ema_decay), loss
+        return apply_gradients(state, grads, tx, config.optim.ema_decay,
+                               config.optim.ema_warmup), loss
 
     def call(states, train_sets):
         indices = jnp.arange(train_sets.shape[0])

@@ -3,8 +3,9 @@
 `train_and_evaluate(config, workdir)` resumes from the newest restorable checkpoint in the
 workdir (training.checkpoints: same config keys and training set, else WorkdirError).
 Checkpoints are written every `checkpoint_every` steps, at the end, and on SIGTERM or SIGINT
-(preemption); a non-finite loss stops the run without saving the diverged state; a failed
-save stops it at the next train call, the checkpoints before it kept.
+(preemption); a non-finite loss, parameter or optimiser state stops the run with one line
+(TrainingDiverged) without saving the diverged state; a failed save stops it at the next
+train call, the checkpoints before it kept.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import os
 import signal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from clu import metric_writers
 
 from diffgen import data, parallel
 from diffgen.data.fingerprint import data_fingerprint
@@ -28,6 +29,7 @@ from diffgen.progress import Progress
 from diffgen.rng import stream
 from diffgen.diffusion.schedules import get_schedule
 from diffgen.training.state import TrainState, create_train_state, make_optimizer, sampling_params
+from diffgen.training import metrics_log
 from diffgen.training.csv_log import CsvLog
 from diffgen.training.step import make_train_call
 
@@ -143,8 +145,37 @@ def place_training_set(dataset, mesh):
     return parallel.shard_process_rows(local, dataset.num_train, mesh)
 
 
-def sample_and_save(config, model, params, schedule, dataset, path, mesh):
-    """Draws config.sampling.num_samples samples from x_T fixed by the seed; writes a PNG.
+@jax.jit
+def _all_finite(tree):
+    """True iff no floating-point leaf of tree holds a NaN or inf."""
+    leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.stack(leaves).all() if leaves else jnp.bool_(True)
+
+
+def non_finite_part(state):
+    """The first of 'parameters', 'EMA parameters', 'optimiser state' of a TrainState that
+    holds a NaN or inf, or None if all are finite (the loss of a step is computed before its
+    update, so a finite loss does not make the updated state finite)."""
+    parts = {'parameters': state.params, 'EMA parameters': state.ema_params,
+             'optimiser state': state.opt_state}
+    return next((name for name, tree in parts.items() if not _all_finite(tree)), None)
+
+
+def diverged(what, manager, saving):
+    """TrainingDiverged saying what became non-finite and which checkpoint is the last good
+    one, once the save in progress (of step saving) has finished."""
+    checkpointing.wait(manager, saving)
+    latest = manager.latest_step()
+    kept = (f'the last good checkpoint (step {latest}) is kept' if latest is not None else
+            'no checkpoint was saved')
+    return TrainingDiverged(f'{what}; training stopped, {kept}')
+
+
+def sample_and_save(config, model, params, schedule, dataset, path, mesh, writer=None,
+                    step=None):
+    """Draws config.sampling.num_samples samples from x_T fixed by the seed; writes a PNG
+    (and, given a clu writer, its pixels as the TensorBoard image 'samples' of step).
     The batch is sharded over the whole mesh; every process gets all the samples."""
     rng = stream(config.seed, 'sample')
     x_T = samplers.initial_noise(rng, config.sampling.num_samples, dataset.image_shape,
@@ -154,6 +185,8 @@ def sample_and_save(config, model, params, schedule, dataset, path, mesh):
                                 rng=jax.random.fold_in(rng, 1), mesh=mesh)
     if jax.process_index() == 0:
         figures.save_samples(samples, path, reference=None if dataset.is_image else dataset.train)
+        if writer is not None:
+            metrics_log.write_png(writer, step, 'samples', path)
     return samples
 
 
@@ -186,12 +219,17 @@ def train_and_evaluate(config, workdir, make_evaluator=None):
         print(f'resumed from step {int(state.step)} in {checkpointing.checkpoint_dir(workdir)}',
               flush=True)
     checkpointing.write_config(workdir, config, fingerprint)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    writer = metrics_log.make_writer(workdir)
     train_set = place_training_set(dataset, mesh)
-    train_call = make_train_call(config, model, tx, schedule, mesh)
+    train_call = make_train_call(config, model, tx, schedule, mesh, donate=True)
 
     t = config.training
     step = int(state.step)
+    if step == 0:
+        writer.write_hparams(metrics_log.hparams(config))
+    actions = metrics_log.progress_actions(config, workdir, writer, step)
+    for action in actions:
+        action(step)  # starts their clocks
     evaluate = make_evaluator(config, run) if make_evaluator and t.eval_every else None
     eval_log = CsvLog(os.path.join(workdir, EVAL_CSV), resume_step=step)
     progress = Progress('train step', t.num_steps, step)
@@ -199,9 +237,11 @@ def train_and_evaluate(config, workdir, make_evaluator=None):
     saving = None  # the step of the last save started
     with Preemption() as preemption:
         while step < t.num_steps:
-            state, metrics = train_call(state, train_set)
+            state, metrics = train_call(state, train_set)  # the old state's buffers donated
             step += t.steps_per_call
             pending.append(metrics)
+            for action in actions:
+                action(step)
             checkpointing.check_saved(manager, saving)  # a failed save stops the run here
             preemption.requested = parallel.any_process(preemption.requested)
             at_log = step % t.log_every == 0 or step == t.num_steps
@@ -212,13 +252,13 @@ def train_and_evaluate(config, workdir, make_evaluator=None):
             losses = np.concatenate([np.asarray(m['loss']) for m in pending])
             if not np.all(np.isfinite(losses)):
                 bad = step - len(losses) + int(np.argmin(np.isfinite(losses))) + 1
-                checkpointing.wait(manager, saving)
-                raise TrainingDiverged(
-                    f'loss became non-finite at step {bad}; training stopped, the last good '
-                    f'checkpoint (step {manager.latest_step()}) is kept')
+                raise diverged(f'loss became non-finite at step {bad}', manager, saving)
+            broken = non_finite_part(state)  # checked before anything is saved or evaluated
+            if broken:
+                raise diverged(f'{broken} became non-finite by step {step}', manager, saving)
             if at_log:
-                writer.write_scalars(step, {'loss': float(losses.mean()),
-                                            'grad_norm': float(pending[-1]['grad_norm'][-1])})
+                writer.write_scalars(step, metrics_log.train_scalars(
+                    pending, step, config, schedule.num_timesteps))
                 progress.report(step, f'  loss {losses.mean():.4f}')
                 pending = []
             if at_eval:
@@ -226,21 +266,24 @@ def train_and_evaluate(config, workdir, make_evaluator=None):
                 writer.write_scalars(step, {f'eval/{k}': v for k, v in numbers.items()})
                 if jax.process_index() == 0:
                     eval_log.append(step, numbers)
-                print(f'eval step {step}: ' + '  '.join(
-                    f'{k} {v:.4g}' for k, v in numbers.items()), flush=True)
+                    print(f'eval step {step}: ' + '  '.join(
+                        f'{k} {v:.4g}' for k, v in numbers.items()), flush=True)
             if at_save or preemption.requested:
                 saving = checkpointing.save(manager, state, saving, force=preemption.requested)
             if preemption.requested:
                 checkpointing.wait(manager, saving)
                 print(f'{preemption.name}: saved step {step} and stopped; rerun the same '
                       'command to resume', flush=True)
+                metrics_log.stop_profiling(actions)
                 writer.close()
                 return state
             if t.sample_every and step % t.sample_every == 0 and step != t.num_steps:
                 sample_and_save(config, model, sampling_params(state, config.sampling.use_ema),
                                 schedule, dataset,
-                                os.path.join(workdir, 'samples', f'step_{step:08d}.png'), mesh)
+                                os.path.join(workdir, 'samples', f'step_{step:08d}.png'), mesh,
+                                writer=writer, step=step)
     checkpointing.wait(manager, saving)
+    metrics_log.stop_profiling(actions)
     writer.flush()
     writer.close()
     return state

@@ -15,14 +15,26 @@ class TrainState:
     opt_state: optax.OptState
 
 
-def make_optimizer(optim_config):
-    """Adam with linear warm-up to the peak rate, after global-norm clipping."""
+def learning_rate(optim_config):
+    """Adam's rate as optax takes it: the schedule lr(n) = peak min(n / W, 1) of the update
+    count n (W = optim.warmup_steps), or the peak rate itself with W = 0."""
     o = optim_config
-    lr = optax.linear_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1))
     if o.warmup_steps == 0:
-        lr = o.learning_rate
+        return o.learning_rate
+    return optax.linear_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1))
+
+
+def learning_rate_at(optim_config, count):
+    """The rate of the update made after `count` updates (learning_rate at count), a float."""
+    lr = learning_rate(optim_config)
+    return float(lr(count)) if callable(lr) else float(lr)
+
+
+def make_optimizer(optim_config):
+    """Adam with linear warm-up to the peak rate (learning_rate), after global-norm clipping."""
+    o = optim_config
     parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
-    parts.append(optax.adam(lr, b1=o.beta1, b2=o.beta2, eps=o.eps))
+    parts.append(optax.adam(learning_rate(o), b1=o.beta1, b2=o.beta2, eps=o.eps))
     return optax.chain(*parts)
 
 
@@ -34,13 +46,31 @@ def create_train_state(model, tx, rng, example_shape):
                       ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
 
 
-def apply_gradients(state, grads, tx, ema_decay):
-    """One optimiser step: params <- params + tx updates, EMA updated, step + 1."""
+def apply_gradients(state, grads, tx, ema_decay, ema_warmup=False):
+    """One optimiser step: params <- params + tx updates, EMA updated (with the decay of
+    ema_decay_at(state.step, ...)), step + 1."""
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    decay = ema_decay_at(state.step, ema_decay, ema_warmup)
     return TrainState(step=state.step + 1, params=params,
-                      ema_params=ema_update(state.ema_params, params, ema_decay),
+                      ema_params=ema_update(state.ema_params, params, decay),
                       opt_state=opt_state)
+
+
+def ema_decay_at(step, decay, warmup):
+    """The EMA decay of the update made at `step` (0 for the first): the configured decay,
+    or with warm-up (optim.ema_warmup) the classic schedule (as in TensorFlow's
+    ExponentialMovingAverage with num_updates)
+
+        decay_t = min(decay, (1 + t) / (10 + t)),
+
+    0.1 at t = 0, 0.5 at t = 8, 0.9 at t = 80, 0.99 at t = 890 (decay itself from
+    t = (10 decay - 1) / (1 - decay) on), so that a short run's EMA does not keep a share
+    decay^t of the initialisation."""
+    if not warmup:
+        return decay
+    t = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
 
 
 def sampling_params(state, use_ema):

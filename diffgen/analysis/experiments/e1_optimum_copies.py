@@ -6,19 +6,24 @@ step is x̂₀*(x_{t_1}, t_1) = Σ_i w_i y_i with one-hot weights as σ_{t_1} �
 the memorisation ratio (fraction with d_1/d_2 < 1/3), the exact-copy rate (d_1 < 1e-3),
 the median d_1, and the sample quality (Fréchet distance, precision, recall in classifier
 features against the held-out set; diffgen.analysis.quality). A reference row gives the
-quality of as many real training images, the best a model can score at this sample size.
+quality of as many real training images as there are samples (ctx.real_quality), the best a
+model can score at this sample size. The text compares each sampler with the prediction
+(memorisation ratio 1 for DDIM and Heun) and its FD with the real images', from the numbers.
 
 The table and figure helpers (metrics_table, nearest_figures) are E2's too.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from diffgen import figures
-from diffgen.analysis import metrics, quality
+from diffgen.analysis import metrics
 from diffgen.analysis.experiment import Experiment, register
 from diffgen.analysis.report import Section, markdown_table, number
 
-KEY, TITLE = 'e1', 'E1: the optimum copies the training set'
+KEY, TITLE = 'e1', 'E1: does the optimum copy the training set?'
 METHODS = ('ddim', 'heun', 'ddpm')
+DETERMINISTIC = ('ddim', 'heun')   # the samplers docs/math.md §4 predicts to copy
 SHOWN = 16          # samples shown in the nearest-neighbour figure
 SAMPLE_KEYS = {'ddim': 1, 'heun': 2, 'ddpm': 3}   # ctx.rng fold_in constants of E1
 REAL = 'real_training_images'
@@ -59,8 +64,38 @@ def method_labels(denoiser, ctx):
             for m in METHODS}
 
 
-def real_row(numbers, ctx):
-    return (f'real training images (n = {len(quality.real_reference(ctx))})', numbers[REAL])
+def real_row(numbers):
+    """The table row of the real training images (numbers[REAL], from ctx.real_quality)."""
+    return f'real training images (n = {numbers[REAL]["num_images"]})', numbers[REAL]
+
+
+def prediction_text(numbers, num_samples):
+    """Whether docs/math.md §4's prediction (every sample of DDIM and Heun memorised) holds,
+    per deterministic sampler, from the memorisation ratios in numbers."""
+    ratio = {m: numbers[m]['memorisation_ratio'] for m in DETERMINISTIC}
+    held = [m for m in DETERMINISTIC if ratio[m] == 1.0]
+    missed = [f'{m} ({num_samples - round(ratio[m] * num_samples)} of {num_samples} samples '
+              'not memorised)' for m in DETERMINISTIC if ratio[m] < 1.0]
+    return (f'The prediction holds for {" and ".join(held)}' if held else
+            'The prediction holds for neither') + (
+        f'; not for {" and ".join(missed)}.' if missed else '.')
+
+
+def quality_text(numbers, num_samples, denoiser):
+    """The sentence comparing the samplers' FD with that of the real training images (or
+    saying that FD was not measured): every value from numbers."""
+    real = numbers[REAL]
+    fd = {m: numbers[m]['fd'] for m in METHODS}
+    if real['fd'] is None or np.isnan(real['fd']) or any(np.isnan(v) for v in fd.values()):
+        return 'FD was not measured (no classifier for this data).'
+    samples = (f'{real["num_images"]} real training images' if real['num_images'] ==
+               num_samples else f'all {real["num_images"]} real training images (fewer than '
+               f'the {num_samples} samples)')
+    closest = min(METHODS, key=lambda m: fd[m])
+    return (f'FD of {denoiser}\'s samples: ' + ', '.join(
+        f'{m} {number(fd[m], ".2f")} ({number(fd[m] / real["fd"], ".2f")}× the real images\')'
+        for m in METHODS) + f'; of {samples}: {number(real["fd"], ".2f")}. The lowest is '
+        f'{closest}\'s, {number(fd[closest] - real["fd"], "+.2f")} from the real images\'.')
 
 
 def nearest_figures(ctx, prefix, title, samples, d1):
@@ -95,18 +130,17 @@ def nearest_figures(ctx, prefix, title, samples, d1):
 def render(numbers, ctx):
     names = nearest_figures(ctx, 'e1', 'E1 (ε*)', numbers['_samples'], numbers['_d1'])
     labels = method_labels('ε*', ctx)
-    rows = [(labels[m], numbers[m]) for m in METHODS] + [real_row(numbers, ctx)]
+    rows = [(labels[m], numbers[m]) for m in METHODS] + [real_row(numbers)]
     memorised = ', '.join(f'{m} {numbers[m]["memorisation_ratio"]:.1%}' for m in METHODS)
-    fd = ', '.join(f'{m} {number(numbers[m]["fd"], ".2f")}' for m in METHODS)
     markdown = (
         f'{len(ctx.x_T)} samples of the empirical-optimal denoiser ε* per sampler, from the '
         f'same x_T. Memorised: d₁/d₂ < 1/3; exact copy: d₁ < {metrics.EXACT_COPY_TOL:g} (RMS '
         f'per pixel). FD / precision / recall: classifier features against the held-out set.'
         f'\n\n{metrics_table(rows)}\n\n'
-        f'Memorised samples of ε*: {memorised}. docs/math.md §4 predicts all of them for the '
-        f'deterministic samplers (DDIM, Heun): their last step returns x̂₀*, an average of '
-        f'training images whose weights become one-hot as σ → 0. FD of ε*\'s samples: {fd}; '
-        f'of as many real training images: {number(numbers[REAL]["fd"], ".2f")}.')
+        f'Memorised samples of ε*: {memorised}. docs/math.md §4 predicts that all samples of '
+        f'the deterministic samplers (DDIM, Heun) are memorised: their last step returns x̂₀*, '
+        f'an average of training images whose weights become one-hot as σ → 0. '
+        f'{prediction_text(numbers, len(ctx.x_T))} {quality_text(numbers, len(ctx.x_T), "ε*")}')
     return Section(KEY, TITLE, markdown, numbers, names)
 
 

@@ -3,15 +3,17 @@ parameters config.sampling.use_ema selects) with DDIM (η = 0), Heun and DDPM fr
 as E1, with E1's metrics (memorisation ratio, exact-copy rate, median d_1, FD / precision /
 recall) and the novelty comparison: d_1 to the first n training images against d_1 to the n
 held-out images (diffgen.analysis.metrics.novelty; 1/2 of the samples closer to the training
-images if the samples do not depend on the training set).
+images if the samples do not depend on the training set). Where the report already holds E1
+from the same checkpoint, config and training set (report.finished_sections), the text sets
+each sampler's memorisation ratio beside ε*'s from E1 (numbers['e1_memorisation_ratio']).
 """
 from __future__ import annotations
 
 from diffgen import figures
-from diffgen.analysis import metrics
+from diffgen.analysis import metrics, report
 from diffgen.analysis.experiment import Experiment, register
 from diffgen.analysis.experiments import e1_optimum_copies as e1
-from diffgen.analysis.report import Section, number
+from diffgen.analysis.report import Section
 
 KEY, TITLE = 'e2', 'E2: novelty of the trained model'
 SAMPLE_KEYS = {'ddim': 11, 'heun': 12, 'ddpm': 13}   # ctx.rng fold_in constants of E2
@@ -35,6 +37,10 @@ def measure(ctx, cfg):
             distances[method] = ctx.novelty_distances(samples[method])
             numbers[method]['novelty'] = metrics.novelty(*distances[method])
     numbers[e1.REAL] = ctx.real_quality()
+    made = report.finished_sections(ctx.report_dir, [e1.KEY], ctx.provenance).get(e1.KEY)
+    if made is not None:
+        numbers['e1_memorisation_ratio'] = {m: made.numbers[m]['memorisation_ratio']
+                                            for m in e1.METHODS}
     numbers['_samples'], numbers['_d1'], numbers['_distances'] = samples, d1, distances
     return numbers
 
@@ -67,7 +73,7 @@ def _novelty_figures(ctx, samples, distances):
 def render(numbers, ctx):
     names = e1.nearest_figures(ctx, 'e2', 'E2 (ε_θ)', numbers['_samples'], numbers['_d1'])
     labels = e1.method_labels('ε_θ', ctx)
-    rows = [(labels[m], numbers[m]) for m in e1.METHODS] + [e1.real_row(numbers, ctx)]
+    rows = [(labels[m], numbers[m]) for m in e1.METHODS] + [e1.real_row(numbers)]
     parameters = 'EMA' if ctx.config.sampling.use_ema else 'raw (no EMA)'
     markdown = (f'{len(ctx.x_T)} samples of the trained network ({parameters} parameters) per '
                 f'sampler, from the same x_T as E1.\n\n{e1.metrics_table(rows)}\n')
@@ -80,10 +86,11 @@ def render(numbers, ctx):
             f'held-out; closer to train = fraction of samples nearer the training images, 0.5 '
             f'if the samples do not depend on the training set, 0.5 + n/2N for a copier of '
             f'all N).\n\n{e1.metrics_table(novelty_rows, NOVELTY_COLUMNS)}\n')
-    memorised = ', '.join(f'{m} {numbers[m]["memorisation_ratio"]:.1%}' for m in e1.METHODS)
-    fd = ', '.join(f'{m} {number(numbers[m]["fd"], ".2f")}' for m in e1.METHODS)
-    markdown += (f'\nMemorised samples of the network: {memorised}. FD of its samples: {fd}; '
-                 f'of as many real training images: {number(numbers[e1.REAL]["fd"], ".2f")}.')
+    optimum = numbers.get('e1_memorisation_ratio')
+    memorised = ', '.join(f'{m} {numbers[m]["memorisation_ratio"]:.1%}' + (
+        f' (ε* in E1: {optimum[m]:.1%})' if optimum else '') for m in e1.METHODS)
+    markdown += (f'\nMemorised samples of the network: {memorised}. '
+                 f'{e1.quality_text(numbers, len(ctx.x_T), "the network")}')
     return Section(KEY, TITLE, markdown, numbers, names)
 
 

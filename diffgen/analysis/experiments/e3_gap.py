@@ -1,14 +1,22 @@
-"""E3, the slight difference between the trained network and the optimum (docs/math.md §8):
+"""E3, the slight difference between the trained network and the optimum (docs/math.md §8).
 
-    gap(t) = E‖ε_θ(x, t) − ε*(x, t)‖² / E‖ε*(x, t)‖²
+At each t of the DDIM grid (analysis.sampler_steps steps), on three kinds of points x:
+forward-process points x = a_t y + σ_t ε of n training images y and of the n held-out images
+(the same ε for both), and the states x_t of the trained model's own DDIM (η = 0) trajectories
+from ctx.x_T, three measures of ε_θ against ε*:
 
-on three kinds of points x at each t of the DDIM grid (analysis.sampler_steps steps):
-forward-process points x = a_t y + σ_t ε of n training images y and of the n held-out
-images (the same ε for both), and the states x_t of the trained model's own DDIM (η = 0)
-trajectories from ctx.x_T. Along those trajectories also the entropy H(w) and the largest
-weight max_i w_i of the optimal posterior w_i(x_t, t) over the training images
-(diffgen.optimal.optimal_stats): H = log N for a uniform posterior, 0 for a one-hot one.
-Each set is one jitted lax.scan over t.
+    x₀-gap(t)  = E‖x̂₀^θ − x̂₀*‖² / D,   x̂₀ = clip((x − σ_t ε)/a_t, lo, hi)
+    cos(t)     = E cos(ε_θ, ε*),        cos(u, v) = u·v / (‖u‖ ‖v‖)
+    ε-ratio(t) = E‖ε_θ − ε*‖² / E‖ε*‖²  (metrics.gap)
+
+with [lo, hi] the training set's range. x̂₀* = Σ_i w_i y_i lies in it, so the clip leaves it
+as it is (up to round-off) and only brings x̂₀^θ nearer to it: x₀-gap ≤ (hi − lo)², and where
+x̂₀^θ is in range x₀-gap = (σ_t²/a_t²) E‖ε_θ − ε*‖²/D. The ε-ratio is informative only where
+E‖ε*‖²/D ≤ INFORMATIVE: off the training set at small t, ε* ≈ ε + a_t(y' − y_n)/σ_t, so
+‖ε*‖²/D ≈ 1 + (a_t d₁/σ_t)² is huge and any bounded network (0 included) scores ≈ 1.
+Along the trajectories also the entropy H(w) and the largest weight max_i w_i of the optimal
+posterior w_i(x_t, t) over the training images (optimal_stats): H = log N for a uniform
+posterior, 0 for a one-hot one. Each set is one jitted lax.scan over t.
 """
 from __future__ import annotations
 
@@ -19,7 +27,7 @@ import numpy as np
 from diffgen.analysis import metrics
 from diffgen import figures
 from diffgen.diffusion import samplers
-from diffgen.diffusion.conversions import diffuse
+from diffgen.diffusion.conversions import diffuse, x0_from_eps
 from diffgen.optimum.optimal import optimal_eps, optimal_stats
 from diffgen.analysis.experiment import Experiment, register
 from diffgen.analysis.report import Section, markdown_table, number
@@ -27,39 +35,64 @@ from diffgen.analysis.report import Section, markdown_table, number
 KEY, TITLE = 'e3', 'E3: the gap between the network and the optimum'
 _NOISE_KEY = 21                       # ctx.rng fold_in constant of E3's forward-process noise
 TABLE_TIMES = (1, 10, 50, 100, 250, 500, 1000)   # per 1000 steps: rows of the table
-GAP_HEADINGS = {'gap_train': 'gap, train', 'gap_heldout': 'gap, held-out',
-                'gap_trajectory': 'gap, trajectory'}
-CLOSE = 0.01      # the text states the t range where every gap is below this
-ONE_HOT = 0.9     # and the largest t where the posterior's largest weight exceeds this
+SETS = {'train': 'train', 'heldout': 'held-out', 'trajectory': 'trajectory'}
+INFORMATIVE = 2.0  # the ε-ratio is shown where E‖ε*‖²/D ≤ this: the pull (a_t d₁/σ_t)² of ε*
+                   # towards the nearest training image at most the noise's variance
+ONE_HOT = 0.9      # the text states the largest t where the posterior's largest weight exceeds this
+TERMS = ('sq_diff', 'sq_opt', 'sq_x0', 'dot', 'sq_model')   # point_terms, in order
+
+
+def point_terms(x, t, eps, eps_star, schedule, data_range):
+    """Per example (each (B,)) at x (B, ...) and one t: ‖ε_θ − ε*‖², ‖ε*‖², ‖x̂₀^θ − x̂₀*‖²
+    with x̂₀ = clip((x − σ_t ε)/a_t, lo, hi), ε_θ·ε* and ‖ε_θ‖² (the names of TERMS)."""
+    lo, hi = data_range
+    x0 = lambda e: jnp.clip(x0_from_eps(x, eps=e, a=schedule.a[t], sigma=schedule.sigma[t]),
+                            lo, hi)
+    total = lambda v: v.sum(axis=tuple(range(1, x.ndim)))
+    sq_diff, sq_opt = metrics.squared_errors(eps, eps_star)
+    return (sq_diff, sq_opt, total(jnp.square(x0(eps) - x0(eps_star))),
+            total(eps * eps_star), total(eps * eps))
 
 
 @jax.jit
-def trajectory_gap(network, rows, schedule, x_T, pairs):
+def trajectory_gap(network, rows, schedule, x_T, pairs, data_range):
     """Runs DDIM (η = 0) with the network over pairs (t, t') and records, per step and
-    sample, (‖ε_θ − ε*‖², ‖ε*‖², H(w), max_i w_i) at x_t: each (S, B); also returns x_0."""
+    sample, the point_terms and (H(w), max_i w_i) at x_t: each (S, B); also returns x_0."""
     def step(x, ts):
         t, t_next = ts
         tt = jnp.full((x.shape[0],), t, jnp.int32)
         eps = network(x, tt)
         eps_star = optimal_eps(x, tt, rows=rows, schedule=schedule)
-        sq_diff, sq_opt = metrics.squared_errors(eps, eps_star)
         entropy, max_weight = optimal_stats(x, tt, rows=rows, schedule=schedule)
         x_next = samplers.ddim_step(x, eps, t=t, t_next=t_next, schedule=schedule)  # eta = 0
-        return x_next, (sq_diff, sq_opt, entropy, max_weight)
+        return x_next, (*point_terms(x, t, eps, eps_star, schedule, data_range), entropy,
+                        max_weight)
 
     return jax.lax.scan(step, x_T, pairs)
 
 
 @jax.jit
-def forward_gap(network, rows, schedule, y, noise, ts):
-    """(‖ε_θ − ε*‖², ‖ε*‖²), each (S, B), at x = a_t y + σ_t noise for each t in ts."""
+def forward_gap(network, rows, schedule, y, noise, ts, data_range):
+    """The point_terms, each (S, B), at x = a_t y + σ_t noise for each t in ts."""
     def step(_, t):
         tt = jnp.full((y.shape[0],), t, jnp.int32)
         x = diffuse(y, eps=noise, a=schedule.a[t], sigma=schedule.sigma[t])
-        return None, metrics.squared_errors(network(x, tt),
-                                            optimal_eps(x, tt, rows=rows, schedule=schedule))
+        return None, point_terms(x, t, network(x, tt),
+                                 optimal_eps(x, tt, rows=rows, schedule=schedule), schedule,
+                                 data_range)
 
     return jax.lax.scan(step, None, ts)[1]
+
+
+def summarise(terms, dim):
+    """Per t, from the point_terms (each (S, B)): x₀-gap = Σ_b ‖x̂₀^θ − x̂₀*‖²_b / (B D),
+    cos = mean_b cos(ε_θ, ε*)_b (NaN where ε_θ = 0), ε-ratio = metrics.gap, and
+    E‖ε*‖²/D; NumPy float64."""
+    sq_diff, sq_opt, sq_x0, dot, sq_model = (np.asarray(v, np.float64) for v in terms)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        cosine = dot / np.sqrt(sq_model * sq_opt)
+    return {'x0_gap': sq_x0.mean(axis=-1) / dim, 'cosine': cosine.mean(axis=-1),
+            'gap': metrics.gap(sq_diff, sq_opt), 'eps_opt_sq': sq_opt.mean(axis=-1) / dim}
 
 
 def _batched(fn, arrays, batch_size):
@@ -70,47 +103,77 @@ def _batched(fn, arrays, batch_size):
 
 
 def measure(ctx, cfg):
-    """The numbers of E3: t (descending, the DDIM grid without 0), gap per set, and the mean
-    entropy and largest weight of the optimal posterior along the model's trajectories."""
+    """The numbers of E3: t (descending, the DDIM grid without 0); per set (SETS) the
+    summarise measures as '<measure>_<set>'; the mean entropy and largest weight of the
+    optimal posterior along the model's trajectories; the data range, the x₀-gap's bound and
+    the E‖ε*‖²/D up to which the ε-ratio is shown (INFORMATIVE)."""
     del cfg  # E3 has no settings
     T, batch = ctx.schedule.num_timesteps, ctx.config.analysis.batch_size
     pairs = samplers.step_pairs(T, ctx.config.analysis.sampler_steps)
     ts = pairs[:, 0]
     network, rows = ctx.network(), ctx.train_rows
-    sq_diff, sq_opt, entropy, max_weight = _batched(
-        lambda x: trajectory_gap(network, rows, ctx.schedule, x, pairs)[1], [ctx.x_T], batch)
-    numbers = {'t': np.asarray(ts), 'gap_trajectory': metrics.gap(sq_diff, sq_opt),
-               'entropy': entropy.mean(axis=1), 'max_weight': max_weight.mean(axis=1),
-               'log_num_train': float(np.log(rows.num_rows))}
-    sets = {'train': ctx.dataset.train}
+    train = ctx.dataset.train
+    lo, hi = float(train.min()), float(train.max())
+    data_range = (jnp.float32(lo), jnp.float32(hi))
+    dim = int(np.prod(ctx.dataset.image_shape))
+    *terms, entropy, max_weight = _batched(
+        lambda x: trajectory_gap(network, rows, ctx.schedule, x, pairs, data_range)[1],
+        [ctx.x_T], batch)
+    measured = {'trajectory': summarise(terms, dim)}
+    numbers = {'t': np.asarray(ts), 'entropy': entropy.mean(axis=1),
+               'max_weight': max_weight.mean(axis=1),
+               'log_num_train': float(np.log(rows.num_rows)), 'data_range': [lo, hi],
+               'x0_gap_bound': (hi - lo) ** 2, 'informative_eps_opt_sq': INFORMATIVE}
+    sets = {'train': train}
     if len(ctx.dataset.heldout_images):
-        sets = {'train': ctx.dataset.train[:len(ctx.dataset.heldout_images)],
-                'heldout': ctx.dataset.heldout}
+        sets = {'train': train[:len(ctx.dataset.heldout_images)], 'heldout': ctx.dataset.heldout}
     n = min(len(y) for y in sets.values())
     noise = np.asarray(jax.random.normal(jax.random.fold_in(ctx.rng, _NOISE_KEY),
                                          (n,) + ctx.dataset.image_shape))
     for name, y in sets.items():
-        d, o = _batched(lambda y, e: forward_gap(network, rows, ctx.schedule, y, e, ts),
-                        [y[:n], noise], batch)
-        numbers[f'gap_{name}'] = metrics.gap(d, o)
+        measured[name] = summarise(_batched(
+            lambda y, e: forward_gap(network, rows, ctx.schedule, y, e, ts, data_range),
+            [y[:n], noise], batch), dim)
+    for name in SETS:
+        for measure_name, values in measured.get(name, {}).items():
+            numbers[f'{measure_name}_{name}'] = values
     return numbers
 
 
+def _sets(numbers):
+    return [s for s in SETS if f'gap_{s}' in numbers]
+
+
+def _informative(numbers, name):
+    """Where (per t) the ε-ratio of a set is informative: E‖ε*‖²/D ≤ INFORMATIVE."""
+    return np.asarray(numbers[f'eps_opt_sq_{name}']) <= numbers['informative_eps_opt_sq']
+
+
 def _figure(ctx, numbers):
-    fig, (ax_gap, ax_post) = figures.subplots(2, width=5.5, height=4.2)
+    fig, (ax_x0, ax_cos, ax_ratio, ax_post) = figures.subplots(4, width=4.6, height=4.0)
     t = numbers['t']
-    labels = {'gap_train': 'forward process, training images',
-              'gap_heldout': 'forward process, held-out images',
-              'gap_trajectory': "the model's own DDIM trajectories"}
-    for key, label in labels.items():
-        if key in numbers:
-            ax_gap.plot(t, numbers[key], label=label, marker='.', markersize=3)
-    ax_gap.set_yscale('log')
-    ax_gap.set_xscale('log')
-    ax_gap.set_xlabel('t')
-    ax_gap.set_ylabel('gap(t) = E‖ε_θ − ε*‖² / E‖ε*‖²')
-    ax_gap.set_title('relative gap between network and optimum')
-    ax_gap.legend(fontsize=8)
+    labels = {'train': 'forward process, training images',
+              'heldout': 'forward process, held-out images',
+              'trajectory': "the model's own DDIM trajectories"}
+    for name in _sets(numbers):
+        ax_x0.plot(t, numbers[f'x0_gap_{name}'], label=labels[name], marker='.', markersize=3)
+        ax_cos.plot(t, numbers[f'cosine_{name}'], label=labels[name], marker='.', markersize=3)
+        ratio = np.where(_informative(numbers, name), numbers[f'gap_{name}'], np.nan)
+        ax_ratio.plot(t, ratio, label=labels[name], marker='.', markersize=3)
+    ax_x0.axhline(numbers['x0_gap_bound'], color='gray', linestyle=':',
+                  label='bound (hi − lo)²')
+    for ax, ylabel, title in (
+            (ax_x0, 'E‖x̂₀^θ − x̂₀*‖² / D', 'x₀-space gap'),
+            (ax_cos, 'mean cos(ε_θ, ε*)', 'cosine between network and optimum'),
+            (ax_ratio, 'E‖ε_θ − ε*‖² / E‖ε*‖²',
+             f'ε-space ratio where E‖ε*‖²/D ≤ {numbers["informative_eps_opt_sq"]:g}')):
+        ax.set_xscale('log')
+        ax.set_xlabel('t')
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    ax_x0.set_yscale('log')
+    ax_ratio.set_yscale('log')
     ax_post.plot(t, numbers['entropy'], color='tab:blue', label='entropy H(w)')
     ax_post.axhline(numbers['log_num_train'], color='tab:blue', linestyle=':',
                     label='log N (uniform)')
@@ -123,7 +186,7 @@ def _figure(ctx, numbers):
     ax_weight.set_ylabel('largest weight max_i w_i', color='tab:red')
     lines = ax_post.get_legend_handles_labels()
     more = ax_weight.get_legend_handles_labels()
-    ax_post.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc='center left')
+    ax_post.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc='center left')
     ax_post.set_title("optimal posterior along the model's trajectories")
     name = 'e3_gap.png'
     figures.save(fig, ctx.figure_path(name), 'E3: the slight difference (sample means per t)')
@@ -131,43 +194,62 @@ def _figure(ctx, numbers):
 
 
 def _table(numbers, T):
-    """The rows of the t nearest TABLE_TIMES (per 1000 steps), t ascending."""
-    t = numbers['t']
+    """The rows of the t nearest TABLE_TIMES (per 1000 steps), t ascending; the ε-ratio is
+    '–' where it is not informative."""
+    t, sets = numbers['t'], _sets(numbers)
     rows = sorted({int(np.argmin(np.abs(t - max(1, round(s * T / 1000))))) for s in TABLE_TIMES},
                   key=lambda i: t[i])
-    keys = [k for k in GAP_HEADINGS if k in numbers]
-    return markdown_table(
-        ['t', *(GAP_HEADINGS[k] for k in keys), 'H(w)', 'max w'],
-        [[t[i], *(number(numbers[k][i], '.3g') for k in keys),
-          number(numbers['entropy'][i]), number(numbers['max_weight'][i])] for i in rows])
+    informative = {s: _informative(numbers, s) for s in sets}
+    header = ['t', *(f'x₀-gap, {SETS[s]}' for s in sets), *(f'cos, {SETS[s]}' for s in sets),
+              *(f'ε-ratio, {SETS[s]}' for s in sets), 'H(w)', 'max w']
+    return markdown_table(header, [
+        [t[i], *(number(numbers[f'x0_gap_{s}'][i], '.3g') for s in sets),
+         *(number(numbers[f'cosine_{s}'][i]) for s in sets),
+         *(number(numbers[f'gap_{s}'][i] if informative[s][i] else None, '.3g') for s in sets),
+         number(numbers['entropy'][i]), number(numbers['max_weight'][i])] for i in rows])
+
+
+def _where(t, mask):
+    """The t (descending array) where mask holds, in words."""
+    if mask.all():
+        return 'at every t'
+    if not mask.any():
+        return 'at no t'
+    if mask[:int(np.argmin(mask))].sum() == mask.sum():   # a run from the largest t down
+        return f'for t ≥ {t[int(np.argmin(mask)) - 1]}'
+    shown = t[mask]
+    return f'at {mask.sum()} of the {len(t)} t (from {shown.min()} to {shown.max()})'
 
 
 def render(numbers, ctx):
     name = _figure(ctx, numbers)
-    t, last = numbers['t'], -1   # t descends: index -1 is the smallest t
-    text = (f'gap(t) on forward-process points and along {len(ctx.x_T)} DDIM trajectories of the '
-            f'trained model ({ctx.config.analysis.sampler_steps} steps); H(w) and max w: the '
-            f'optimal posterior over the N = {ctx.train_rows.num_rows} training images at the '
-            f'trajectory\'s states (sample means).\n\n'
-            f'{_table(numbers, ctx.schedule.num_timesteps)}\n\n'
-            f'At t = {t[last]} the gap is {number(numbers["gap_train"][last], ".3g")} on noised '
-            f'training images')
-    if 'gap_heldout' in numbers:
-        text += f' and {number(numbers["gap_heldout"][last], ".3g")} on noised held-out images'
-    text += (f', and {number(numbers["gap_trajectory"][last], ".3g")} along the model\'s own '
-             f'trajectories, where the optimal posterior\'s largest weight is '
-             f'{number(numbers["max_weight"][last])}.')
-    gaps = np.stack([numbers[k] for k in GAP_HEADINGS if k in numbers])
-    close = np.all(gaps < CLOSE, axis=0)        # t descends with the index
-    close_run = len(close) if close.all() else int(np.argmin(close))
-    if close_run:
-        text += f' The gap is below {CLOSE:g} on every set for all t ≥ {t[close_run - 1]}'
-    else:
-        text += f' At the largest t, {t[0]}, the gap is not below {CLOSE:g} on every set'
+    t, last, sets = numbers['t'], -1, _sets(numbers)   # t descends: index -1 is the smallest t
+    lo, hi = numbers['data_range']
+    listed = lambda key, spec: ', '.join(f'{number(numbers[f"{key}_{s}"][last], spec)} '
+                                         f'({SETS[s]})' for s in sets)
+    text = (f'Network against optimum on forward-process points and along {len(ctx.x_T)} DDIM '
+            f'trajectories of the trained model ({ctx.config.analysis.sampler_steps} steps): '
+            f'x₀-gap = E‖x̂₀^θ − x̂₀*‖²/D with x̂₀ = (x − σ_t ε)/a_t clipped to the data range '
+            f'[{number(lo, ".3g")}, {number(hi, ".3g")}] (at most '
+            f'{number(numbers["x0_gap_bound"], ".3g")}); cos = mean cos(ε_θ, ε*); ε-ratio = '
+            f'E‖ε_θ − ε*‖²/E‖ε*‖², shown only where E‖ε*‖²/D ≤ '
+            f'{numbers["informative_eps_opt_sq"]:g} ('
+            f'elsewhere ‖ε*‖²/D ≈ 1 + (a_t d₁/σ_t)² is large and a network that outputs 0 '
+            f'scores ≈ 1); H(w) and max w: the optimal posterior over the N = '
+            f'{ctx.train_rows.num_rows} training images at the trajectory\'s states (sample '
+            f'means).\n\n{_table(numbers, ctx.schedule.num_timesteps)}\n\n'
+            f'At t = {t[last]} the x₀-gap is {listed("x0_gap", ".3g")} and the cosine '
+            f'{listed("cosine", ".3f")}. The ε-ratio is informative ' +
+            '; '.join(f'on {SETS[s]} points {_where(t, _informative(numbers, s))}'
+                      for s in sets))
+    largest = max(sets, key=lambda s: np.max(numbers[f'eps_opt_sq_{s}']))
+    i = int(np.argmax(numbers[f'eps_opt_sq_{largest}']))
+    text += (f'; E‖ε*‖²/D reaches {number(numbers[f"eps_opt_sq_{largest}"][i], ".3g")} '
+             f'({SETS[largest]}, t = {t[i]}).')
     one_hot = t[numbers['max_weight'] > ONE_HOT]
-    text += (f'; the largest t at which the optimal posterior\'s largest weight exceeds '
+    text += (f' The largest t at which the optimal posterior\'s largest weight exceeds '
              f'{ONE_HOT:g} along the trajectories is {one_hot.max()}.' if len(one_hot) else
-             f'; the optimal posterior\'s largest weight exceeds {ONE_HOT:g} at no t along the '
+             f' The optimal posterior\'s largest weight exceeds {ONE_HOT:g} at no t along the '
              'trajectories.')
     return Section(KEY, TITLE, text, numbers, [name])
 

@@ -1,24 +1,37 @@
-"""E5: reproducibility across disjoint training sets (Kadkhodaie et al. 2024).
+"""E5: reproducibility across disjoint training sets (Kadkhodaie et al. 2024), with controls.
 
 The run's training set, in its draw order (class-balanced prefixes), is cut into two
 disjoint halves A = y_1..y_h and B = y_{h+1}..y_{2h}, h = ⌊N/2⌋, written as npz files
-W/e5/half_a.npz and W/e5/half_b.npz. Two models with the run's config are trained on them
-by diffgen.training.loop.train_and_evaluate in W/e5/half_a and W/e5/half_b (resumable like any run;
-analysis.e5.num_steps steps each, by default training.num_steps // 5 (a FieldReference in
-configs/default.py), so that the two cost less than the main run). Both sample the same x_T
-(ctx.x_T) with deterministic DDIM, and per sample i (with the parameters sampling.use_ema
-selects; see half_config for the EMA decay):
+W/e5/half_a.npz and W/e5/half_b.npz. Three models with the run's config are trained by
+diffgen.training.loop.train_and_evaluate (resumable like any run; analysis.e5.num_steps steps
+each, by default the run's training.num_steps, a FieldReference in configs/default.py), each
+with its own seed (MODELS: config.seed + 1, + 2, + 3, so that no two share an initialisation,
+noise draws or batch positions, and none shares them with the run):
 
-    cross_i = cos(z_i^A, z_i^B)                          the two models' samples agree
-    train_i^A = cos(z_i^A, y_{n(i)}),  y_{n(i)} ∈ A the nearest (Euclidean) to z_i^A
-    (and train_i^B in B), with cos(u, v) = (u − μ)·(v − μ) / (‖u − μ‖ ‖v − μ‖).
+    A   on half A, seed s + 1        B   on half B, seed s + 2
+    A'  on half A, seed s + 3        (the seed control: same data as A, another seed)
 
-μ is the mean image of the run's training set: without centring the shared background
-(most pixels are −1) makes every pair of digits look alike. Memorising models reproduce
-their own halves (train high, cross low); generalising ones reproduce each other (cross
-above train). Both models share the run's seed, hence their initialisation and their noise
-draws: they differ in their training images only, and at short training part of their
-agreement is the shared initialisation.
+and the empirical optimum ε* of each half (ε*_A, ε*_B; docs/math.md §3). All five sample the
+same x_T (ctx.x_T) with deterministic DDIM (the networks with the parameters
+sampling.use_ema selects; see half_config for the EMA decay). Per sample i, with
+cos(u, v) = (u − μ)·(v − μ) / (‖u − μ‖ ‖v − μ‖) and μ the run's mean training image (without
+centring the shared background, most pixels −1, makes every pair of digits look alike):
+
+    cross_i   = cos(z_i^A, z_i^B)        the two halves' models agree
+    seed_i    = cos(z_i^A, z_i^A')       what the seed alone leaves: same data, other seed
+    optimum_i = cos(z_i^ε*A, z_i^ε*B)    the two halves' optima: copies of their own halves
+    train_i^X = cos(z_i^X, y_{n(i)}),    y_{n(i)} the nearest (Euclidean) image of X's half.
+
+Intervals (all the same x_T, so the differences are paired per sample): for a per-sample
+series x_1..x_n, x̄ ± 1.96 s/√n with s the sample standard deviation (ddof 1), for the means
+and for the paired differences cross_i − seed_i, cross_i − optimum_i and seed_i − optimum_i.
+The regime (regime()) is read off the difference intervals: undetermined where the seed
+control is not above the optimum's (the controls do not separate), memorising where cross is
+not above the optimum's (the halves' models agree no more than copies of disjoint halves do),
+generalising where it is above the optimum's and not below the seed control (the data explain
+no disagreement beyond the seed's), intermediate otherwise. Each model's memorisation ratio and
+exact-copy rate against its own half and its sample quality (diffgen.analysis.quality: the
+source's one classifier, against the run's held-out set) are reported beside.
 """
 from __future__ import annotations
 
@@ -27,17 +40,20 @@ import os
 import numpy as np
 
 from diffgen import figures, files
-from diffgen.analysis import metrics
+from diffgen.analysis import metrics, quality
 from diffgen.analysis.experiment import Experiment, register
 from diffgen.analysis.metrics import cosine_similarity
-from diffgen.analysis.report import Section, markdown_table
+from diffgen.analysis.report import Section, markdown_table, number
 from diffgen.data import to_float
 from diffgen.errors import WorkdirError, require
+from diffgen.optimum.optimal import optimal_denoiser
 from diffgen.training.loop import train_and_evaluate
 from diffgen.training.state import sampling_params
 
 KEY, TITLE = 'e5', 'E5: reproducibility across disjoint training sets'
 HALVES = ('a', 'b')
+MODELS = (('A', 0, 1), ('B', 1, 2), ("A'", 0, 3))  # (name, half index, seed offset)
+Z_95 = 1.959963984540054                             # the standard normal's 97.5% quantile
 
 
 def split_halves(images, labels):
@@ -54,12 +70,12 @@ def num_steps(cfg, training):
     return max(-(-cfg.num_steps // per_call), 1) * per_call
 
 
-def half_config(config, npz_path, steps):
-    """The run's config, trained on an npz file alone (no held-out set) for `steps` steps,
-    with the EMA decay lowered to at most max(1 − 10/steps, 0): after `steps` steps the initial
-    parameters keep a weight d^steps <= e^−10 in the EMA (the run's 0.999 over 1000 steps
-    would leave e^−1 of the initialisation, shared by both halves, in both models)."""
+def half_config(config, npz_path, steps, seed):
+    """The run's config with `seed`, trained on an npz file alone (no held-out set) for `steps`
+    steps, with the EMA decay lowered to at most max(1 − 10/steps, 0): after `steps` steps the
+    initial parameters keep a weight d^steps <= e^−10 in the EMA."""
     c = config.copy_and_resolve_references()
+    c.seed = seed
     c.optim.ema_decay = min(config.optim.ema_decay, max(1.0 - 10.0 / steps, 0.0))
     c.data.source = f'npz:{npz_path}'
     c.data.num_train = -1
@@ -78,88 +94,167 @@ def _write_npz(path, images, labels):
     files.save_npz(path, **arrays)
 
 
-def train_halves(ctx, steps):
-    """Trains (or resumes) the two half models; returns [(their sampling parameters, half
-    images in [-1, 1])] for A and B, trained `steps` steps."""
-    out = []
-    ds = ctx.dataset
+def write_halves(ctx):
+    """Writes W/e5/half_{a,b}.npz; returns [(npz path, half images in [-1, 1])] for A and B."""
+    ds, out = ctx.dataset, []
     for name, (images, labels) in zip(HALVES, split_halves(ds.train_images, ds.train_labels)):
-        workdir = os.path.join(ctx.workdir, 'e5', f'half_{name}')
-        npz = os.path.join(ctx.workdir, 'e5', f'half_{name}.npz')
-        _write_npz(npz, images, labels)
-        print(f'e5: half {name}: {len(images)} images, {steps} steps in {workdir}', flush=True)
-        state = train_and_evaluate(half_config(ctx.config, npz, steps), workdir)
-        if int(state.step) != steps:
-            raise WorkdirError(f'e5: training of half {name} stopped at step '
-                               f'{int(state.step)}; rerun the same command to resume')
-        out.append((sampling_params(state, ctx.config.sampling.use_ema), to_float(images)))
+        path = os.path.join(ctx.workdir, 'e5', f'half_{name}.npz')
+        _write_npz(path, images, labels)
+        out.append((path, to_float(images)))
     return out
 
 
-def _scatter(train_a, train_b, cross, path):
-    fig, (ax,) = figures.subplots(width=5, height=5)
-    ax.scatter(train_a, cross, s=6, alpha=0.6, label='model A vs its half')
-    ax.scatter(train_b, cross, s=6, alpha=0.6, label='model B vs its half')
-    lo = min(np.min(train_a), np.min(train_b), np.min(cross), 0.0)
-    ax.plot([lo, 1], [lo, 1], c='gray', lw=0.8, ls=':')
-    ax.set_xlabel('cos(sample, nearest training image of its half)')
-    ax.set_ylabel('cos(sample of A, sample of B), same x_T')
-    ax.legend(loc='lower right')
-    figures.save(fig, path)
+def train_model(ctx, npz, half_name, seed, steps):
+    """Trains (or resumes) one half model in W/e5/half_{half_name}_seed{seed}; returns its
+    sampling parameters after `steps` steps."""
+    workdir = os.path.join(ctx.workdir, 'e5', f'half_{half_name}_seed{seed}')
+    print(f'e5: half {half_name}, seed {seed}: {steps} steps in {workdir}', flush=True)
+    state = train_and_evaluate(half_config(ctx.config, npz, steps, seed), workdir)
+    if int(state.step) != steps:
+        raise WorkdirError(f'e5: training of half {half_name} (seed {seed}) stopped at step '
+                           f'{int(state.step)}; rerun the same command to resume')
+    return sampling_params(state, ctx.config.sampling.use_ema)
+
+
+def mean_interval(x):
+    """{'mean', 'low', 'high'}: x̄ ± 1.96 s/√n of a per-sample series (s with ddof 1)."""
+    x = np.asarray(x, np.float64)
+    mean, half = float(np.mean(x)), Z_95 * float(np.std(x, ddof=1)) / np.sqrt(len(x))
+    return {'mean': mean, 'low': mean - half, 'high': mean + half}
+
+
+def regime(minus_seed, minus_optimum, seed_minus_optimum):
+    """The regime from the intervals {'low', 'high'} of the paired differences cross − seed,
+    cross − optimum and seed − optimum:
+      'undetermined'  seed − optimum has low <= 0: the seed control is not above the optimum's,
+                      so the two controls do not separate the regimes;
+      'memorising'    else if cross − optimum has low <= 0 (cross not above the optimum's);
+      'generalising'  else if cross − seed has high >= 0 (cross not below the seed control);
+      'intermediate'  otherwise (above the optimum's, below the seed control)."""
+    if seed_minus_optimum['low'] <= 0:
+        return 'undetermined'
+    if minus_optimum['low'] <= 0:
+        return 'memorising'
+    return 'generalising' if minus_seed['high'] >= 0 else 'intermediate'
+
+
+def _model_numbers(ctx, z, half, centre):
+    """Memorisation ratio, exact-copy rate and train similarity of samples z against their own
+    half, and their quality against the held-out set."""
+    d1, d2, nearest = metrics.nearest_two(z, half, mesh=ctx.mesh)
+    return {'train_similarity': mean_interval(cosine_similarity(z, half[nearest], centre)),
+            'memorisation_ratio': metrics.memorisation_ratio(d1, d2),
+            'exact_copy_rate': metrics.exact_copy_rate(d1),
+            **quality.quality_metrics(z, ctx)}
 
 
 def measure(ctx, cfg):
-    """Trains the halves' models; the similarities of the module doc (means; per sample for
-    the figure) and each model's memorisation ratio against its own half."""
-    train_steps = num_steps(cfg, ctx.config.training)
-    (params_a, half_a), (params_b, half_b) = train_halves(ctx, train_steps)
+    """Trains the three half models; samples them and the halves' optima from ctx.x_T; the
+    similarities of the module doc with their intervals, the regime, and per model its copy
+    and quality numbers."""
+    config = ctx.config
+    train_steps = num_steps(cfg, config.training)
+    halves = write_halves(ctx)
+    steps = config.analysis.sampler_steps
     centre = ctx.dataset.train.mean(axis=0)
-    steps = ctx.config.analysis.sampler_steps
-    samples, train_sim, memorised = [], [], []
-    for params, half in ((params_a, half_a), (params_b, half_b)):
-        z = ctx.sample(ctx.network(params), 'ddim', num_steps=steps)
-        d1, d2, nearest = metrics.nearest_two(z, half, mesh=ctx.mesh)
-        samples.append(z)
-        train_sim.append(cosine_similarity(z, half[nearest], centre))
-        memorised.append(metrics.memorisation_ratio(d1, d2))
-    cross = cosine_similarity(samples[0], samples[1], centre)
-    raw_cross = cosine_similarity(samples[0], samples[1])
+    samples, models = {}, {}
+    for name, h, offset in MODELS:
+        npz, half = halves[h]
+        params = train_model(ctx, npz, HALVES[h], config.seed + offset, train_steps)
+        samples[name] = ctx.sample(ctx.network(params), 'ddim', num_steps=steps)
+        models[name] = {'half': HALVES[h].upper(), 'seed': config.seed + offset,
+                        **_model_numbers(ctx, samples[name], half, centre)}
+    for name, h in (('ε*_A', 0), ('ε*_B', 1)):
+        half = halves[h][1]
+        optimum = optimal_denoiser(half, ctx.schedule, chunk_size=config.optimal.chunk_size,
+                                   mesh=ctx.mesh)
+        samples[name] = ctx.sample(optimum, 'ddim', num_steps=steps)
+        models[name] = {'half': HALVES[h].upper(), 'seed': None,
+                        **_model_numbers(ctx, samples[name], half, centre)}
+    cross = cosine_similarity(samples['A'], samples['B'], centre)
+    seed = cosine_similarity(samples['A'], samples["A'"], centre)
+    optimum = cosine_similarity(samples['ε*_A'], samples['ε*_B'], centre)
+    minus_seed, minus_optimum = mean_interval(cross - seed), mean_interval(cross - optimum)
+    seed_minus_optimum = mean_interval(seed - optimum)
     return {
-        'half_size': len(half_a), 'num_steps': train_steps,
+        'half_size': len(halves[0][1]), 'num_steps': train_steps,
         'num_samples': len(cross), 'sampler': f'ddim, {steps} steps',
-        'cross_similarity_mean': float(np.mean(cross)),
-        'train_similarity_mean_a': float(np.mean(train_sim[0])),
-        'train_similarity_mean_b': float(np.mean(train_sim[1])),
-        'cross_above_train_fraction': float(np.mean(cross > 0.5 * (train_sim[0] + train_sim[1]))),
-        'raw_cross_similarity_mean': float(np.mean(raw_cross)),
-        'memorisation_ratio_a': memorised[0], 'memorisation_ratio_b': memorised[1],
-        '_cross': cross, '_train_similarity': train_sim,
+        'cross_similarity': mean_interval(cross), 'seed_similarity': mean_interval(seed),
+        'optimum_similarity': mean_interval(optimum),
+        'cross_minus_seed': minus_seed, 'cross_minus_optimum': minus_optimum,
+        'seed_minus_optimum': seed_minus_optimum,
+        'regime': regime(minus_seed, minus_optimum, seed_minus_optimum),
+        'models': models,
+        '_similarities': {'A vs B (cross-half)': cross, "A vs A' (seed control)": seed,
+                          'ε*_A vs ε*_B (optimum)': optimum},
     }
+
+
+def _interval(m):
+    return f'{m["mean"]:.3f} [{m["low"]:.3f}, {m["high"]:.3f}]'
+
+
+def _regime_sentence(n):
+    """The regime of n['regime'] in words, with the numbers it was read from."""
+    s, o = n['cross_minus_seed'], n['cross_minus_optimum']
+    if n['regime'] == 'undetermined':
+        return ('Regime: undetermined — the seed control is not above the similarity of the '
+                f'halves\' optima (difference {_interval(n["seed_minus_optimum"])}), so the '
+                'controls do not separate memorisation from generalisation here.')
+    if n['regime'] == 'memorising':
+        return ('Regime: memorising — the cross-half similarity is not above that of the '
+                f'halves\' optima, which copy their own halves (difference {_interval(o)}).')
+    above = f'the cross-half similarity is above the optimum\'s by {_interval(o)}'
+    if n['regime'] == 'generalising':
+        relation = 'above' if s['low'] > 0 else 'not distinguishable from'
+        return (f'Regime: generalising — {above}, and {relation} the seed control '
+                f'(difference {_interval(s)}): the two halves\' models agree at least as much '
+                'as two seeds on the same half, so at this sample size no part of their '
+                'disagreement is attributable to their different training images.')
+    return (f'Regime: intermediate — {above} but below the seed control (difference '
+            f'{_interval(s)}): part of the disagreement between the halves\' models comes '
+            'from their training images.')
+
+
+def _histogram(series, path):
+    fig, (ax,) = figures.subplots(width=5.5, height=4)
+    figures.histogram(ax, series, 'centred cosine similarity of two samples from the same x_T')
+    figures.save(fig, path)
 
 
 def render(numbers, ctx):
     n = numbers
     name = 'e5_reproducibility.png'
-    _scatter(*n['_train_similarity'], n['_cross'], ctx.figure_path(name))
-    table = markdown_table(['', 'mean cosine similarity'], [
-        ['sample of A vs sample of B (same x_T)', f'{n["cross_similarity_mean"]:.3f}'],
-        ['sample of A vs nearest image of half A', f'{n["train_similarity_mean_a"]:.3f}'],
-        ['sample of B vs nearest image of half B', f'{n["train_similarity_mean_b"]:.3f}']])
+    _histogram(n['_similarities'], ctx.figure_path(name))
+    table = markdown_table(['pair (same x_T)', 'mean cosine [95% interval]'], [
+        ['A vs B: cross-half', _interval(n['cross_similarity'])],
+        ["A vs A': seed control (half A, two seeds)", _interval(n['seed_similarity'])],
+        ['ε*_A vs ε*_B: the halves\' optima', _interval(n['optimum_similarity'])],
+        ['cross-half − seed control (paired)', _interval(n['cross_minus_seed'])],
+        ['cross-half − optima (paired)', _interval(n['cross_minus_optimum'])],
+        ['seed control − optima (paired)', _interval(n['seed_minus_optimum'])]])
+    models = markdown_table(
+        ['model', 'half', 'seed', 'cos to nearest image of its half', 'memorisation ratio',
+         'exact-copy rate', 'FD', 'precision', 'recall'],
+        [[name_, m['half'], '–' if m['seed'] is None else str(m['seed']),
+          _interval(m['train_similarity']), number(m['memorisation_ratio']),
+          number(m['exact_copy_rate']), number(m['fd'], '.2f'), number(m['precision']),
+          number(m['recall'])] for name_, m in n['models'].items()])
     markdown = '\n'.join([
-        f'Two models trained {n["num_steps"]} steps on disjoint halves of {n["half_size"]} '
-        f'images each, sampled from the same {n["num_samples"]} x_T ({n["sampler"]}). Cosine '
-        'similarities of images centred on the training-set mean:', '', table, '',
-        f'In a fraction {n["cross_above_train_fraction"]:.2f} of the pairs the two samples are '
-        'more similar to each other than to their nearest training images (the mean of the '
-        f'two similarities). Uncentred cross similarity {n["raw_cross_similarity_mean"]:.3f}; '
-        f'memorisation ratios (d_1/d_2 < 1/3) A {n["memorisation_ratio_a"]:.3f}, '
-        f'B {n["memorisation_ratio_b"]:.3f}.'])
+        f'Three models trained {n["num_steps"]} steps each with their own seeds: A and B on '
+        f'the disjoint halves of {n["half_size"]} images, A\' on half A again; with the '
+        f'halves\' empirical optima, all sampled from the same {n["num_samples"]} x_T '
+        f'({n["sampler"]}). Cosine similarities of images centred on the training-set mean, '
+        'mean ± 1.96 standard errors over the samples:', '', table, '',
+        _regime_sentence(n), '',
+        'Per model, against its own half (memorisation ratio: d_1/d_2 < 1/3; exact copy: '
+        'd_1 < 1e-3) and sample quality against the held-out set:', '', models])
     return Section(KEY, TITLE, markdown, numbers, [name])
 
 
 def check(config):
     require(config.analysis.e5.num_steps >= 0,
-            'analysis.e5.num_steps must be >= 0 (default training.num_steps // 5)')
+            'analysis.e5.num_steps must be >= 0 (default training.num_steps)')
 
 
 register(Experiment(KEY, TITLE, measure, render, check, trains=True))

@@ -1,24 +1,37 @@
 """E7: the generalisation error I(z; S) on toy2d, estimated directly (docs/math.md §9).
 
 K training sets S_k ~ P^N are drawn from the run's toy2d distribution (fresh points, not
-the run's training set); one model per S_k, all K trained at once (diffgen.ensemble: the
-run's network, objective, optimiser and batch size, the train step vmapped over k); M
-samples per model by DDIM (η = 0, analysis.sampler_steps) from x_T drawn independently for
-every k (shared x_T would make the samples of K identical models coincide, and the pooled
-k-NN distances vanish). Then Î = Ĥ(z) − (1/K) Σ_k Ĥ(z | S_k) with the Kozachenko–Leonenko
-estimator and a bootstrap interval over the K sets (diffgen.mutual_information), for:
+the run's training set). Q(z | S) includes the training randomness ω (initialisation, noise
+and batch draws), so R = analysis.e7.seeds_per_set models are fitted per set, K·R in all,
+trained at once (diffgen.training.ensemble: the run's network, objective, optimiser and
+batch size, the train step vmapped over the models; model m = k·R + r has its own init and
+training streams fold_in(·, m)); M samples per model by DDIM (η = 0,
+analysis.sampler_steps) from x_T drawn independently for every model (shared x_T would make
+the samples of identical models coincide, and the pooled k-NN distances vanish). With the
+Kozachenko–Leonenko estimator (diffgen.analysis.mutual_information, k = analysis.e7.knn_k):
 
-  - the empirical optimum ε* of each S_k with the same deterministic sampler: its samples
-    are atoms on S_k (a deterministic function of (S_k, x_T) that lands on a training point),
-    so Q(z|S_k) has atoms at S-dependent places and I = ∞; reported as ∞ with the measured
-    exact-copy rate (the estimator itself returns ∞ once two samples of a set coincide);
+    Î(z; S)      the RM samples of set k pooled over its seeds as the sample of Q(z | S_k)
+                 (the seed marginalised), K sets; jackknife over the sets: Î ± t se
+                 (targets the K-set divergence E JS_K) and the bias-corrected Ĩ ± t se
+                 (targets I(z; S));
+    Î(z; ω | S)  the seed-only dependence: the same estimator applied to the R seeds of one
+                 set, averaged over the K sets, x̄ ± t s/√K (targets the R-seed divergence,
+                 at most log R); Î(z; S) + Î(z; ω | S) is exactly the estimate that
+                 treats every model as its own set, of I(z; S, ω) = I(z; S) + I(z; ω | S)
+                 (what one model per set measures),
+
+for:
+  - the empirical optimum ε* of each S_k with the same deterministic sampler (no seed): its
+    samples are atoms on S_k, so Q(z|S_k) has atoms at S-dependent places and I = ∞; reported
+    as ∞ with the measured exact-copy rate (the estimator returns ∞ once two samples of a set
+    coincide);
   - the trained models after each of analysis.e7.train_steps steps;
-  - a validation case with the same N, M and a closed form: y ~ N(0, I_2),
+  - a validation case with the same N, RM points per set and a closed form: y ~ N(0, I_2),
     z | S ~ N(ȳ_S, I_2 / N), for which I(z; S) = (d/2) log(1 + τ²/(N s²)) = log 2
-    (mutual_information.gaussian_mean_mi), at the models' K and at
-    analysis.e7.validation_num_sets (no training there, so a large K is cheap).
-
-Î estimates the K-set Jensen–Shannon divergence, at most log K; it approaches I as K grows.
+    (mutual_information.gaussian_mean_mi) and E JS_K is known by Monte Carlo
+    (mutual_information.gaussian_mean_js), at the models' K and at
+    analysis.e7.validation_num_sets (no training there, so a large K is cheap). Coverage is
+    judged against both: the corrected interval against I, the plain one against E JS_K.
 """
 from __future__ import annotations
 
@@ -59,13 +72,21 @@ def _copy_stats(samples, sets):
     return metrics.exact_copy_rate(d1), metrics.memorisation_ratio(d1, d2)
 
 
-def _row(label, estimate, copy_rate, mem_ratio):
-    return {'case': label, **estimate.as_dict(), 'exact_copy_rate': copy_rate,
-            'memorisation_ratio': mem_ratio}
+def _row(label, samples, sets, k, seeds=True):
+    """Î(z; S) (seed marginalised), Î(z; ω | S) (if seeds) and the copy numbers of samples
+    (K, R, M, d) of models fitted to sets (K, N, d)."""
+    num_sets, num_seeds, num_samples, dim = samples.shape
+    pooled = samples.reshape(num_sets, num_seeds * num_samples, dim)
+    row = {'case': label, **mi.mutual_information(pooled, k).as_dict()}
+    if seeds:
+        row['seed_only'] = mi.seed_dependence(samples, k).as_dict()
+    copy_rate, mem_ratio = _copy_stats(pooled, sets)
+    return {**row, 'exact_copy_rate': copy_rate, 'memorisation_ratio': mem_ratio}
 
 
 def _optimum_samples(sets, x_T, schedule, sampler_steps):
-    """Deterministic DDIM samples (K, M, d) of the empirical optimum ε* of each S_k."""
+    """Deterministic DDIM samples (K, L, d) of the empirical optimum ε* of each S_k from
+    x_T (K·L, d) laid out set by set."""
     num_sets = len(sets)
     x_T = np.asarray(x_T).reshape((num_sets, -1) + x_T.shape[1:])
     return np.stack([np.asarray(samplers.sample(optimal_denoiser(s, schedule), x, schedule,
@@ -73,46 +94,52 @@ def _optimum_samples(sets, x_T, schedule, sampler_steps):
                      for s, x in zip(sets, x_T)])
 
 
-def _validation(num_sets, num_train, num_samples, dim, k, num_bootstrap, seed, index):
-    """Î of the closed-form case y ~ N(0, I), z | S ~ N(ȳ, I/N) with K = num_sets, against
-    its analytic value log(1 + 1)·d/2."""
+def _validation(num_sets, num_train, num_samples, dim, k, seed, index):
+    """Î of the closed-form case y ~ N(0, I), z | S ~ N(ȳ, I/N) with K = num_sets: its
+    corrected interval against the analytic I = log(1 + 1)·d/2, its plain interval against
+    E JS_K (Monte Carlo, with its standard error)."""
     noise_std = VALIDATION_DATA_STD / np.sqrt(num_train)
     truth = mi.gaussian_mean_mi(dim, num_train, VALIDATION_DATA_STD, noise_std)
-    z = mi.sample_gaussian_mean_case(np.random.default_rng([seed, _SETS_STREAM, 1 + index]),
-                                     num_sets, num_train, num_samples, dim,
+    rng = np.random.default_rng([seed, _SETS_STREAM, 1 + index])
+    z = mi.sample_gaussian_mean_case(rng, num_sets, num_train, num_samples, dim,
                                      VALIDATION_DATA_STD, noise_std)
-    est = mi.mutual_information(z, k, num_bootstrap, seed=seed)
-    return {'num_sets': num_sets, 'analytic': float(truth), **est.as_dict(),
-            'covered': bool(est.low <= truth <= est.high)}
+    js, js_se = mi.gaussian_mean_js(rng, num_sets, num_train, dim, VALIDATION_DATA_STD,
+                                    noise_std)
+    est = mi.mutual_information(z, k)
+    return {'num_sets': num_sets, 'analytic': float(truth), 'expected_js': js,
+            'expected_js_se': js_se, **est.as_dict(),
+            'covered': bool(est.corrected_low <= truth <= est.corrected_high),
+            'covered_js': bool(est.low <= js <= est.high)}
 
 
 def measure(ctx, cfg):
-    """Î(z; S) with its interval, exact-copy rate and memorisation ratio of the empirical
-    optimum and of the trained models at each of cfg.train_steps; the closed-form validation
-    case; model 0's last samples and S_0 for the figure."""
+    """Î(z; S) and Î(z; ω | S) with their intervals, exact-copy rate and memorisation ratio
+    of the empirical optimum and of the trained models at each of cfg.train_steps; the
+    closed-form validation case; model 0's last samples and S_0 for the figure."""
     config = ctx.config
     _, name = parse_source(config.data.source)
-    num_sets, num_train, num_samples, k = cfg.num_sets, cfg.num_train, cfg.num_samples, cfg.knn_k
+    num_sets, num_seeds = cfg.num_sets, cfg.seeds_per_set
+    num_train, num_samples, k = cfg.num_train, cfg.num_samples, cfg.knn_k
+    num_models = num_sets * num_seeds
     lengths = sorted(cfg.train_steps)
     chunk = config.training.steps_per_call
     sets = draw_training_sets(name, num_sets, num_train, config.seed)
     dim = sets.shape[-1]
     x_T = jax.random.normal(jax.random.fold_in(ctx.rng, _NOISE_KEY),
-                            (num_sets * num_samples, dim))
-    estimate = lambda z: mi.mutual_information(z, k, cfg.num_bootstrap, seed=config.seed)
-    as_sets = lambda z: np.asarray(z).reshape(num_sets, num_samples, dim)
+                            (num_models * num_samples, dim))
+    as_models = lambda z: np.asarray(z).reshape(num_sets, num_seeds, num_samples, dim)
     steps = config.analysis.sampler_steps
 
     opt = _optimum_samples(sets, x_T, ctx.schedule, steps)
-    optimum = _row('empirical optimum', estimate(opt), *_copy_stats(opt, sets))
+    optimum = _row('empirical optimum', opt[:, None], sets, k, seeds=False)
 
-    # K trained models, estimated at each training length.
+    # K·R trained models (model k·R + r: set k, seed r), estimated at each training length.
     tx = make_optimizer(config.optim)
-    states = ensemble.init_states(ctx.model, tx, config.seed, num_sets, (dim,))
+    states = ensemble.init_states(ctx.model, tx, config.seed, num_models, (dim,))
     call = ensemble.make_ensemble_train_call(config, ctx.model, tx, ctx.schedule, chunk)
     denoise = ensemble.ensemble_apply(ctx.model)
-    train_sets = jnp.asarray(sets)
-    progress = Progress(f'e7: {num_sets} models', lengths[-1])
+    train_sets = jnp.asarray(np.repeat(sets, num_seeds, axis=0))
+    progress = Progress(f'e7: {num_sets} sets x {num_seeds} seeds', lengths[-1])
     step, trained = 0, []
     for length in lengths:
         while step < length:
@@ -121,42 +148,79 @@ def measure(ctx, cfg):
             if step % config.training.log_every == 0 or step == length:
                 progress.report(step, f'  loss {float(np.mean(losses[-1])):.4f}')
         params = sampling_params(states, config.sampling.use_ema)
-        z = as_sets(samplers.sample(jax.tree_util.Partial(denoise, params), x_T,
-                                    ctx.schedule, 'ddim', steps))
-        trained.append(_row(f'trained, {length} steps', estimate(z), *_copy_stats(z, sets)))
+        z = as_models(samplers.sample(jax.tree_util.Partial(denoise, params), x_T,
+                                      ctx.schedule, 'ddim', steps))
+        trained.append(_row(f'trained, {length} steps', z, sets, k))
 
-    validation = [_validation(num_val, num_train, num_samples, dim, k, cfg.num_bootstrap,
+    validation = [_validation(num_val, num_train, num_seeds * num_samples, dim, k,
                               config.seed, i)
                   for i, num_val in enumerate(sorted({num_sets, cfg.validation_num_sets}))]
     return {
-        'num_sets': num_sets, 'num_train': num_train, 'num_samples': num_samples, 'knn_k': k,
-        'log_num_sets': float(np.log(num_sets)),
+        'num_sets': num_sets, 'seeds_per_set': num_seeds, 'num_train': num_train,
+        'num_samples': num_samples, 'knn_k': k,
+        'log_num_sets': float(np.log(num_sets)), 'log_seeds': float(np.log(num_seeds)),
         'optimum': {kk: ('inf' if isinstance(v, float) and np.isinf(v) else v)
                     for kk, v in optimum.items()},
         'trained': [{'steps': n, **r} for n, r in zip(lengths, trained)],
         'validation': validation,
-        '_samples': z[0], '_training_set': sets[0],
+        '_samples': z[0, 0], '_training_set': sets[0],
     }
 
 
 def _plot(numbers, path):
-    """Î against training steps with intervals, the log K bound and the optimum's Î."""
+    """Î(z; S) (bias-corrected, with its interval) and the seed-only Î(z; ω | S) against
+    training steps, the log K bound and the optimum's Î."""
     rows, optimum = numbers['trained'], numbers['optimum']
     steps = [r['steps'] for r in rows]
-    values = np.array([r['value'] for r in rows])
-    err = np.array([[r['value'] - r['low'], r['high'] - r['value']] for r in rows]).T
     fig, (ax,) = figures.subplots(width=5.5, height=4)
-    ax.errorbar(steps, values, yerr=err, marker='o', capsize=3, label='trained models')
+    for label, get in (('Î(z; S), jackknife-corrected', lambda r: (
+            r['corrected'], r['corrected_low'], r['corrected_high'])),
+                       ('Î(z; ω | S), seed only', lambda r: (
+            r['seed_only']['value'], r['seed_only']['low'], r['seed_only']['high']))):
+        value, low, high = np.array([get(r) for r in rows]).T
+        ax.errorbar(steps, value, yerr=[value - low, high - value], marker='o', capsize=3,
+                    label=label)
     ax.axhline(numbers['log_num_sets'], ls=':', c='gray', label='log K (estimator bound)')
     ax.set_xscale('log')
     ax.minorticks_off()
     ax.set_xticks(steps, [str(n) for n in steps])
     ax.set_xlabel('training steps')
-    ax.set_ylabel('Î(z; S) (nats)')
+    ax.set_ylabel('nats')
     ax.set_title(f'empirical optimum: Î = {number(optimum["value"])}, exact-copy rate '
                  f'{number(optimum["exact_copy_rate"])}', fontsize=9)
     ax.legend()
     figures.save(fig, path)
+
+
+def _interval(value, low, high):
+    return f'{number(value)} [{number(low)}, {number(high)}]'
+
+
+def _seed_sentence(n):
+    """The seed-only dependence against Î(z; S) at the longest training, from the numbers."""
+    last = n['trained'][-1]
+    seed, value = last['seed_only'], last['corrected']
+    relation = ('their intervals overlap' if seed['high'] >= last['corrected_low']
+                and seed['low'] <= last['corrected_high'] else
+                'the seed-only interval lies below' if seed['high'] < last['corrected_low']
+                else 'the seed-only interval lies above')
+    return (f'After {last["steps"]} steps the seed alone gives Î(z; ω | S) = '
+            f'{_interval(seed["value"], seed["low"], seed["high"])} between {n["seeds_per_set"]} '
+            f'seeds of one set, against Î(z; S) = '
+            f'{_interval(value, last["corrected_low"], last["corrected_high"])} between sets '
+            f'({relation}). Treating each of the {n["num_sets"] * n["seeds_per_set"]} models as '
+            f'its own set, as one model per set does, measures I(z; S, ω), estimated by their '
+            f'sum: {number(last["value"] + seed["value"])} (Î uncorrected).')
+
+
+def _validation_sentence(v):
+    """One validation case: its estimates and whether each interval covers its target."""
+    said = lambda covered: 'covered' if covered else 'not covered'
+    return (f'K = {v["num_sets"]}: Î = {_interval(v["value"], v["low"], v["high"])} against '
+            f'E JS_K = {v["expected_js"]:.3f} ± {v["expected_js_se"]:.3f} (Monte Carlo, '
+            f'{said(v["covered_js"])}); corrected Ĩ = '
+            f'{_interval(v["corrected"], v["corrected_low"], v["corrected_high"])} against '
+            f'I = {v["analytic"]:.3f} ({said(v["covered"])})')
 
 
 def render(numbers, ctx):
@@ -169,26 +233,35 @@ def render(numbers, ctx):
                          title=f'model 0 after {n["trained"][-1]["steps"]} steps, S_0 '
                                f'(N = {n["num_train"]})')
     rows = [optimum, *n['trained']] + [
-        {'case': f'validation, K = {v["num_sets"]}: z|S ~ N(mean S, I/N)', **v} for v in validation]
+        {'case': f'validation, K = {v["num_sets"]}: z\\|S ~ N(mean S, I/N)', **v}
+        for v in validation]
+    seed_cell = lambda r: (_interval(r['seed_only']['value'], r['seed_only']['low'],
+                                     r['seed_only']['high']) if 'seed_only' in r else '–')
     table = markdown_table(
-        ['case', 'Î(z; S) (nats)', '95% interval', 'exact-copy rate', 'memorisation ratio'],
-        [[r['case'], number(r['value']), f'[{number(r["low"])}, {number(r["high"])}]',
-          number(r.get('exact_copy_rate')), number(r.get('memorisation_ratio'))] for r in rows])
+        ['case', 'Î(z; S) (K-set divergence)', 'jackknife-corrected Ĩ (→ I)',
+         'seed only Î(z; ω \\| S)', 'exact-copy rate', 'memorisation ratio'],
+        [[r['case'], _interval(r['value'], r['low'], r['high']),
+          _interval(r['corrected'], r['corrected_low'], r['corrected_high']), seed_cell(r),
+          number(r.get('exact_copy_rate')), number(r.get('memorisation_ratio'))]
+         for r in rows])
     infinite = np.isinf(float(optimum['value']))
     markdown = '\n'.join([
         f'I(z; S) = H(z) − E_k H(z | S_k) for {n["num_sets"]} training sets of N = '
-        f'{n["num_train"]} points of `{name}`, {n["num_samples"]} DDIM samples per model, '
-        f'Kozachenko–Leonenko k = {n["knn_k"]}, 95% bootstrap intervals over the sets. The '
-        f'estimator is bounded by log K = {n["log_num_sets"]:.3f}.', '', table, '',
+        f'{n["num_train"]} points of `{name}`, {n["seeds_per_set"]} models (seeds) per set '
+        f'pooled as the sample of Q(z | S_k), {n["num_samples"]} DDIM samples per model, '
+        f'Kozachenko–Leonenko k = {n["knn_k"]}. 95% intervals: jackknife over the sets with '
+        f't quantiles ({n["num_sets"] - 1} degrees of freedom). Î estimates the K-set '
+        f'divergence (at most log K = {n["log_num_sets"]:.3f}); Ĩ is its jackknife '
+        'bias correction towards I(z; S); the seed-only Î(z; ω | S) applies the same '
+        f'estimator to the seeds of one set (at most log R = {n["log_seeds"]:.3f}).', '',
+        table, '',
         f'Empirical optimum: exact-copy rate {number(optimum["exact_copy_rate"])}, Î = '
         f'{number(optimum["value"])}'
         + (' (two samples of a set coincide, so the set\'s entropy estimate is −∞).'
            if infinite else '.'),
-        f'Validation: analytic I = {validation[0]["analytic"]:.3f} nats; '
-        + '; '.join(f'K = {v["num_sets"]}: {v["value"]:.3f} [{v["low"]:.3f}, {v["high"]:.3f}] '
-                    f'({"covered" if v["covered"] else "not covered"})' for v in validation)
-        + '. Pooling K sets estimates the K-set Jensen–Shannon divergence, which falls short '
-        'of I by a bias that shrinks as K grows.'])
+        _seed_sentence(n),
+        f'Validation (analytic I = {validation[0]["analytic"]:.3f} nats): '
+        + '; '.join(_validation_sentence(v) for v in validation) + '.'])
     return Section(KEY, TITLE, markdown, numbers, [plot, scatter])
 
 
@@ -200,10 +273,10 @@ def check(config):
                                    for n in an.train_steps),
             f'analysis.e7.train_steps={tuple(an.train_steps)} must be positive multiples of '
             f'training.steps_per_call={t.steps_per_call}')
-    require(an.num_sets >= 2 and an.validation_num_sets >= 2 and an.num_train >= 1
-            and an.num_samples >= 2 and an.knn_k >= 1 and an.num_bootstrap >= 1,
-            'analysis.e7 sizes out of range (num_sets, validation_num_sets >= 2, num_train >= 1, '
-            'num_samples >= 2, knn_k >= 1, num_bootstrap >= 1)')
+    require(an.num_sets >= 3 and an.validation_num_sets >= 3 and an.num_train >= 1
+            and an.num_samples > an.knn_k >= 1 and an.seeds_per_set >= 2,
+            'analysis.e7 sizes out of range (num_sets, validation_num_sets >= 3 for the '
+            'jackknife, num_train >= 1, num_samples > knn_k >= 1, seeds_per_set >= 2)')
 
 
 register(Experiment(KEY, TITLE, measure, render, check, trains=True))

@@ -1,0 +1,141 @@
+"""The JAX toolchain around training: EMA warm-up, bfloat16 compute, donation of the train
+state, the persistent compilation cache, --verbosity, and the classifier cache on a data dir
+that is not a local path."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from etils import epath
+import etils.epath.testing  # noqa: F401 -- epath.testing.mock_epath
+from etils.epath import gpath
+
+from diffgen import data, modes, parallel
+from diffgen.analysis import quality
+from diffgen.errors import ConfigError
+from diffgen.training import state as train_state
+from diffgen.training import step as train_step
+from diffgen.training.loop import build
+from diffgen.validation import validate
+from tests.tiny import override_flags, run_main, tiny_digits_config
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp('data')
+
+
+def test_ema_warmup_is_the_closed_form():
+    steps = np.arange(2000)
+    decays = np.asarray(jax.vmap(lambda s: train_state.ema_decay_at(s, 0.99, True))(steps))
+    np.testing.assert_allclose(decays, np.minimum(0.99, (1 + steps) / (10 + steps)), rtol=1e-6)
+    assert decays[0] == np.float32(0.1) and decays[1999] == np.float32(0.99)
+    assert train_state.ema_decay_at(5, 0.99, False) == 0.99
+    # three updates from EMA = 0 towards params = 1: 1 - prod_t decay_t
+    params = {'w': jnp.ones(3)}
+    tx = optax.sgd(0.0)
+    state = train_state.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                   ema_params={'w': jnp.zeros(3)}, opt_state=tx.init(params))
+    for _ in range(3):
+        state = train_state.apply_gradients(state, {'w': jnp.zeros(3)}, tx, 0.99, True)
+    expected = 1 - (1 / 10) * (2 / 11) * (3 / 12)
+    np.testing.assert_allclose(state.ema_params['w'], expected, rtol=1e-6)
+
+
+def test_compute_dtype_is_validated(data_dir):
+    with pytest.raises(ConfigError, match='compute_dtype'):
+        validate(tiny_digits_config(data_dir, **{'training.compute_dtype': 'float16'}))
+
+
+def test_bfloat16_compute_and_donation(data_dir):
+    """bfloat16: every convolution and matrix product of the network takes bfloat16, the
+    parameters, gradients and optimiser state stay float32, and the loss is float32's to
+    bfloat16 precision. donate=True: the state passed in is deleted (its buffers reused)."""
+    config = tiny_digits_config(data_dir, **{'training.compute_dtype': 'bfloat16'})
+    dataset = data.load(config)
+    run = build(config, dataset)
+    apply = train_step.compute_apply(run.model, 'bfloat16')
+    x = jnp.zeros((2,) + dataset.image_shape)
+    jaxpr = jax.make_jaxpr(lambda p: apply(p, x, jnp.ones(2, jnp.int32)))(run.state.params)
+    heavy = [e for e in jaxpr.jaxpr.eqns
+             if e.primitive.name in ('conv_general_dilated', 'dot_general')]
+    assert heavy and all(v.aval.dtype == jnp.bfloat16 for e in heavy for v in e.invars)
+    assert jaxpr.out_avals[0].dtype == jnp.float32
+
+    images = parallel.replicate(dataset.train_images, run.mesh)
+    losses = {}
+    for dtype in ('float32', 'bfloat16'):
+        config.training.compute_dtype = dtype
+        call = train_step.make_train_call(config, run.model, run.tx, run.schedule, run.mesh,
+                                          donate=True)
+        start = parallel.replicate(jax.device_get(run.state), run.mesh)
+        state, metrics = call(start, images)
+        assert all(leaf.is_deleted() for leaf in jax.tree.leaves(start.params))
+        assert {leaf.dtype for leaf in jax.tree.leaves((state.params, state.opt_state))
+                if jnp.issubdtype(leaf.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
+        losses[dtype] = np.asarray(metrics['loss'])
+    # XLA:CPU may keep bfloat16 intermediates in float32 (xla_allow_excess_precision), so
+    # the losses may even coincide there; an accelerator rounds to bfloat16's 8 bits
+    np.testing.assert_allclose(losses['bfloat16'], losses['float32'], rtol=0.05)
+
+
+def test_compile_cache_dir(data_dir):
+    config = tiny_digits_config(data_dir)
+    assert modes.compile_cache_dir(config) == os.path.join(str(data_dir), 'jax_compilation_cache')
+    config.training.compile_cache_dir = ''
+    assert modes.compile_cache_dir(config) is None
+    config.training.compile_cache_dir = 'gs://bucket/cache'
+    assert modes.compile_cache_dir(config) == 'gs://bucket/cache'
+
+
+def test_main_fills_the_compile_cache_and_honours_verbosity(data_dir, tmp_path):
+    cache = tmp_path / 'cache'
+    result = run_main('--config=configs/digits.py', f'--workdir={tmp_path}/work', '--mode=train',
+                      '--verbosity=0', *override_flags(data_dir, **{
+                          'training.num_steps': 4, 'training.compile_cache_dir': cache}),
+                      timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.listdir(cache)                       # the train call (>= 1 s to compile) at least
+    assert 'train step 4/4' in result.stdout
+    # ReportProgress's note, logged at absl's INFO level: shown only with --verbosity=0
+    assert 'Setting work unit notes' in result.stderr and 'steps/s' in result.stderr
+
+
+def test_classifier_cache_on_a_gs_data_dir(data_dir, tmp_path, monkeypatch):
+    """With data.data_dir = gs://..., the quality classifier is written there through
+    etils.epath (mocked: gs://bucket/ is a local folder) and found by the next run; nothing
+    is written into a local folder named 'gs:'."""
+    bucket = tmp_path / 'bucket'
+
+    def local(path):
+        return os.fspath(path).replace('gs://bucket', str(bucket))
+
+    def redirect(fn, path, *args, **kwargs):
+        return fn(local(path), *args, **kwargs)
+
+    def redirect_both(fn, path, dst, *args, **kwargs):
+        return fn(local(path), local(dst), *args, **kwargs)
+
+    mocked = dict(exists=redirect, isdir=redirect, listdir=redirect, makedirs=redirect,
+                  mkdir=redirect, open=redirect, remove=redirect, stat=redirect, glob=redirect,
+                  rmtree=redirect, replace=redirect_both, rename=redirect_both)
+    local_config = tiny_digits_config(data_dir, **{'analysis.quality.classifier_steps': 2})
+    pool = data.load(local_config)
+    config = tiny_digits_config('gs://bucket/data', **{'analysis.quality.classifier_steps': 2})
+    monkeypatch.setattr(quality, 'classifier_data', lambda c: pool)
+    monkeypatch.chdir(tmp_path)
+    # with TensorFlow installed, etils picks its gfile backend for gs:// past the mock
+    monkeypatch.setattr(gpath, '_is_tf_installed', lambda: False)
+    with epath.testing.mock_epath(**mocked):
+        _, first = quality.feature_extractor(config, pool)
+        path = quality.classifier_cache_path(config, pool)
+        assert path.startswith('gs://bucket/data/diffgen_quality/')
+        assert os.path.exists(local(path))
+        quality._EXTRACTORS.clear()  # noqa: SLF001 -- a new run: nothing in memory
+        monkeypatch.setattr(quality, 'train_classifier', None)  # must not train again
+        _, second = quality.feature_extractor(config, pool)
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not (tmp_path / 'gs:').exists()
