@@ -1,6 +1,6 @@
 """The training toolchain's numbers on this machine:
 
-    python benchmarks/bench_toolchain.py [cache] [memory] [dtype]   (default: all three)
+    python benchmarks/bench_toolchain.py [cache] [memory] [dtype] [e3]   (default: all four)
 
 cache   start-up of the same short digits smoke run (diffgen.main in a subprocess, a fresh
         workdir each time) with an empty persistent compilation cache, then with the cache
@@ -9,9 +9,14 @@ memory  XLA's memory statistics of the compiled train call (compiled.memory_anal
         the digits smoke config, without and with donation of the train state.
 dtype   steps/s of that train call with training.compute_dtype bfloat16 against float32
         (XLA:CPU has no bfloat16 arithmetic: expect no gain on a CPU).
+e3      the digits smoke model trained with compute_dtype float32 and with bfloat16 (same
+        seed, same batches), then E3 on each: its x0-gap E|x0_net - x0*|^2/D and the cosine of
+        eps_theta and eps* per t on training, held-out and trajectory points, side by side,
+        and the largest difference between the two curves.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -25,7 +30,10 @@ sys.path.insert(0, REPO)
 
 from configs import digits  # noqa: E402
 from diffgen import data  # noqa: E402
-from diffgen.training.loop import build, place_training_set  # noqa: E402
+from diffgen.analysis.context import make_context  # noqa: E402
+from diffgen.analysis.runner import run_experiments  # noqa: E402
+from diffgen.training.loop import (build, place_training_set, restore_trained,  # noqa: E402
+                                   train_and_evaluate)
 from diffgen.training.step import make_train_call  # noqa: E402
 from benchmarks.timing import time_train_calls  # noqa: E402
 
@@ -103,7 +111,35 @@ def bench_dtype(calls=10, repeats=3):
     print(f'  ratio bfloat16 / float32: {rates["bfloat16"] / rates["float32"]:.2f}')
 
 
-PARTS = {'cache': bench_cache, 'memory': bench_memory, 'dtype': bench_dtype}
+E3_TIMES = (1, 10, 50, 100, 250, 500, 1000)
+
+
+def e3_curves(compute_dtype, workdir):
+    """E3's numbers of the digits smoke model trained with compute_dtype in workdir."""
+    config = digits.get_config('smoke')
+    config.training.compute_dtype = compute_dtype
+    config.training.eval_every = 0
+    train_and_evaluate(config, workdir)
+    run_experiments(make_context(config, workdir, restore_trained(config, workdir)), ['e3'])
+    with open(os.path.join(workdir, 'report', 'report.json')) as f:
+        return json.load(f)['e3']
+
+
+def bench_e3():
+    with tempfile.TemporaryDirectory() as tmp:
+        curves = {d: e3_curves(d, os.path.join(tmp, d)) for d in ('float32', 'bfloat16')}
+    ts = curves['float32']['t']
+    rows = [ts.index(min(ts, key=lambda s: abs(s - t))) for t in E3_TIMES]
+    print(f'E3 of {SMOKE} trained with compute_dtype float32 / bfloat16:')
+    for kind in ('x0_gap', 'cosine'):
+        for where in ('train', 'heldout', 'trajectory'):
+            a, b = (curves[d][f'{kind}_{where}'] for d in ('float32', 'bfloat16'))
+            cells = '  '.join(f't={ts[i]}: {a[i]:.4g}/{b[i]:.4g}' for i in rows)
+            diff = max(abs(x - y) for x, y in zip(a, b))
+            print(f'  {kind:6} {where:10} {cells}   max |difference| over t {diff:.3g}')
+
+
+PARTS = {'cache': bench_cache, 'memory': bench_memory, 'dtype': bench_dtype, 'e3': bench_e3}
 
 if __name__ == '__main__':
     for name in sys.argv[1:] or list(PARTS):
