@@ -79,14 +79,10 @@ def sampler_metrics(evaluator, denoiser, schedule, method, num_steps):
 
 @jax.jit
 def ddpm_path(denoiser, x_T, schedule, rng):
-    """DDPM (samplers.ddpm's update, the same noise) recording x_t before each step t = T..1."""
-    betas, sigma, var = schedule.betas, schedule.sigma, schedule.posterior_variance
-
+    """DDPM (samplers.ddpm_step, the same noise) recording x_t before each step t = T..1."""
     def step(x, t):
         eps = denoiser(x, jnp.full((x.shape[0],), t, jnp.int32))
-        mean = (x - betas[t] / sigma[t] * eps) / jnp.sqrt(schedule.alphas[t])
-        z = jax.random.normal(jax.random.fold_in(rng, t), x.shape, x.dtype)
-        return mean + jnp.where(t > 1, jnp.sqrt(var[t]), 0.0) * z, x
+        return samplers.ddpm_step(x, eps, t=t, schedule=schedule, rng=rng), x
 
     ts = jnp.arange(schedule.num_timesteps, 0, -1)
     return ts, jax.lax.scan(step, x_T, ts)[1]
@@ -129,13 +125,10 @@ def banded(ts, values):
 @jax.jit
 def switch_sample(denoiser, x_T, schedule, rng, t_switch, pairs):
     """DDPM for t > t_switch, then DDIM (η = 0) on `pairs` (the DDIM grid below t_switch)."""
-    betas, sigma, var = schedule.betas, schedule.sigma, schedule.posterior_variance
-
     def ddpm_step(x, t):
         eps = denoiser(x, jnp.full((x.shape[0],), t, jnp.int32))
-        mean = (x - betas[t] / sigma[t] * eps) / jnp.sqrt(schedule.alphas[t])
-        z = jax.random.normal(jax.random.fold_in(rng, t), x.shape, x.dtype)
-        return jnp.where(t > t_switch, mean + jnp.sqrt(var[t]) * z, x), None
+        new = samplers.ddpm_step(x, eps, t=t, schedule=schedule, rng=rng)
+        return jnp.where(t > t_switch, new, x), None
 
     x = jax.lax.scan(ddpm_step, x_T, jnp.arange(schedule.num_timesteps, 0, -1))[0]
 

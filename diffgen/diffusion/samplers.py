@@ -70,6 +70,15 @@ def ddim_step(x, eps, *, t, t_next, schedule, eta=0.0, z=None):
     return conversions.diffuse(x0, eps=eps, a=a[t_next], sigma=dir_coef) + jnp.sqrt(s2) * z
 
 
+def ddpm_step(x, eps, *, t, schedule, rng):
+    """One ancestral step t -> t-1 (Ho et al. 2020, Algorithm 2, docs/math.md §5):
+        x_{t-1} = (x_t - beta_t / sigma_t eps_hat) / sqrt(alpha_t) + sqrt(beta~_t) z,
+    z ~ N(0, I) from fold_in(rng, t), z = 0 at t = 1."""
+    mean = (x - schedule.betas[t] / schedule.sigma[t] * eps) / jnp.sqrt(schedule.alphas[t])
+    z = jax.random.normal(jax.random.fold_in(rng, t), x.shape, x.dtype)
+    return mean + jnp.where(t > 1, jnp.sqrt(schedule.posterior_variance[t]), 0.0) * z
+
+
 def _eval(denoiser, x, t):
     return denoiser(x, jnp.full((x.shape[0],), t, jnp.int32))
 
@@ -83,13 +92,9 @@ def ddpm(denoiser, x_T, schedule, *, rng, num_steps, eta):
     num_steps is T (sampler_steps checks it) and eta is not used: the noise is beta~_t's.
     """
     del num_steps, eta
-    betas, sigma, var = schedule.betas, schedule.sigma, schedule.posterior_variance
 
     def step(x, t):
-        eps = _eval(denoiser, x, t)
-        mean = (x - betas[t] / sigma[t] * eps) / jnp.sqrt(schedule.alphas[t])  # Alg. 2, line 4
-        z = jax.random.normal(jax.random.fold_in(rng, t), x.shape, x.dtype)
-        return mean + jnp.where(t > 1, jnp.sqrt(var[t]), 0.0) * z, None
+        return ddpm_step(x, _eval(denoiser, x, t), t=t, schedule=schedule, rng=rng), None
 
     ts = jnp.arange(schedule.num_timesteps, 0, -1)
     return jax.lax.scan(step, x_T, ts)[0]
