@@ -258,7 +258,7 @@ def train_and_evaluate(config, workdir, make_evaluator=None):
                 raise diverged(f'{broken} became non-finite by step {step}', manager, saving)
             if at_log:
                 writer.write_scalars(step, metrics_log.train_scalars(
-                    pending, step, config, schedule.num_timesteps))
+                    pending, losses, step, config, schedule.num_timesteps))
                 progress.report(step, f'  loss {losses.mean():.4f}')
                 pending = []
             if at_eval:

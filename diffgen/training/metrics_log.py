@@ -58,11 +58,11 @@ def band_tags(bands, num_timesteps):
     return [f'loss_by_t/{edges[b] + 1:0{width}d}-{edges[b + 1]:0{width}d}' for b in range(bands)]
 
 
-def train_scalars(metrics, step, config, num_timesteps):
+def train_scalars(metrics, losses, step, config, num_timesteps):
     """The scalars of a log step from the train calls' metrics since the last one (a list of
-    step.make_train_call's metrics, fetched to the host): loss, grad_norm, learning_rate and
-    the loss per band of t (a band no example fell in is left out)."""
-    losses = np.concatenate([np.asarray(m['loss']) for m in metrics])
+    step.make_train_call's metrics, fetched to the host; losses: their per-step losses, as
+    the loop has already gathered them): loss, grad_norm, learning_rate and the loss per band
+    of t (a band no example fell in is left out)."""
     scalars = {'loss': float(losses.mean()),
                'grad_norm': float(np.asarray(metrics[-1]['grad_norm'])[-1]),
                'learning_rate': learning_rate_at(config.optim, step)}

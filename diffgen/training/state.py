@@ -21,7 +21,7 @@ def learning_rate(optim_config):
     o = optim_config
     if o.warmup_steps == 0:
         return o.learning_rate
-    return optax.linear_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1))
+    return optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps)
 
 
 def learning_rate_at(optim_config, count):
