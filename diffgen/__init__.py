@@ -13,11 +13,16 @@ Public API (each module's docstring gives its formulas):
 
 The package is layered: a module imports only from its own layer and the layers before it
 in LAYERS (lowest first; a layer is a module or subpackage directly under diffgen/).
-tests/test_layers.py checks this from the source. This file imports nothing, so reading
-LAYERS costs nothing.
+tests/test_layers.py checks this from the source. This file imports only xla_options (which
+imports os), so reading LAYERS costs nothing; importing diffgen sets diffgen's XLA options
+before JAX starts (xla_options.apply).
 """
+from diffgen import xla_options
+
+xla_options.apply()
 
 LAYERS = (
+    'xla_options', # XLA_FLAGS set before JAX starts (XLA:CPU's kernel choice)
     'errors',      # the exception types: ConfigError, DataError, WorkdirError, ...
     'registry',    # Registry: names in configs -> the code they select
     'files',       # run outputs read and written, local or gs:// (etils.epath)
