@@ -33,5 +33,7 @@ setup(
         # config.model.init_from: published diffusers checkpoints (safetensors is read without
         # PyTorch; torch and diffusers for .bin weights and for tests/test_import_diffusers.py)
         'import': ['torch>=2.4', 'diffusers>=0.42.1', 'safetensors>=0.8.0'],
+        # benchmarks/bench_peer.py: diffgen against diffusers + PyTorch on the same network
+        'peer': ['torch>=2.4', 'diffusers>=0.42.1', 'safetensors>=0.8.0'],
     },
 )
