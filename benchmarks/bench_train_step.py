@@ -1,10 +1,19 @@
-"""The digits train call as a lax.scan loop against the same steps unrolled, side by side.
+"""The digits train call as a lax.scan loop against the same steps unrolled, side by side,
+and the training loop against its step.
 
-    python benchmarks/bench_train_step.py [steps_per_call]
+    python benchmarks/bench_train_step.py [steps_per_call]     scan against unrolled
+    python benchmarks/bench_train_step.py loop [num_steps]     the loop against its step
 
-Prints ms per train step for both forms and their ratio (why CPU configs set
+The first prints ms per train step for both forms and their ratio (why CPU configs set
 training.unroll = True: XLA:CPU runs a convolution's weight gradient inside a while loop
 far slower than outside one).
+
+`loop` runs the default digits run (train_and_evaluate with its evaluator, checkpoints,
+TensorBoard) for num_steps steps (default 1500) in a temporary workdir and reads the
+steps/s its progress line prints (the steps alone: evaluation and sample grids are left
+out and reported as their share of the time); the unrolled train call of the same config
+is timed just before and just after it in this process. Prints both rates and their
+ratio loop / call (1.0: the loop costs nothing beyond its step).
 """
 from __future__ import annotations
 
@@ -17,12 +26,18 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 os.environ.setdefault('DIFFGEN_DATA_DIR', os.path.join(tempfile.gettempdir(), 'diffgen_data'))
 
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import re  # noqa: E402
+
 import jax  # noqa: E402
 
 from configs import digits  # noqa: E402
 from diffgen import data, parallel  # noqa: E402
-from diffgen.training.loop import build  # noqa: E402
+from diffgen.analysis.evaluation import Evaluator  # noqa: E402
+from diffgen.training.loop import build, place_training_set, train_and_evaluate  # noqa: E402
 from diffgen.training.step import make_train_call  # noqa: E402
+from benchmarks.timing import time_train_calls  # noqa: E402
 
 
 def main(steps_per_call=5, repeats=3):
@@ -50,5 +65,43 @@ def main(steps_per_call=5, repeats=3):
     print(f'  ratio loop / unrolled: {best[False] / best[True]:.1f}')
 
 
+def call_timer(config, calls=20):
+    """A function () -> steps/s of the config's train call (donated state, as the loop runs
+    it): `calls` calls in a row, their mean rate (as the loop's rate is a mean)."""
+    dataset = data.load(config)
+    run = build(config, dataset)
+    train_set = place_training_set(dataset, run.mesh)
+    call = make_train_call(config, run.model, run.tx, run.schedule, run.mesh, donate=True)
+    state = [jax.block_until_ready(call(run.state, train_set))[0]]  # compile
+
+    def rate():
+        seconds, state[0] = time_train_calls(call, state[0], train_set, calls)
+        return calls * config.training.steps_per_call / seconds
+    return rate
+
+
+def loop(num_steps=1500):
+    config = digits.get_config()
+    config.training.num_steps = num_steps
+    call_rate = call_timer(config)
+    before = call_rate()
+    out = io.StringIO()
+    with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(out):
+        train_and_evaluate(config, workdir, make_evaluator=Evaluator)
+    lines = [l for l in out.getvalue().splitlines() if re.match(r'train step \d+/', l)]
+    rate = float(re.search(r'([\d.]+) steps/s', lines[-1]).group(1))
+    after = call_rate()
+    step = (before + after) / 2
+    print(f'digits config, {num_steps} steps of the default run, {jax.devices()[0].platform}')
+    print(f'  the run\'s last progress line: {lines[-1]}')
+    print(f'  the loop        : {rate:6.2f} steps/s')
+    print(f'  its train call  : {step:6.2f} steps/s  (mean of {20 * config.training.steps_per_call}'
+          f' steps before the run {before:.2f}, after it {after:.2f})')
+    print(f'  ratio loop / call: {rate / step:.3f}', flush=True)
+
+
 if __name__ == '__main__':
-    main(*(int(a) for a in sys.argv[1:2]))
+    if sys.argv[1:2] == ['loop']:
+        loop(*(int(a) for a in sys.argv[2:3]))
+    else:
+        main(*(int(a) for a in sys.argv[1:2]))

@@ -205,8 +205,13 @@ def to_host(x):
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def multi_process() -> bool:
+    """Whether this program runs as several processes (a pod's hosts)."""
+    return jax.process_count() > 1
+
+
 def any_process(flag: bool) -> bool:
     """Whether flag is true on any process (every process must call it, at the same point)."""
-    if jax.process_count() == 1:
+    if not multi_process():
         return flag
     return bool(np.any(multihost_utils.process_allgather(np.array(flag))))

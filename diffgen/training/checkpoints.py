@@ -207,9 +207,12 @@ def wait(manager, step):
 
 def check_saved(manager, step):
     """Without waiting for a save in progress: WorkdirError if the save of step (the last
-    one started) has failed."""
-    if step is not None and not manager.is_saving_in_progress():
-        wait(manager, step)
+    one started) has failed. Returns step while that save is still running, None once it is
+    known to have succeeded (nothing left to check)."""
+    if step is None or manager.is_saving_in_progress():
+        return step
+    wait(manager, step)
+    return None
 
 
 def _warn(message):

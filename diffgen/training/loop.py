@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import time
 
 import jax
 import jax.numpy as jnp
@@ -242,12 +243,14 @@ def train_and_evaluate(config, workdir, make_evaluator=None):
             pending.append(metrics)
             for action in actions:
                 action(step)
-            checkpointing.check_saved(manager, saving)  # a failed save stops the run here
-            preemption.requested = parallel.any_process(preemption.requested)
+            saving = checkpointing.check_saved(manager, saving)  # a failed save stops it here
             at_log = step % t.log_every == 0 or step == t.num_steps
             at_save = step % t.checkpoint_every == 0 or step == t.num_steps
             at_eval = evaluate is not None and (step % t.eval_every == 0 or step == t.num_steps)
-            if not (at_log or at_save or at_eval or preemption.requested):
+            boundary = at_log or at_save or at_eval
+            if boundary or not parallel.multi_process():  # processes agree at boundaries only
+                preemption.requested = parallel.any_process(preemption.requested)
+            if not (boundary or preemption.requested):
                 continue
             losses = np.concatenate([np.asarray(m['loss']) for m in pending])
             if not np.all(np.isfinite(losses)):
@@ -262,7 +265,9 @@ def train_and_evaluate(config, workdir, make_evaluator=None):
                 progress.report(step, f'  loss {losses.mean():.4f}')
                 pending = []
             if at_eval:
+                started = time.perf_counter()
                 numbers = evaluate(sampling_params(state, config.sampling.use_ema))
+                progress.exclude(time.perf_counter() - started)
                 writer.write_scalars(step, {f'eval/{k}': v for k, v in numbers.items()})
                 if jax.process_index() == 0:
                     eval_log.append(step, numbers)
@@ -278,10 +283,12 @@ def train_and_evaluate(config, workdir, make_evaluator=None):
                 writer.close()
                 return state
             if t.sample_every and step % t.sample_every == 0 and step != t.num_steps:
+                started = time.perf_counter()
                 sample_and_save(config, model, sampling_params(state, config.sampling.use_ema),
                                 schedule, dataset,
                                 os.path.join(workdir, 'samples', f'step_{step:08d}.png'), mesh,
                                 writer=writer, step=step)
+                progress.exclude(time.perf_counter() - started)
     checkpointing.wait(manager, saving)
     metrics_log.stop_profiling(actions)
     writer.flush()
