@@ -42,5 +42,4 @@ def get_config(arg=None):
     config.sampling.method = 'ddpm'
     config.sampling.num_samples = 64
     config.sampling.batch_size = 64
-    config.optimal.chunk_size = 2048
     return config

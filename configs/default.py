@@ -107,7 +107,8 @@ def get_config(arg=None):
 
     # --- empirical-optimal denoiser ---------------------------------------------------
     config.optimal = optimal = ml_collections.ConfigDict()
-    optimal.chunk_size = 1024               # training images per online-softmax chunk
+    optimal.chunk_size = 0                  # training images per online-softmax chunk (0: the
+                                            # device kind's best, chunked.DEFAULT_CHUNK_SIZES)
     optimal.storage_dtype = 'float32'       # 'float32' | 'bfloat16' storage of the training set
 
     # --- analysis (--mode=analyze): the generalisation report ---------------------------

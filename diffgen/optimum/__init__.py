@@ -9,6 +9,7 @@ STORAGE_DTYPES = ('float32', 'bfloat16')
 def check_config(config):
     """The optimal section."""
     o = config.optimal
-    require(o.chunk_size >= 1, 'optimal.chunk_size must be >= 1')
+    require(o.chunk_size >= 0,
+            'optimal.chunk_size must be >= 0 (0: the engine\'s default for the device kind)')
     require(o.storage_dtype in STORAGE_DTYPES,
             f'optimal.storage_dtype={o.storage_dtype!r} is not one of {STORAGE_DTYPES}')

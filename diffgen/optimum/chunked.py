@@ -55,7 +55,21 @@ class ChunkedRows:
         return self.rows.shape[1]
 
 
-def rows_from_loader(load_rows, num_rows, dim, *, chunk_size=2048, storage_dtype=jnp.float32,
+# The chunk size C where none is given (config.optimal.chunk_size = 0, the library functions'
+# chunk_size=None), per JAX platform: the fastest of benchmarks/bench_optimal.py's chunks at
+# the CIFAR-10 shape on that device kind. cpu: measured on this project's 2-core x86 machines
+# with diffgen's XLA options (README, "Speed"; 128 to 2048 lie within 15 % of each other
+# there, 2048 was the fastest); gpu and tpu were not measured here (no such device was lent)
+# and keep 2048 until someone runs the benchmark on one.
+DEFAULT_CHUNK_SIZES = {'cpu': 2048, 'gpu': 2048, 'tpu': 2048}
+
+
+def default_chunk_size(platform=None):
+    """DEFAULT_CHUNK_SIZES of the platform (default: JAX's default backend)."""
+    return DEFAULT_CHUNK_SIZES.get(platform or jax.default_backend(), 2048)
+
+
+def rows_from_loader(load_rows, num_rows, dim, *, chunk_size=None, storage_dtype=jnp.float32,
                      mesh=None):
     """ChunkedRows of N = num_rows vectors of length dim, read by load_rows(start, stop) ->
     (stop - start, dim) array for start < stop <= N. On a mesh each process reads only its
@@ -63,8 +77,9 @@ def rows_from_loader(load_rows, num_rows, dim, *, chunk_size=2048, storage_dtype
 
     Each device gets K = ⌈N / (devices × chunk_size)⌉ chunks of C = ⌈N / (devices × K)⌉ rows,
     rounded up to a multiple of 8 but at most chunk_size: N is padded to devices × K × C,
-    fewer than devices × K × 8 extra rows.
+    fewer than devices × K × 8 extra rows. chunk_size None or 0: default_chunk_size().
     """
+    chunk_size = chunk_size or default_chunk_size()
     if num_rows < 1 or chunk_size < 1:
         raise ValueError(f'need num_rows >= 1 and chunk_size >= 1, got {num_rows}, '
                          f'{chunk_size}')
@@ -87,7 +102,7 @@ def rows_from_loader(load_rows, num_rows, dim, *, chunk_size=2048, storage_dtype
     return ChunkedRows(rows, _sq_norms(rows), num_rows, chunk, mesh)
 
 
-def prepare_rows(train_set, chunk_size=2048, storage_dtype=jnp.float32, *, mesh=None):
+def prepare_rows(train_set, chunk_size=None, storage_dtype=jnp.float32, *, mesh=None):
     """ChunkedRows of a whole training set (N, ...), each example flattened to a vector of
     length D. ChunkedRows are returned as they are (with their own chunk, dtype and mesh)."""
     if isinstance(train_set, ChunkedRows):

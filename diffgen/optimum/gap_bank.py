@@ -38,7 +38,7 @@ from diffgen.diffusion.objectives import gap_coefficients
 from diffgen.optimum import chunked, optimal
 
 
-def bank_rows(train_set, num_draws, rng, *, chunk_size=2048, mesh=None):
+def bank_rows(train_set, num_draws, rng, *, chunk_size=None, mesh=None):
     """The bank of a training set (N, ...) in [-1, 1] with M = num_draws noises per image, as
     chunked.ChunkedRows of u_k = [y_i, ε_k, ‖y_i‖², y_i·ε_k, ‖ε_k‖²] for k = i M + j, ε_k drawn from
     fold_in(rng, k) (the same bank however it is chunked or sharded). On a mesh each process

@@ -67,7 +67,7 @@ def nearest(rows, queries, *, k, normalize=False):
     return distances, best_index
 
 
-def knn(queries, train_set, k, *, chunk_size=2048, mesh=None, normalize=False):
+def knn(queries, train_set, k, *, chunk_size=None, mesh=None, normalize=False):
     """Exact k nearest neighbours (1 <= k <= N) in the training set (N, ...) of queries
     (B, ...): (distances (B, k) float32, indices (B, k) int32), nearest first, ties to the
     smaller index. With a mesh the training set is sharded along N. train_set may be

@@ -126,7 +126,7 @@ def optimal_stats(x, t, *, rows, schedule):
     return jnp.log(state.total) - state.spread / state.total, 1.0 / state.total
 
 
-def optimal_denoiser(train_set, schedule, *, chunk_size=2048, storage_dtype=jnp.float32,
+def optimal_denoiser(train_set, schedule, *, chunk_size=None, storage_dtype=jnp.float32,
                      mesh=None):
     """The denoiser (x, t) -> ε*(x, t) of a training set (N, ...) in [-1, 1].
 
@@ -139,14 +139,14 @@ def optimal_denoiser(train_set, schedule, *, chunk_size=2048, storage_dtype=jnp.
     return jax.tree_util.Partial(optimal_eps, rows=rows, schedule=schedule)
 
 
-def posterior_mean(x, t, train_set, *, schedule, chunk_size=2048, storage_dtype=jnp.float32,
+def posterior_mean(x, t, train_set, *, schedule, chunk_size=None, storage_dtype=jnp.float32,
                    mesh=None):
     """x̂₀*(x, t) = Σ_i w_i y_i = E[x₀ | x_t = x] under the empirical distribution."""
     rows = chunked.prepare_rows(train_set, chunk_size, storage_dtype, mesh=mesh)
     return optimal_x0(x, t, rows=rows, schedule=schedule)
 
 
-def posterior_stats(x, t, train_set, *, schedule, chunk_size=2048, storage_dtype=jnp.float32,
+def posterior_stats(x, t, train_set, *, schedule, chunk_size=None, storage_dtype=jnp.float32,
                     mesh=None):
     """(entropy H(w) = −Σ_i w_i log w_i, largest weight max_i w_i), each of shape (B,):
     how far the posterior over training points is from one-hot (H = 0, max w = 1)."""
