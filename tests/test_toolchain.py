@@ -139,3 +139,37 @@ def test_classifier_cache_on_a_gs_data_dir(data_dir, tmp_path, monkeypatch):
     for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert not (tmp_path / 'gs:').exists()
+
+
+def test_xla_options_are_appended_unless_the_user_chose():
+    from diffgen import xla_options
+    env = {}
+    assert xla_options.apply(env) == xla_options.CPU_OPTIONS
+    assert env['XLA_FLAGS'] == ' '.join(xla_options.CPU_OPTIONS)
+    env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+    xla_options.apply(env)
+    assert env['XLA_FLAGS'].split() == ['--xla_force_host_platform_device_count=8',
+                                        *xla_options.CPU_OPTIONS]
+    mine = '--xla_cpu_experimental_ynn_fusion_type='
+    env = {'XLA_FLAGS': mine}
+    assert xla_options.apply(env) == () and env['XLA_FLAGS'] == mine  # the user's choice stands
+    env = {'DIFFGEN_XLA_DEFAULTS': '0'}
+    assert xla_options.apply(env) == () and 'XLA_FLAGS' not in env
+    # importing diffgen set them in this process, and this jaxlib accepts them (an unknown
+    # flag would have aborted the process at its first computation)
+    assert all(o in os.environ['XLA_FLAGS'] for o in xla_options.CPU_OPTIONS)
+    assert float(jnp.ones(2).sum()) == 2.0
+
+
+def test_progress_rate_leaves_other_work_out(capsys, monkeypatch):
+    from diffgen import progress
+    clock = iter([0.0, 10.0])
+    monkeypatch.setattr(progress.time, 'perf_counter', lambda: next(clock))
+    p = progress.Progress('train step', 300, 0)
+    p.report(100)                      # t = 0: compilation done
+    p.exclude(5.0)                     # 5 s of evaluation
+    p.report(200)                      # t = 10: 100 steps in 10 - 5 s of training
+    line = capsys.readouterr().out.splitlines()[-1]
+    # rate 100 / 5 = 20 steps/s; ETA from the whole time: 100 steps at 100/10 = 10 s
+    assert line.startswith('train step 200/300  20 steps/s  ETA 10s')
+    assert '(other work 50 % of the time)' in line
