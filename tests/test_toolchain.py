@@ -155,6 +155,8 @@ def test_xla_options_are_appended_unless_the_user_chose():
     assert xla_options.apply(env) == () and env['XLA_FLAGS'] == mine  # the user's choice stands
     env = {'DIFFGEN_XLA_DEFAULTS': '0'}
     assert xla_options.apply(env) == () and 'XLA_FLAGS' not in env
+    env = {}   # a jaxlib it was not measured with might not know the flag: nothing is set
+    assert xla_options.apply(env, version='0.11.0') == () and 'XLA_FLAGS' not in env
     # importing diffgen set them in this process, and this jaxlib accepts them (an unknown
     # flag would have aborted the process at its first computation)
     assert all(o in os.environ['XLA_FLAGS'] for o in xla_options.CPU_OPTIONS)
