@@ -19,6 +19,7 @@ runs, sampled in a fresh subprocess per method (so the methods do not share an a
 """
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -37,6 +38,7 @@ import numpy as np  # noqa: E402
 from diffgen.optimum import chunked
 from diffgen.optimum import optimal  # noqa: E402
 from diffgen.diffusion.schedules import make_schedule  # noqa: E402
+from benchmarks.timing import best_of  # noqa: E402
 
 BATCH = 64
 SHAPES = {'cifar': (50_000, 3072), 'large': (4_194_304, 16)}
@@ -125,13 +127,9 @@ def best_times(calls, repeats):
     """Best wall time of each call over interleaved repeats (after a warm-up call)."""
     for fn, args in calls.values():
         jax.block_until_ready(fn(*args))
-    best = {name: np.inf for name in calls}
-    for _ in range(repeats):
-        for name, (fn, args) in calls.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+    return best_of(repeats, {name: functools.partial(lambda f, a: jax.block_until_ready(f(*a)),
+                                                     fn, args)
+                             for name, (fn, args) in calls.items()})
 
 
 def resident_mib():

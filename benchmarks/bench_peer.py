@@ -55,7 +55,7 @@ from diffgen.diffusion.denoisers import network_denoiser  # noqa: E402
 from diffgen.networks import check_config  # noqa: E402
 from diffgen.training.loop import build  # noqa: E402
 from diffgen.training.step import make_train_call  # noqa: E402
-from benchmarks.timing import time_train_calls  # noqa: E402
+from benchmarks.timing import best_of, time_train_calls  # noqa: E402
 
 # (config, images per side, batch, sampled images, repeats): the CIFAR-10 network is 35.7 M
 # parameters, so on a CPU it is timed on smaller batches.
@@ -167,17 +167,6 @@ def torch_ddim(model, scheduler, x_T, num_steps):
         for t in scheduler.timesteps:
             x = scheduler.step(model(x, t).sample, t, x).prev_sample
     return x
-
-
-def best_of(repeats, fns):
-    """{name: best seconds} of each fn, the fns interleaved `repeats` times."""
-    best = {name: float('inf') for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def bench(name, profile):
