@@ -42,7 +42,7 @@ from benchmarks.timing import best_of  # noqa: E402
 
 BATCH = 64
 SHAPES = {'cifar': (50_000, 3072), 'large': (4_194_304, 16)}
-CHUNKS = {'cifar': (256, 512, 1024, 2048, 4096, 8192), 'large': (2048, 8192, 32768)}
+CHUNKS = {'cifar': (512, 2048, 8192, 16384, 65536), 'large': (2048, 8192, 32768, 65536)}
 WHY = {
     'cifar': 'the CIFAR-10 training set; the target is engine <= 0.8 x roofline at the '
              'default chunk.',

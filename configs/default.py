@@ -116,7 +116,8 @@ def get_config(arg=None):
     analysis.experiments = ('e1', 'e2', 'e3', 'e4', 'e5')  # which experiments the report runs
     analysis.plugins = ()                   # modules to import that register further experiments
     analysis.num_samples = 256              # samples per sampler / model in the experiments
-    analysis.batch_size = 256               # samples per jitted sampler call
+    analysis.batch_size = 256               # samples per jitted sampler call: all at once, so
+                                            # each eps* pass over the set serves every query
     analysis.sampler_steps = 100            # DDIM / Heun steps in the experiments (DDPM: all T)
     # sample quality (E1, E2, E4; diffgen/analysis/quality.py): features of a classifier of the
     # training set

@@ -4,10 +4,16 @@ A training set S = {y_1 … y_N} is stored once as a row matrix Y (N_pad, D) wit
 norms n_i = ‖y_i‖² precomputed (of the stored, possibly bfloat16-rounded, rows). A reduction
 over S for a batch of queries q (B, D) streams Y in chunks of C rows, in one lax.scan:
 
-    for each chunk c:   G_c = q Y_cᵀ  (B, C; one GEMM, float32 accumulation)
+    for each chunk c:   G_c = Y_c qᵀ  (C, B; one GEMM, float32 accumulation)
                         state ← step(state, Chunk(G_c, Y_c, n_c, index_c, valid_c), aux)
 
-so the working memory is O(B·C + C·D + B·D) (on CPU XLA copies each chunk out of Y once),
+G_c is kept with the chunk's rows along its first axis, (C, B) rather than (B, C): a step's
+second GEMM over the chunk (e.g. pᵀ Y_c with p of G_c's shape) then contracts both operands
+along their leading axis. On XLA:CPU this orientation made the empirical optimum at the
+CIFAR-10 shape about 1.2-1.4x faster than (B, C) (benchmarks/bench_optimal.py).
+
+so the working memory is O(B·C + C·D + B·D) (on CPU XLA copies each chunk out of Y once,
+unless there is only one),
 never O(B·N). N is padded with zero rows to a multiple of C × devices; padded rows carry
 valid = False and step must ignore them (a chunk, or a whole shard, may be all padding).
 
@@ -32,7 +38,7 @@ from diffgen import parallel
 
 class Chunk(NamedTuple):
     """One chunk of the stored rows, as a step sees it."""
-    gram: jax.Array       # (B, C) float32, G = q Y_cᵀ
+    gram: jax.Array       # (C, B) float32, G = Y_c qᵀ: G[j, b] = y_j · q_b
     rows: jax.Array       # (C, D) storage dtype
     sq_norms: jax.Array   # (C,) float32, ‖y_i‖²
     index: jax.Array      # (C,) int32, global row index i
@@ -58,10 +64,14 @@ class ChunkedRows:
 # The chunk size C where none is given (config.optimal.chunk_size = 0, the library functions'
 # chunk_size=None), per JAX platform: the fastest of benchmarks/bench_optimal.py's chunks at
 # the CIFAR-10 shape on that device kind. cpu: measured on this project's 2-core x86 machines
-# with diffgen's XLA options (README, "Speed"; 128 to 2048 lie within 15 % of each other
-# there, 2048 was the fastest); gpu and tpu were not measured here (no such device was lent)
+# with diffgen's XLA options (README, "Speed"): one chunk of all 50 000 rows ran at 0.76x the
+# two-matmul roofline, 2048 rows at 0.92x and 512 at 1.10x, because XLA:CPU copies each chunk
+# out of the stored rows inside the scan and a single chunk needs no copy. So on CPU a set of
+# up to 65 536 rows (per device) is one chunk; the logits then take B x N x 4 bytes (12.8 MiB
+# for 64 queries on CIFAR-10), and a larger set is streamed in chunks of 65 536 rows, each
+# copied once (C x D x 4 bytes). gpu and tpu were not measured here (no such device was lent)
 # and keep 2048 until someone runs the benchmark on one.
-DEFAULT_CHUNK_SIZES = {'cpu': 2048, 'gpu': 2048, 'tpu': 2048}
+DEFAULT_CHUNK_SIZES = {'cpu': 65536, 'gpu': 2048, 'tpu': 2048}
 
 
 def default_chunk_size(platform=None):
@@ -138,7 +148,7 @@ def scan_chunks(step, state, queries, *, aux, rows, sq_norms, first_index, chunk
     def body(state, xs):
         y, n, start = xs
         index = start + jnp.arange(chunk_size, dtype=jnp.int32)
-        g = jax.lax.dot_general(q, y, (((1,), (1,)), ((), ())),
+        g = jax.lax.dot_general(y, q, (((1,), (1,)), ((), ())),
                                 preferred_element_type=jnp.float32)
         return step(state, Chunk(g, y, n, index, index < num_rows), aux), None
 

@@ -2,7 +2,7 @@
 
     d(q, y_i)² = ‖q‖² − 2 q·y_i + ‖y_i‖²   (clamped at 0; ‖y_i‖² precomputed)
 
-Per chunk G = q Y_cᵀ (diffgen.optimum.chunked); a running top-k keeps the k smallest d² with their
+Per chunk G = Y_c qᵀ (diffgen.optimum.chunked); a running top-k keeps the k smallest d² with their
 global indices: lax.top_k over concat(running, chunk). Ties go to the smaller index:
 lax.top_k puts the lower position first among equal values, and positions follow indices
 (the running entries, ordered by (d², index), all precede the chunk in index). Shards each
@@ -30,7 +30,7 @@ _NO_INDEX = jnp.iinfo(jnp.int32).max   # index of the initial +inf entries: lose
 def _topk_step(state, chunk, sq_queries):
     """Merges one chunk's d² = ‖q‖² − 2G + n (+inf on padding) into the running top-k."""
     best_sq, best_index = state
-    sq = sq_queries[:, None] - 2.0 * chunk.gram + chunk.sq_norms[None, :]
+    sq = sq_queries[:, None] - 2.0 * chunk.gram.T + chunk.sq_norms[None, :]
     sq = jnp.where(chunk.valid, jnp.where(sq > 0, sq, 0.0), jnp.inf)
     candidates = jnp.concatenate([best_sq, sq], axis=1)
     indices = jnp.concatenate(

@@ -5,8 +5,8 @@
     x̂₀*(x, t) = Σ_i w_i y_i,    ε*(x, t) = (x − a_t x̂₀*) / σ_t.
 
 It is softmax attention of the query x over keys a_t y_i with values y_i, run on the
-chunked-GEMM core (diffgen.optimum.chunked): per chunk G = q Y_cᵀ with q = (a_t/σ_t²) x, then
-s = G − (a_t²/(2σ_t²)) n with n_i = ‖y_i‖² precomputed, and a second GEMM p Y_c. An online
+chunked-GEMM core (diffgen.optimum.chunked): per chunk G = Y_c qᵀ with q = (a_t/σ_t²) x, then
+s = G − (a_t²/(2σ_t²)) n with n_i = ‖y_i‖² precomputed, and a second GEMM pᵀ Y_c. An online
 softmax keeps, relative to the running maximum m of the logits,
 
     l = Σ_i e^{s_i − m},   acc = Σ_i e^{s_i − m} y_i,   v = Σ_i e^{s_i − m} (s_i − m),
@@ -60,18 +60,19 @@ def _rescale(state, new_max):
 
 
 def _softmax_step(state, chunk, norm_scale):
-    """Adds one chunk: s = G − λ n (λ = norm_scale = a²/(2σ²) for ε*), -inf on padding rows."""
-    logits = jnp.where(chunk.valid, chunk.gram - norm_scale[:, None] * chunk.sq_norms,
-                       -jnp.inf)
-    new_max = jnp.maximum(state.max, jnp.max(logits, axis=1))
+    """Adds one chunk: s = G − λ n (λ = norm_scale = a²/(2σ²) for ε*), -inf on padding rows.
+    Logits and weights are (C, B), like the chunk's gram."""
+    logits = jnp.where(chunk.valid[:, None],
+                       chunk.gram - chunk.sq_norms[:, None] * norm_scale[None, :], -jnp.inf)
+    new_max = jnp.maximum(state.max, jnp.max(logits, axis=0))
     state = _rescale(state, new_max)
-    centred = logits - _reference(new_max)[:, None]
+    centred = logits - _reference(new_max)[None, :]
     p = jnp.exp(centred)
-    weighted = jnp.dot(p.astype(chunk.rows.dtype), chunk.rows,
-                       preferred_element_type=jnp.float32)
-    return SoftmaxState(new_max, state.total + jnp.sum(p, axis=1),
+    weighted = jax.lax.dot_general(p.astype(chunk.rows.dtype), chunk.rows,
+                                   (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return SoftmaxState(new_max, state.total + jnp.sum(p, axis=0),
                         state.weighted + weighted,
-                        state.spread + jnp.sum(jnp.where(p > 0, p * centred, 0.0), axis=1))
+                        state.spread + jnp.sum(jnp.where(p > 0, p * centred, 0.0), axis=0))
 
 
 def _combine_shards(state):
