@@ -206,7 +206,7 @@ def _seed_sentence(n):
                 else 'the seed-only interval lies above')
     return (f'After {last["steps"]} steps the seed alone gives Î(z; ω | S) = '
             f'{_interval(seed["value"], seed["low"], seed["high"])} between {n["seeds_per_set"]} '
-            f'seeds of one set, against Î(z; S) = '
+            f'seeds of one set, against the corrected Ĩ(z; S) = '
             f'{_interval(value, last["corrected_low"], last["corrected_high"])} between sets '
             f'({relation}). Treating each of the {n["num_sets"] * n["seeds_per_set"]} models as '
             f'its own set, as one model per set does, measures I(z; S, ω), estimated by their '
