@@ -65,8 +65,9 @@ class ChunkedRows:
 # chunk_size=None), per JAX platform: the fastest of benchmarks/bench_optimal.py's chunks at
 # the CIFAR-10 shape on that device kind. cpu: measured on this project's 2-core x86 machines
 # with diffgen's XLA options (README, "The empirical-optimal denoiser"): one chunk of all
-# 50 000 rows ran at 0.77x the two-matmul roofline, 2048 rows at 0.88x and 512 at 1.01x, because XLA:CPU copies each chunk
-# out of the stored rows inside the scan and a single chunk needs no copy. So on CPU a set of
+# 50 000 rows ran at 0.77x the two-matmul roofline, 2048 rows at 0.88x and 512 at 1.01x,
+# because XLA:CPU copies each chunk out of the stored rows inside the scan and a single chunk
+# needs no copy. So on CPU a set of
 # up to 65 536 rows (per device) is one chunk; the logits then take B x N x 4 bytes (12.8 MiB
 # for 64 queries on CIFAR-10), and a larger set is streamed in chunks of 65 536 rows, each
 # copied once (C x D x 4 bytes). gpu and tpu were not measured here (no such device was lent)
