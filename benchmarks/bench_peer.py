@@ -273,25 +273,50 @@ def xla_profile(fn, label, top=12):
 
 def group_norm_repro(shape=(256, 8, 8, 32), groups=32, repeats=20):
     """The minimal reproduction of the op that holds XLA:CPU back on these networks: GroupNorm
-    followed by swish, forward, on one activation of DDIM sampling (NHWC for JAX, NCHW for
-    PyTorch), as flax.linen.GroupNorm + jax.nn.swish against torch's group_norm + silu."""
+    followed by swish on one activation of DDIM sampling (NHWC for JAX, NCHW for PyTorch), as
+    flax.linen.GroupNorm + jax.nn.swish against torch's group_norm + silu: forward, and forward
+    and backward (the gradients of Σ c·out for a fixed random c with respect to the input,
+    scale and bias: the reductions that dominate XLA's training step)."""
     import flax.linen as nn
-    x = np.random.default_rng(3).standard_normal(shape, dtype=np.float32)
+    rng = np.random.default_rng(3)
+    x, c = (rng.standard_normal(shape, dtype=np.float32) for _ in range(2))
     norm = nn.GroupNorm(num_groups=groups, epsilon=1e-6)
     params = norm.init(jax.random.key(0), x)
-    ours = jax.jit(lambda p, x: jax.nn.swish(norm.apply(p, x)))
-    xj = jnp.asarray(x)
-    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    forward = lambda p, x: jax.nn.swish(norm.apply(p, x))
+    ours = jax.jit(forward)
+    ours_grad = jax.jit(jax.grad(lambda p, x, c: jnp.sum(forward(p, x) * c), argnums=(0, 1)))
+    xj, cj = jnp.asarray(x), jnp.asarray(c)
+    nchw = lambda a: torch.from_numpy(a.transpose(0, 3, 1, 2).copy())
+    xt, ct = nchw(x), nchw(c)
     weight, bias = torch.ones(shape[-1]), torch.zeros(shape[-1])
-    theirs = lambda: torch.nn.functional.silu(
-        torch.nn.functional.group_norm(xt, groups, weight, bias, 1e-6))
-    diff = np.abs(np.asarray(ours(params, xj)) - theirs().numpy().transpose(0, 2, 3, 1)).max()
-    times = best_of(repeats, {'diffgen': lambda: jax.block_until_ready(ours(params, xj)),
-                              'pytorch': theirs})
-    print(f'  GroupNorm({groups}) + swish on {shape}: JAX {times["diffgen"] * 1e6:7.0f} us  '
-          f'PyTorch {times["pytorch"] * 1e6:7.0f} us  '
-          f'ratio {times["pytorch"] / times["diffgen"]:.2f}'
-          f'  (max |difference| {diff:.1e})')
+    theirs = lambda x: torch.nn.functional.silu(
+        torch.nn.functional.group_norm(x, groups, weight, bias, 1e-6))
+    xt_grad = xt.clone().requires_grad_(True)
+    weight.requires_grad_(True)
+    bias.requires_grad_(True)
+
+    def theirs_grad():
+        for t in (xt_grad, weight, bias):
+            t.grad = None
+        torch.sum(theirs(xt_grad) * ct).backward()
+        return xt_grad.grad
+
+    with torch.no_grad():
+        diff = np.abs(np.asarray(ours(params, xj)) - theirs(xt).numpy().transpose(0, 2, 3, 1)).max()
+    grad_diff = np.abs(np.asarray(ours_grad(params, xj, cj)[1])
+                       - theirs_grad().numpy().transpose(0, 2, 3, 1)).max()
+    with torch.no_grad():
+        forward_times = best_of(repeats, {
+            'diffgen': lambda: jax.block_until_ready(ours(params, xj)),
+            'pytorch': lambda: theirs(xt)})
+    backward_times = best_of(repeats, {
+        'diffgen': lambda: jax.block_until_ready(ours_grad(params, xj, cj)),
+        'pytorch': theirs_grad})
+    for label, times, d in (('forward', forward_times, diff),
+                            ('forward + backward', backward_times, grad_diff)):
+        print(f'  GroupNorm({groups}) + swish on {shape}, {label}: JAX '
+              f'{times["diffgen"] * 1e6:7.0f} us  PyTorch {times["pytorch"] * 1e6:7.0f} us  '
+              f'ratio {times["pytorch"] / times["diffgen"]:.2f}  (max |difference| {d:.1e})')
 
 
 def profile_both(call, state, train_set, trainer, ours_sample, theirs_sample, k):
