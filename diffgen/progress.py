@@ -2,6 +2,7 @@
 show each line once per host)."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import jax
@@ -31,6 +32,15 @@ class Progress:
         """Leaves `seconds` (spent on other work since the first report) out of the rate."""
         if self.t0 is not None:
             self.excluded += seconds
+
+    @contextlib.contextmanager
+    def other_work(self):
+        """The time of the `with` block is other work: exclude() it from the rate."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.exclude(time.perf_counter() - started)
 
     def report(self, done, extra=''):
         now = time.perf_counter()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import time
 
 import jax
 import jax.numpy as jnp
@@ -248,7 +247,7 @@ def train_and_evaluate(config, workdir, make_evaluator=None):
             at_save = step % t.checkpoint_every == 0 or step == t.num_steps
             at_eval = evaluate is not None and (step % t.eval_every == 0 or step == t.num_steps)
             boundary = at_log or at_save or at_eval
-            if boundary or not parallel.multi_process():  # processes agree at boundaries only
+            if boundary:  # processes agree on preemption at boundaries only
                 preemption.requested = parallel.any_process(preemption.requested)
             if not (boundary or preemption.requested):
                 continue
@@ -265,9 +264,8 @@ def train_and_evaluate(config, workdir, make_evaluator=None):
                 progress.report(step, f'  loss {losses.mean():.4f}')
                 pending = []
             if at_eval:
-                started = time.perf_counter()
-                numbers = evaluate(sampling_params(state, config.sampling.use_ema))
-                progress.exclude(time.perf_counter() - started)
+                with progress.other_work():
+                    numbers = evaluate(sampling_params(state, config.sampling.use_ema))
                 writer.write_scalars(step, {f'eval/{k}': v for k, v in numbers.items()})
                 if jax.process_index() == 0:
                     eval_log.append(step, numbers)
@@ -283,12 +281,12 @@ def train_and_evaluate(config, workdir, make_evaluator=None):
                 writer.close()
                 return state
             if t.sample_every and step % t.sample_every == 0 and step != t.num_steps:
-                started = time.perf_counter()
-                sample_and_save(config, model, sampling_params(state, config.sampling.use_ema),
-                                schedule, dataset,
-                                os.path.join(workdir, 'samples', f'step_{step:08d}.png'), mesh,
-                                writer=writer, step=step)
-                progress.exclude(time.perf_counter() - started)
+                with progress.other_work():
+                    sample_and_save(config, model,
+                                    sampling_params(state, config.sampling.use_ema), schedule,
+                                    dataset,
+                                    os.path.join(workdir, 'samples', f'step_{step:08d}.png'),
+                                    mesh, writer=writer, step=step)
     checkpointing.wait(manager, saving)
     metrics_log.stop_profiling(actions)
     writer.flush()
