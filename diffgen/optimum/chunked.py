@@ -7,15 +7,15 @@ over S for a batch of queries q (B, D) streams Y in chunks of C rows, in one lax
     for each chunk c:   G_c = Y_c qᵀ  (C, B; one GEMM, float32 accumulation)
                         state ← step(state, Chunk(G_c, Y_c, n_c, index_c, valid_c), aux)
 
+so the working memory is O(B·C + C·D + B·D) (on CPU XLA copies each chunk out of Y once,
+unless there is only one), never O(B·N). N is padded with zero rows to a multiple of
+C × devices; padded rows carry valid = False and step must ignore them (a chunk, or a whole
+shard, may be all padding).
+
 G_c is kept with the chunk's rows along its first axis, (C, B) rather than (B, C): a step's
 second GEMM over the chunk (e.g. pᵀ Y_c with p of G_c's shape) then contracts both operands
 along their leading axis. On XLA:CPU this orientation made the empirical optimum at the
 CIFAR-10 shape about 1.2-1.4x faster than (B, C) (benchmarks/bench_optimal.py).
-
-so the working memory is O(B·C + C·D + B·D) (on CPU XLA copies each chunk out of Y once,
-unless there is only one),
-never O(B·N). N is padded with zero rows to a multiple of C × devices; padded rows carry
-valid = False and step must ignore them (a chunk, or a whole shard, may be all padding).
 
 Sharded: Y is split along N over the mesh's data axis. Each device scans its own shard (the
 indices are global), then `combine(state)` merges the per-shard states with collectives over
@@ -67,10 +67,9 @@ class ChunkedRows:
 # with diffgen's XLA options (README, "The empirical-optimal denoiser"): one chunk of all
 # 50 000 rows ran at 0.77x the two-matmul roofline, 2048 rows at 0.88x and 512 at 1.01x,
 # because XLA:CPU copies each chunk out of the stored rows inside the scan and a single chunk
-# needs no copy. So on CPU a set of
-# up to 65 536 rows (per device) is one chunk; the logits then take B x N x 4 bytes (12.8 MiB
-# for 64 queries on CIFAR-10), and a larger set is streamed in chunks of 65 536 rows, each
-# copied once (C x D x 4 bytes). gpu and tpu were not measured here (no such device was lent)
+# needs no copy. So on CPU a set of up to 65 536 rows (per device) is one chunk; the logits
+# then take B x N x 4 bytes (12.8 MiB for 64 queries on CIFAR-10), and a larger set is
+# streamed in chunks of 65 536 rows, each copied once (C x D x 4 bytes). gpu and tpu were not measured here (no such device was lent)
 # and keep 2048 until someone runs the benchmark on one.
 DEFAULT_CHUNK_SIZES = {'cpu': 65536, 'gpu': 2048, 'tpu': 2048}
 
