@@ -33,7 +33,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 from diffgen.optimum import chunked
 from diffgen.optimum import optimal  # noqa: E402
@@ -110,11 +109,7 @@ def gemm_peak(repeats=10, size=1024):
     a = jax.random.normal(jax.random.key(2), (size, size))
     matmul = jax.jit(lambda a, b: a @ b)
     jax.block_until_ready(matmul(a, a))
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(matmul(a, a))
-        best = min(best, time.perf_counter() - start)
+    best = best_of(repeats, {'matmul': lambda: jax.block_until_ready(matmul(a, a))})['matmul']
     return 2 * size ** 3 / best / 1e9
 
 

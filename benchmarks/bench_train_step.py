@@ -65,7 +65,10 @@ def main(steps_per_call=5, repeats=3):
     print(f'  ratio loop / unrolled: {best[False] / best[True]:.1f}')
 
 
-def call_timer(config, calls=20):
+TIMED_CALLS = 20   # train calls per rate measurement of call_timer
+
+
+def call_timer(config, calls=TIMED_CALLS):
     """A function () -> steps/s of the config's train call (donated state, as the loop runs
     it): `calls` calls in a row, their mean rate (as the loop's rate is a mean)."""
     dataset = data.load(config)
@@ -95,8 +98,9 @@ def loop(num_steps=1500):
     print(f'digits config, {num_steps} steps of the default run, {jax.devices()[0].platform}')
     print(f'  the run\'s last progress line: {lines[-1]}')
     print(f'  the loop        : {rate:6.2f} steps/s')
-    print(f'  its train call  : {step:6.2f} steps/s  (mean of {20 * config.training.steps_per_call}'
-          f' steps before the run {before:.2f}, after it {after:.2f})')
+    timed = TIMED_CALLS * config.training.steps_per_call
+    print(f'  its train call  : {step:6.2f} steps/s  (mean of {timed} steps before the run '
+          f'{before:.2f}, after it {after:.2f})')
     print(f'  ratio loop / call: {rate / step:.3f}', flush=True)
 
 
