@@ -2,6 +2,9 @@
 how much their samples depend on the training set."""
 from setuptools import find_packages, setup
 
+# PyTorch and diffusers: for importing published checkpoints and for benchmarks/bench_peer.py
+DIFFUSERS = ['torch>=2.4', 'diffusers>=0.42.1', 'safetensors>=0.8.0']
+
 setup(
     name='diffgen',
     version='0.1.0',
@@ -32,8 +35,8 @@ setup(
         'test': ['pytest>=9.0'],
         # config.model.init_from: published diffusers checkpoints (safetensors is read without
         # PyTorch; torch and diffusers for .bin weights and for tests/test_import_diffusers.py)
-        'import': ['torch>=2.4', 'diffusers>=0.42.1', 'safetensors>=0.8.0'],
+        'import': DIFFUSERS,
         # benchmarks/bench_peer.py: diffgen against diffusers + PyTorch on the same network
-        'peer': ['torch>=2.4', 'diffusers>=0.42.1', 'safetensors>=0.8.0'],
+        'peer': DIFFUSERS,
     },
 )
