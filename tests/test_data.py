@@ -314,3 +314,10 @@ def test_to_float_to_uint8_round_trip():
     np.testing.assert_array_equal(data.to_uint8(jitted), pixels)
     np.testing.assert_array_equal(data.to_uint8(np.array([-3.0, -1.0, 0.0, 1.0, 3.0])),
                                   [0, 0, 128, 255, 255])
+
+
+def test_a_source_kind_without_pools_is_refused():
+    from diffgen.data import sources
+    with pytest.raises(TypeError, match='must define the static method pools'):
+        class NoPools(sources.Source):  # noqa: F841
+            argument = '<name>'

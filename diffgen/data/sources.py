@@ -38,19 +38,24 @@ _HALF_LEVEL = 0.5 / 255  # half a pixel level of [0, 1]: float round-off tolerat
 
 
 class Source:
-    """One kind of data source; each is registered in SOURCES under its kind."""
+    """One kind of data source; each is registered in SOURCES under its kind.
+
+    A kind defines the static method pools(argument, config, transform) -> (training pool,
+    held-out pool or None) of config.data.source = kind:argument; a subclass without it is
+    refused when its class is made."""
     argument = ''        # what follows 'kind:' in config.data.source ('': the kind alone)
     has_splits = False   # data.train_split and data.heldout_split name TFDS splits
     has_images = True    # data.center_crop and data.image_size apply (images, not points)
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not callable(getattr(cls, 'pools', None)):
+            raise TypeError(f'data source {cls.__name__} must define the static method '
+                            'pools(argument, config, transform)')
+
     @staticmethod
     def check_argument(argument: str, source: str) -> None:
         """Raises ConfigError unless this kind can read `argument` (checked without reading)."""
-
-    @staticmethod
-    def pools(argument: str, config, transform: ImageTransform):
-        """(training pool, held-out pool or None) of config.data.source = kind:argument."""
-        raise NotImplementedError
 
 
 def source_forms() -> tuple[str, ...]:
