@@ -2,10 +2,11 @@
 
     python benchmarks/bench_evaluation.py [config[:arg]]     (default configs/digits.py)
 
-Times, in one process and interleaved, the train calls of one evaluation interval
-(training.eval_every steps) and one evaluation (diffgen.analysis.evaluation.Evaluator with the
-config's evaluation settings, classifier already cached), and prints their ratio: the
-fraction of training time that evaluation adds. The target is at most 0.10.
+Times, in one process and interleaved, the train calls of one evaluation interval (the
+shortest period of the config's evaluators, config.evaluation.evals) and one evaluation of the
+evaluators due then (diffgen.analysis.evaluation.Evaluations, classifier already cached),
+and prints their ratio: the fraction of training time that evaluation adds. The target is at
+most 0.10.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ os.environ.setdefault('DIFFGEN_DATA_DIR', os.path.join(tempfile.gettempdir(), 'd
 import jax  # noqa: E402
 
 from diffgen import data  # noqa: E402
-from diffgen.analysis.evaluation import Evaluator  # noqa: E402
+from diffgen.analysis.evaluation import Evaluations  # noqa: E402
 from diffgen.training.loop import build, place_training_set  # noqa: E402
 from diffgen.training.state import sampling_params  # noqa: E402
 from diffgen.training.step import make_train_call  # noqa: E402
@@ -42,23 +43,25 @@ def main(spec='configs/digits.py', repeats=3):
     run = build(config, dataset)
     train_set = place_training_set(dataset, run.mesh)
     train_call = make_train_call(config, run.model, run.tx, run.schedule, run.mesh)
-    evaluate = Evaluator(config, run)
+    evaluations = Evaluations(config, run)
+    period = min(entry.every for entry in evaluations.evals.values())
+    due = evaluations.due(period, last=False)
+    evaluate = lambda state: evaluations(sampling_params(state, config.sampling.use_ema), due)
     state = run.state
     state, _ = jax.block_until_ready(train_call(state, train_set))     # compile
-    evaluate(sampling_params(state, config.sampling.use_ema))          # compile, classifier
-    calls = t.eval_every // t.steps_per_call
+    evaluate(state)                                                    # compile, classifier
+    calls = period // t.steps_per_call
     best_train = best_eval = float('inf')
     for _ in range(repeats):
         seconds, state = time_train_calls(train_call, state, train_set, calls)
         best_train = min(best_train, seconds)
         start = time.perf_counter()
-        evaluate(sampling_params(state, config.sampling.use_ema))
+        evaluate(state)
         best_eval = min(best_eval, time.perf_counter() - start)
     e = config.evaluation
-    print(f'{spec}: eval_every {t.eval_every} steps, evaluation {e.methods} '
-          f'({e.sampler_steps} steps), {e.num_samples} samples, {e.num_images} images, '
-          f'{jax.devices()[0].platform}')
-    print(f'  {t.eval_every} train steps : {best_train:8.2f} s')
+    print(f'{spec}: every {period} steps the evaluators {due}, {e.num_samples} samples, '
+          f'{e.num_images} images, {jax.devices()[0].platform}')
+    print(f'  {period} train steps : {best_train:8.2f} s')
     print(f'  one evaluation   : {best_eval:8.2f} s')
     print(f'  evaluation / training: {best_eval / best_train:.3f}  (target <= 0.10)')
 

@@ -118,7 +118,6 @@ def e3_curves(compute_dtype, workdir):
     """E3's numbers of the digits smoke model trained with compute_dtype in workdir."""
     config = digits.get_config('smoke')
     config.training.compute_dtype = compute_dtype
-    config.training.eval_every = 0
     train_and_evaluate(config, workdir)
     run_experiments(make_context(config, workdir, restore_trained(config, workdir)), ['e3'])
     with open(os.path.join(workdir, 'report', 'report.json')) as f:

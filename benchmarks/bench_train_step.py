@@ -34,7 +34,7 @@ import jax  # noqa: E402
 
 from configs import digits  # noqa: E402
 from diffgen import data, parallel  # noqa: E402
-from diffgen.analysis.evaluation import Evaluator  # noqa: E402
+from diffgen.analysis.evaluation import Evaluations  # noqa: E402
 from diffgen.training.loop import build, place_training_set, train_and_evaluate  # noqa: E402
 from diffgen.training.step import make_train_call  # noqa: E402
 from benchmarks.timing import time_train_calls  # noqa: E402
@@ -90,7 +90,7 @@ def loop(num_steps=1500):
     before = call_rate()
     out = io.StringIO()
     with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(out):
-        train_and_evaluate(config, workdir, make_evaluator=Evaluator)
+        train_and_evaluate(config, workdir, make_evaluations=Evaluations)
     lines = [l for l in out.getvalue().splitlines() if re.match(r'train step \d+/', l)]
     rate = float(re.search(r'([\d.]+) steps/s', lines[-1]).group(1))
     after = call_rate()

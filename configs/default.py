@@ -81,7 +81,6 @@ def get_config(arg=None):
     training.checkpoint_every = 5000        # steps between checkpoints
     training.keep_checkpoints = 3           # checkpoints kept by the CheckpointManager
     training.sample_every = 50_000          # steps between sample grids (0 = only at the end)
-    training.eval_every = 0                 # steps between evaluations (config.evaluation; 0 = none)
     training.keep_period = 0                # also keep every checkpoint whose step is a multiple (0 = none)
     training.loss_bands = 4                 # TensorBoard: the loss in this many equal bands of t (0 = none)
     training.profile_steps = 0              # jax.profiler trace of this many steps after the first call (0 = none)
@@ -98,12 +97,15 @@ def get_config(arg=None):
     sampling.batch_size = 256               # samples per jitted sampler call
     sampling.use_ema = True                 # sample with the EMA parameters
 
-    # --- evaluation during training (training.eval_every; diffgen/analysis/evaluation.py) ----
+    # --- evaluation during training (diffgen/analysis/evaluation.py) -----------------------
     config.evaluation = evaluation = ml_collections.ConfigDict()
-    evaluation.methods = ('ddim',)          # samplers whose samples are evaluated
-    evaluation.sampler_steps = 50           # DDIM / Heun steps (DDPM: all T)
     evaluation.num_samples = 128            # samples from one fixed x_T at every evaluation
     evaluation.num_images = 256             # training and held-out images of the denoising loss
+    # named evaluators, each {'type': ..., 'every': steps (0 = off), the type's options}:
+    #   memorisation (method, sampler_steps): memorisation_ratio, exact_copy_rate, novelty_ratio
+    #   fd (method, sampler_steps): Fréchet distance in classifier features;  loss: train, heldout, gap
+    # e.g. evals.ddim = {'type': 'memorisation', 'method': 'ddim', 'sampler_steps': 50, 'every': 500}
+    evaluation.evals = ml_collections.ConfigDict()
 
     # --- empirical-optimal denoiser ---------------------------------------------------
     config.optimal = optimal = ml_collections.ConfigDict()

@@ -11,6 +11,8 @@ the default run leaves E5 to this variant; the smoke run keeps it).
 
 get_sweep(arg) declares the E6 sweep over the training-set size N (launch/sweep.py).
 """
+import ml_collections
+
 from configs import common, default
 
 
@@ -38,8 +40,17 @@ def get_config(arg=None):
     config.training.log_every = 250
     config.training.checkpoint_every = 1000
     config.training.sample_every = 2000
-    config.training.eval_every = 500        # memorisation, novelty, FD, loss gap: eval.csv
     config.training.keep_period = 1000      # keep these checkpoints for analysis (--step)
+
+    # evaluation during training (eval.csv): DDIM memorisation and FD and the loss gap every
+    # 500 steps; Heun's and DDPM's memorisation are off here (every 0) and on in the sweep
+    config.evaluation.evals = ml_collections.ConfigDict({
+        'ddim': {'type': 'memorisation', 'method': 'ddim', 'sampler_steps': 50, 'every': 500},
+        'heun': {'type': 'memorisation', 'method': 'heun', 'sampler_steps': 50, 'every': 0},
+        'ddpm': {'type': 'memorisation', 'method': 'ddpm', 'sampler_steps': 0, 'every': 0},
+        'quality': {'type': 'fd', 'method': 'ddim', 'sampler_steps': 50, 'every': 500},
+        'loss': {'type': 'loss', 'every': 500},
+    })
 
     config.sampling.method = 'ddpm'
     config.sampling.num_samples = 100
@@ -71,7 +82,8 @@ SWEEP_NUM_TRAIN = (16, 32, 64, 128, 256, 512, 1541)   # 1541 = all after 256 hel
 
 # Every sweep run also evaluates all three samplers during training, so that each N has its
 # memorisation-against-step curve per sampler (DDPM's 1000 steps on fewer samples, less often).
-SWEEP_EVALUATION = {'training.eval_every': 1000, 'evaluation.methods': ('ddim', 'heun', 'ddpm'),
+SWEEP_EVALUATION = {**{f'evaluation.evals.{name}.every': 1000
+                       for name in ('ddim', 'heun', 'ddpm', 'quality', 'loss')},
                     'evaluation.num_samples': 100}
 
 

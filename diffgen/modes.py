@@ -14,7 +14,7 @@ from diffgen import files
 from diffgen.data import data_dir
 from diffgen.analysis import compare as comparison
 from diffgen.analysis.context import make_context
-from diffgen.analysis.evaluation import Evaluator
+from diffgen.analysis.evaluation import Evaluations
 from diffgen.analysis.runner import run_experiments
 from diffgen.training import metrics_log
 from diffgen.training.loop import restore_trained, sample_and_save, train_and_evaluate
@@ -28,7 +28,7 @@ class Options:
 
 def train(config, workdir, options=Options()):
     """Trains (resuming), then writes a sample grid of the final EMA model."""
-    state = train_and_evaluate(config, workdir, make_evaluator=Evaluator)
+    state = train_and_evaluate(config, workdir, make_evaluations=Evaluations)
     if int(state.step) == config.training.num_steps:
         sample(config, workdir, options)
     return state

@@ -40,7 +40,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from diffgen import files, figures  # noqa: E402
 from diffgen.analysis import metrics  # noqa: E402
-from diffgen.analysis.evaluation import Evaluator  # noqa: E402
+from diffgen.analysis.evaluation import EvaluationInputs  # noqa: E402
 from diffgen.diffusion import samplers  # noqa: E402
 from diffgen.diffusion.conversions import x0_from_eps  # noqa: E402
 from diffgen.diffusion.denoisers import network_denoiser  # noqa: E402
@@ -149,7 +149,7 @@ def main(argv):
     out = _OUT.value or os.path.join(workdir, 'study')
     run = restore_trained(config, workdir)
     schedule, T = run.schedule, run.schedule.num_timesteps
-    evaluator = Evaluator(config, run)
+    evaluator = EvaluationInputs(config, run)
     rows = evaluator.train_rows
     x_T = jnp.asarray(evaluator.x_T)
     kept = checkpoints.finished_steps(workdir)

@@ -14,7 +14,7 @@ from diffgen.training import loop
 from tests.tiny import override_flags, run_main, tiny_digits_config
 
 EVERY_STEP = {'training.steps_per_call': 1, 'training.log_every': 1,
-              'training.checkpoint_every': 1, 'training.eval_every': 0}
+              'training.checkpoint_every': 1}
 
 
 @pytest.fixture(scope='module')

@@ -12,7 +12,7 @@ from diffgen.training.loop import restore_trained, train_and_evaluate
 from tests.test_main import assert_one_line_error
 from tests.tiny import override_flags, run_main, tiny_digits_config
 
-SETTINGS = {'training.eval_every': 0, 'diffusion.num_timesteps': 100,
+SETTINGS = {'diffusion.num_timesteps': 100,
             'analysis.num_samples': 8, 'analysis.batch_size': 8, 'analysis.sampler_steps': 5}
 
 

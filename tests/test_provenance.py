@@ -16,7 +16,7 @@ from diffgen.analysis.runner import run_experiments
 from diffgen.training.loop import restore_trained, train_and_evaluate
 from tests.tiny import tiny_digits_config
 
-SETTINGS = {'training.eval_every': 0, 'analysis.num_samples': 8, 'analysis.batch_size': 8}
+SETTINGS = {'analysis.num_samples': 8, 'analysis.batch_size': 8}
 
 
 @pytest.fixture(scope='module')

@@ -1,23 +1,43 @@
-"""Evaluation during training (every training.eval_every steps): how much the current model
-copies, measured on the same inputs at every evaluation so that the numbers form curves.
+"""Evaluation during training: named evaluators, each on its own schedule, measured on the
+same inputs at every evaluation so that their numbers form curves.
 
-Fixed once per run (from the seed): x_T of config.evaluation.num_samples samples, the first
-n = config.evaluation.num_images training and held-out images, and one (t, ε) per image pair
-(the same for both sets). At each evaluation, for the sampling parameters (EMA or raw) and each
-sampler in config.evaluation.methods (docs/math.md §7, §10, §2):
+    config.evaluation.evals.<name> = {'type': <a registered type>, 'every': <steps>,
+                                      <that type's options>}
 
-  memorisation_ratio  fraction of samples with d_1/d_2 < 1/3 over the whole training set
-  exact_copy_rate     fraction with d_1 < 1e-3 (RMS per pixel)
-  novelty_ratio       mean d_1 to the n training images / mean d_1 to the n held-out images
-  fd                  Fréchet distance of the samples' classifier features to the held-out set
-and, for the network itself,
-  loss_train    = (1/n) Σ_i ‖ε_θ(a_{t_i} y_i + σ_{t_i} ε_i, t_i) − ε_i‖² / D   over training y_i
-  loss_heldout  = the same over the held-out images with the same (t_i, ε_i)
-  loss_gap      = loss_heldout − loss_train   (the generalisation gap of the loss).
-Keys are '<method>/<name>' for the sample metrics. A non-finite sample makes its sampler's
-metrics NaN (never "not memorised").
+An evaluator runs every `every` training steps (a multiple of training.steps_per_call; 0 =
+never, so that a config's evaluator can be turned off from the command line) and at the
+last step. Its numbers are '<name>/<metric>': TensorBoard's eval/<name>/<metric> and the
+columns of DIR/eval.csv (one row per evaluated step; an evaluator that did not run at a
+step leaves its cells empty).
+
+Fixed once per run (from the seed), shared by every evaluator (EvaluationInputs): x_T of
+config.evaluation.num_samples samples, the first n = config.evaluation.num_images training
+and held-out images, and one (t, ε) per image pair (the same for both sets). The types
+(docs/math.md §7, §10, §2):
+
+  memorisation  (method, sampler_steps) samples of the sampling parameters from x_T:
+                memorisation_ratio  fraction with d_1/d_2 < 1/3 over the whole training set
+                exact_copy_rate     fraction with d_1 < 1e-3 (RMS per pixel)
+                novelty_ratio       mean d_1 to the n training images / mean d_1 to the n
+                                    held-out images
+  fd            (method, sampler_steps) the same samples:
+                fd                  Fréchet distance of their classifier features to the
+                                    held-out set's
+  loss          the network itself on the fixed (y_i, t_i, ε_i):
+                train   = (1/n) Σ_i ‖ε_θ(a_{t_i} y_i + σ_{t_i} ε_i, t_i) − ε_i‖² / D
+                heldout = the same over the held-out images with the same (t_i, ε_i)
+                gap     = heldout − train   (the generalisation gap of the loss)
+
+Evaluators of one step that share a sampler and step count share its samples (drawn once).
+A non-finite sample makes its evaluator's metrics NaN (never "not memorised").
+A further type is a function (inputs, options, denoiser, draw) -> {metric: float}
+registered with @evaluator_type(name, **option_defaults).
 """
 from __future__ import annotations
+
+import dataclasses
+import types
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,9 +48,31 @@ from diffgen.diffusion import samplers
 from diffgen.diffusion.conversions import diffuse
 from diffgen.diffusion.denoisers import network_denoiser
 from diffgen.optimum import chunked
+from diffgen.registry import Registry
 from diffgen.rng import stream
 
-_X_T, _LOSS_T, _LOSS_EPS = 0, 1, 2          # fold_in constants of the evaluation stream
+_X_T, _LOSS_T, _LOSS_EPS, _SAMPLE = 0, 1, 2, 3   # fold_in constants of the evaluation stream
+
+COMMON_OPTIONS = ('type', 'every')                # the keys every evaluator has
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluatorType:
+    """measure(inputs, options, denoiser, draw) -> {metric: float}; options: the type's
+    option names and defaults (each evaluator's config entry may set them)."""
+    measure: Callable
+    options: dict
+
+
+EVALUATORS = Registry('evaluator type')
+
+
+def evaluator_type(name, **options):
+    """Decorator: registers measure under name, with its options' defaults."""
+    def decorate(measure):
+        EVALUATORS.register(name)(EvaluatorType(measure, options))
+        return measure
+    return decorate
 
 
 @jax.jit
@@ -40,8 +82,10 @@ def denoising_loss(denoiser, y, t, eps, schedule):
     return jnp.mean((denoiser(x, t) - eps) ** 2)
 
 
-class Evaluator:
-    """evaluate(params) -> {name: float} on the run's fixed evaluation inputs."""
+class EvaluationInputs:
+    """The run's fixed evaluation inputs: x_T, the training rows (and the novelty subsets),
+    the n training and held-out images with their (t, ε), and the held-out set's classifier
+    features (computed on first use)."""
 
     def __init__(self, config, run):
         e, o = config.evaluation, config.optimal
@@ -65,7 +109,7 @@ class Evaluator:
         self.t = jax.random.randint(jax.random.fold_in(rng, _LOSS_T), (n,), 1, T + 1)
         self.eps = jax.random.normal(jax.random.fold_in(rng, _LOSS_EPS),
                                      (n,) + dataset.image_shape)
-        self.sample_rng = jax.random.fold_in(rng, 3)
+        self.sample_rng = jax.random.fold_in(rng, _SAMPLE)
         self._real_features = None
 
     def real_features(self):
@@ -75,25 +119,18 @@ class Evaluator:
             self._real_features = quality.features(reference, self.config, self.run.dataset)
         return self._real_features
 
-    def sample_metrics(self, samples):
-        """Memorisation, novelty and quality of one set of samples (NaN if any is non-finite)."""
-        names = ('memorisation_ratio', 'exact_copy_rate', 'novelty_ratio', 'fd')
-        if not np.all(np.isfinite(samples)):
-            return dict.fromkeys(names, float('nan'))
-        d1, d2, _ = metrics.nearest_two(samples, self.train_rows)
-        out = {'memorisation_ratio': metrics.memorisation_ratio(d1, d2),
-               'exact_copy_rate': metrics.exact_copy_rate(d1), 'novelty_ratio': float('nan'),
-               'fd': float('nan')}
-        if self.novelty_rows is not None:
-            d_train = metrics.nearest_distance(samples, self.novelty_rows[0])
-            d_heldout = metrics.nearest_distance(samples, self.novelty_rows[1])
-            out['novelty_ratio'] = metrics.novelty(d_train, d_heldout)['ratio']
-        generated = quality.features(samples, self.config, self.run.dataset)
-        if generated is not None:
-            out['fd'] = quality.feature_frechet_distance(generated, self.real_features())
-        return out
+    def sample(self, denoiser, method, sampler_steps):
+        """Samples of denoiser from x_T (DDPM: all T steps; η = 0)."""
+        settings = self.config.sampling.copy_and_resolve_references()
+        settings.method = method
+        settings.num_steps = 0 if method == 'ddpm' else sampler_steps
+        settings.eta = 0.0
+        return samplers.generate(denoiser, self.x_T, self.run.schedule,
+                                 sampling_config=settings, rng=self.sample_rng,
+                                 mesh=self.run.mesh)
 
     def loss(self, denoiser, images):
+        """denoising_loss over images (the training or held-out subset), in batches."""
         batch = self.config.evaluation.num_images
         total = 0.0
         for i in range(0, len(images), batch):
@@ -102,21 +139,92 @@ class Evaluator:
             total += float(part) * len(images[i:i + batch])
         return total / len(images)
 
-    def __call__(self, params):
-        e, s = self.config.evaluation, self.config.sampling
+
+def _finite(samples, names):
+    """None if every sample is finite, else {name: NaN}."""
+    return None if np.all(np.isfinite(samples)) else dict.fromkeys(names, float('nan'))
+
+
+@evaluator_type('memorisation', method='ddim', sampler_steps=50)
+def memorisation(inputs, options, denoiser, draw):
+    samples = draw(options.method, options.sampler_steps)
+    names = ('memorisation_ratio', 'exact_copy_rate', 'novelty_ratio')
+    bad = _finite(samples, names)
+    if bad:
+        return bad
+    d1, d2, _ = metrics.nearest_two(samples, inputs.train_rows)
+    out = {'memorisation_ratio': metrics.memorisation_ratio(d1, d2),
+           'exact_copy_rate': metrics.exact_copy_rate(d1), 'novelty_ratio': float('nan')}
+    if inputs.novelty_rows is not None:
+        d_train = metrics.nearest_distance(samples, inputs.novelty_rows[0])
+        d_heldout = metrics.nearest_distance(samples, inputs.novelty_rows[1])
+        out['novelty_ratio'] = metrics.novelty(d_train, d_heldout)['ratio']
+    return out
+
+
+@evaluator_type('fd', method='ddim', sampler_steps=50)
+def frechet_distance(inputs, options, denoiser, draw):
+    samples = draw(options.method, options.sampler_steps)
+    bad = _finite(samples, ('fd',))
+    if bad:
+        return bad
+    generated = quality.features(samples, inputs.config, inputs.run.dataset)
+    if generated is None:
+        return {'fd': float('nan')}
+    return {'fd': quality.feature_frechet_distance(generated, inputs.real_features())}
+
+
+@evaluator_type('loss')
+def denoising_loss_gap(inputs, options, denoiser, draw):
+    out = {'train': inputs.loss(denoiser, inputs.train)}
+    if inputs.heldout is not None:
+        out['heldout'] = inputs.loss(denoiser, inputs.heldout)
+        out['gap'] = out['heldout'] - out['train']
+    return out
+
+
+class Evaluations:
+    """The run's named evaluators: due(step, last) -> the names to run at step;
+    evaluations(params, names) -> {'<name>/<metric>': float}."""
+
+    def __init__(self, config, run):
+        self.config, self.run = config, run
+        self.evals = {name: entry for name, entry in config.evaluation.evals.items()
+                      if entry.every}
+        self._inputs = None
+
+    @property
+    def inputs(self):
+        """EvaluationInputs, made at the first evaluation (they hold the training rows)."""
+        if self._inputs is None:
+            self._inputs = EvaluationInputs(self.config, self.run)
+        return self._inputs
+
+    def due(self, step, last):
+        """The evaluators whose period divides step, or all of them at the last step."""
+        return [name for name, entry in self.evals.items() if last or step % entry.every == 0]
+
+    def __call__(self, params, names):
         denoiser = network_denoiser(self.run.model, params)
+        drawn = {}
+
+        def draw(method, sampler_steps):
+            key = (method, 0 if method == 'ddpm' else sampler_steps)
+            if key not in drawn:
+                drawn[key] = self.inputs.sample(denoiser, method, sampler_steps)
+            return drawn[key]
+
         out = {}
-        for method in e.methods:
-            settings = s.copy_and_resolve_references()
-            settings.method = method
-            settings.num_steps = 0 if method == 'ddpm' else e.sampler_steps
-            settings.eta = 0.0
-            samples = samplers.generate(denoiser, self.x_T, self.run.schedule,
-                                        sampling_config=settings, rng=self.sample_rng,
-                                        mesh=self.run.mesh)
-            out.update({f'{method}/{k}': v for k, v in self.sample_metrics(samples).items()})
-        out['loss_train'] = self.loss(denoiser, self.train)
-        if self.heldout is not None:
-            out['loss_heldout'] = self.loss(denoiser, self.heldout)
-            out['loss_gap'] = out['loss_heldout'] - out['loss_train']
+        for name in names:
+            entry = self.evals[name]
+            kind = EVALUATORS[entry.type]
+            options = _with_defaults(entry, kind.options)
+            numbers = kind.measure(self.inputs, options, denoiser, draw)
+            out.update({f'{name}/{metric}': float(v) for metric, v in numbers.items()})
         return out
+
+
+def _with_defaults(entry, defaults):
+    """An evaluator's options: its type's defaults, overridden by its config entry."""
+    return types.SimpleNamespace(**{**defaults, **{k: v for k, v in entry.items()
+                                                   if k not in COMMON_OPTIONS}})

@@ -15,7 +15,7 @@ def check_config(config):
     require(t.num_steps >= 1 and t.steps_per_call >= 1, 'training.num_steps, steps_per_call >= 1')
     require(t.keep_checkpoints >= 1, 'training.keep_checkpoints must be >= 1')
     require(t.keep_period >= 0, 'training.keep_period must be >= 0 (0 = none)')
-    for key in ('num_steps', 'log_every', 'checkpoint_every', 'sample_every', 'eval_every'):
+    for key in ('num_steps', 'log_every', 'checkpoint_every', 'sample_every'):
         value = t[key]
         require(value >= 0 and value % t.steps_per_call == 0,
                 f'training.{key}={value} must be a multiple of '

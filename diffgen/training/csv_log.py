@@ -1,11 +1,13 @@
 """A CSV of numbers per training step (eval.csv): one row per step, rewritten whole and
 atomically at every append (it is small), so that a crash never leaves half a row. A run
 resumed from step S drops the rows after S: it recomputes them, as the run it continues
-would have."""
+would have. CsvWriter is the same file as a clu MetricWriter, beside TensorBoard's."""
 from __future__ import annotations
 
 import csv
 import io
+
+from clu.metric_writers import interface
 
 from diffgen import files
 from diffgen.errors import CorruptFileError
@@ -28,6 +30,48 @@ class CsvLog:
         writer.writeheader()
         writer.writerows(self.rows)
         files.write_text(self.path, buffer.getvalue())
+
+
+class CsvWriter(interface.MetricWriter):
+    """A clu MetricWriter that writes the scalars whose tag starts with prefix ('eval/') as
+    one CsvLog row per write_scalars call, the prefix cut off (eval/ddim/fd -> ddim/fd);
+    every other kind of value, and other tags, it leaves to the writers beside it."""
+
+    def __init__(self, path, *, resume_step, prefix='eval/'):
+        self.log, self.prefix = CsvLog(path, resume_step=resume_step), prefix
+
+    def write_scalars(self, step, scalars):
+        row = {k[len(self.prefix):]: float(v) for k, v in scalars.items()
+               if k.startswith(self.prefix)}
+        if row:
+            self.log.append(int(step), row)
+
+    def write_summaries(self, step, values, metadata=None):
+        pass
+
+    def write_images(self, step, images):
+        pass
+
+    def write_videos(self, step, videos):
+        pass
+
+    def write_audios(self, step, audios, *, sample_rate):
+        pass
+
+    def write_texts(self, step, texts):
+        pass
+
+    def write_histograms(self, step, arrays, num_buckets=None):
+        pass
+
+    def write_hparams(self, hparams):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
 
 
 def read_csv(path):

@@ -16,6 +16,8 @@ import signal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
+from clu import metric_writers
 
 from diffgen import data, parallel
 from diffgen.data.fingerprint import data_fingerprint
@@ -30,7 +32,8 @@ from diffgen.rng import stream
 from diffgen.diffusion.schedules import get_schedule
 from diffgen.training.state import TrainState, create_train_state, make_optimizer, sampling_params
 from diffgen.training import metrics_log
-from diffgen.training.csv_log import CsvLog
+from diffgen.training.csv_log import CsvWriter
+from diffgen.training.profiling import StepProfiler
 from diffgen.training.step import make_train_call
 
 EVAL_CSV = 'eval.csv'  # the evaluations during training, one row per evaluated step
@@ -190,13 +193,26 @@ def sample_and_save(config, model, params, schedule, dataset, path, mesh, writer
     return samples
 
 
-def train_and_evaluate(config, workdir, make_evaluator=None):
+def make_writer(workdir, resume_step):
+    """The run's clu writer: TensorBoard's (metrics_log.make_writer) and, on process 0, the
+    CsvWriter of workdir/eval.csv (the eval/ scalars) beside it."""
+    writers = [metrics_log.make_writer(workdir)]
+    if jax.process_index() == 0:
+        writers.append(CsvWriter(os.path.join(workdir, EVAL_CSV), resume_step=resume_step))
+    return metric_writers.MultiWriter(writers)
+
+
+def train_and_evaluate(config, workdir, make_evaluations=None):
     """Trains config.training.num_steps steps in workdir, resuming from its checkpoints.
 
-    make_evaluator(config, run) -> evaluate(params) -> {name: number}, if given and
-    training.eval_every > 0, is called every eval_every steps and at the last step with the
-    sampling parameters (EMA or raw); its numbers go to TensorBoard as eval/<name> and to
-    workdir/eval.csv (diffgen.analysis.evaluation provides the standard one)."""
+    make_evaluations(config, run), if given, returns the run's evaluators
+    (diffgen.analysis.evaluation.Evaluations): due(step, last) names those to run at a step
+    (each has its own period), evaluations(params, names) -> {'<name>/<metric>': number}
+    measures them with the sampling parameters (EMA or raw); the numbers go to TensorBoard
+    as eval/<name>/<metric> and to workdir/eval.csv, through one clu writer.
+
+    Progress lines (process 0) and TensorBoard's steps_per_sec are one rate: the steps alone
+    since the previous log step, evaluation and sample grids timed apart (Progress)."""
     mesh = parallel.get_mesh()
     dataset = data.load(config, train_rows=lambda n: parallel.process_rows(n, mesh))
     check_model_fits_data(config, dataset)
@@ -216,36 +232,34 @@ def train_and_evaluate(config, workdir, make_evaluator=None):
                 f'{int(state.step)} of the checkpoint in {checkpointing.checkpoint_dir(workdir)}:'
                 f' nothing to train; set training.num_steps >= {int(state.step)}, or use '
                 '--mode=sample / analyze (--step=S for an earlier kept checkpoint)')
-        print(f'resumed from step {int(state.step)} in {checkpointing.checkpoint_dir(workdir)}',
-              flush=True)
+        logging.info('resumed from step %d in %s', int(state.step),
+                     checkpointing.checkpoint_dir(workdir))
     checkpointing.write_config(workdir, config, fingerprint)
-    writer = metrics_log.make_writer(workdir)
     train_set = place_training_set(dataset, mesh)
     train_call = make_train_call(config, model, tx, schedule, mesh, donate=True)
 
     t = config.training
     step = int(state.step)
+    writer = make_writer(workdir, step)
     if step == 0:
         writer.write_hparams(metrics_log.hparams(config))
-    actions = metrics_log.progress_actions(config, workdir, writer, step)
-    for action in actions:
-        action(step)  # starts their clocks
-    evaluate = make_evaluator(config, run) if make_evaluator and t.eval_every else None
-    eval_log = CsvLog(os.path.join(workdir, EVAL_CSV), resume_step=step)
+    profiler = StepProfiler(workdir, t.profile_steps, step)
+    evaluations = make_evaluations(config, run) if make_evaluations else None
     progress = Progress('train step', t.num_steps, step)
     pending = []  # per-call metrics still on the device: fetched only at boundaries
     saving = None  # the step of the last save started
     with Preemption() as preemption:
         while step < t.num_steps:
-            state, metrics = train_call(state, train_set)  # the old state's buffers donated
+            with profiler.annotate(step):
+                state, metrics = train_call(state, train_set)  # the old state's buffers donated
             step += t.steps_per_call
             pending.append(metrics)
-            for action in actions:
-                action(step)
+            profiler.after(step, t.steps_per_call)
             saving = checkpointing.check_saved(manager, saving)  # a failed save stops it here
             at_log = step % t.log_every == 0 or step == t.num_steps
             at_save = step % t.checkpoint_every == 0 or step == t.num_steps
-            at_eval = evaluate is not None and (step % t.eval_every == 0 or step == t.num_steps)
+            due = evaluations.due(step, step == t.num_steps) if evaluations else []
+            at_eval = bool(due)
             boundary = at_log or at_save or at_eval
             if boundary:  # processes agree on preemption at boundaries only
                 preemption.requested = parallel.any_process(preemption.requested)
@@ -259,25 +273,26 @@ def train_and_evaluate(config, workdir, make_evaluator=None):
             if broken:
                 raise diverged(f'{broken} became non-finite by step {step}', manager, saving)
             if at_log:
-                writer.write_scalars(step, metrics_log.train_scalars(
-                    pending, losses, step, config, schedule.num_timesteps))
-                progress.report(step, f'  loss {losses.mean():.4f}')
+                scalars = metrics_log.train_scalars(pending, losses, step, config,
+                                                    schedule.num_timesteps)
+                rate = progress.report(step, f'  loss {losses.mean():.4f}')
+                if rate is not None:
+                    scalars['steps_per_sec'] = rate
+                writer.write_scalars(step, scalars)
                 pending = []
             if at_eval:
                 with progress.other_work():
-                    numbers = evaluate(sampling_params(state, config.sampling.use_ema))
+                    numbers = evaluations(sampling_params(state, config.sampling.use_ema), due)
                 writer.write_scalars(step, {f'eval/{k}': v for k, v in numbers.items()})
-                if jax.process_index() == 0:
-                    eval_log.append(step, numbers)
-                    print(f'eval step {step}: ' + '  '.join(
-                        f'{k} {v:.4g}' for k, v in numbers.items()), flush=True)
+                logging.info('eval step %d: %s', step,
+                             '  '.join(f'{k} {v:.4g}' for k, v in numbers.items()))
             if at_save or preemption.requested:
                 saving = checkpointing.save(manager, state, saving, force=preemption.requested)
             if preemption.requested:
                 checkpointing.wait(manager, saving)
-                print(f'{preemption.name}: saved step {step} and stopped; rerun the same '
-                      'command to resume', flush=True)
-                metrics_log.stop_profiling(actions)
+                logging.warning('%s: saved step %d and stopped; rerun the same command to '
+                                'resume', preemption.name, step)
+                profiler.stop()
                 writer.close()
                 return state
             if t.sample_every and step % t.sample_every == 0 and step != t.num_steps:
@@ -288,7 +303,7 @@ def train_and_evaluate(config, workdir, make_evaluator=None):
                                     os.path.join(workdir, 'samples', f'step_{step:08d}.png'),
                                     mesh, writer=writer, step=step)
     checkpointing.wait(manager, saving)
-    metrics_log.stop_profiling(actions)
+    profiler.stop()
     writer.flush()
     writer.close()
     return state

@@ -6,13 +6,15 @@ writes event files into the workdir; the other processes' writers only log):
     learning_rate              optax's rate of the next update, learning_rate_at(step)
     loss_by_t/<lo>-<hi>        the mean per-example loss of those steps' examples whose t
                                lies in lo..hi (training.loss_bands equal bands of 1..T)
-    steps_per_sec, uptime      clu.periodic_actions.ReportProgress
+    steps_per_sec              the rate of the progress line of the same step (the steps
+                               alone since the previous log step: diffgen.progress)
     samples                    each sample grid the run writes, its PNG's pixels
-    eval/<name>                the evaluations during training (training.eval_every)
+    eval/<name>/<metric>       the evaluators of config.evaluation.evals, at their steps
     report/<experiment>/<key>  each report section's numbers, at the checkpoint's step
     hparams                    the config, flattened (write_hparams), once per run
 
-and the jax.profiler traces of training.profile_steps (the profile plugin's plugins/profile).
+and the jax.profiler traces of training.profile_steps (the profile plugin's plugins/profile;
+diffgen.training.profiling).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import io
 
 import jax
 import numpy as np
-from clu import metric_writers, periodic_actions, profiler
+from clu import metric_writers
 from PIL import Image
 
 from diffgen import files
@@ -111,28 +113,3 @@ def write_report(workdir, step, sections):
     writer = make_writer(workdir)
     writer.write_scalars(step, report_scalars(sections))
     writer.close()
-
-
-def progress_actions(config, workdir, writer, start_step):
-    """clu periodic actions called after every train call: ReportProgress (steps_per_sec
-    and ETA at every log step and at the end) and, with training.profile_steps, a Profile
-    that traces that many steps from the end of the first call (compilation done) into
-    workdir/plugins/profile. The first call to each only starts its clock."""
-    t = config.training
-    log_steps = range(start_step + t.log_every - start_step % t.log_every, t.num_steps + 1,
-                      t.log_every)
-    actions = [periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer,
-                                               every_steps=None, every_secs=None,
-                                               on_steps=log_steps)]
-    if t.profile_steps and jax.process_index() == 0:
-        actions.append(periodic_actions.Profile(
-            logdir=workdir, num_profile_steps=t.profile_steps, profile_duration_ms=None,
-            first_profile=start_step + t.steps_per_call, every_steps=None, every_secs=None))
-    return actions
-
-
-def stop_profiling(actions):
-    """Ends a Profile trace still running when training stops (its last steps traced)."""
-    for action in actions:
-        if isinstance(action, periodic_actions.Profile) and action._session_running:  # noqa: SLF001 -- clu has no public end
-            action._end_session(profiler.stop())  # noqa: SLF001
