@@ -7,6 +7,10 @@ Modes: train (train, resuming from DIR's checkpoints, then draw a sample grid), 
 (draw samples from DIR's latest checkpoint), analyze (the generalisation report in
 DIR/report), all (train, then analyze), compare (DIR's model against
 --other_workdir's, in DIR/report/compare).
+Output: progress lines on stdout and one-line errors (`diffgen: error: ...`) on stderr, from
+process 0 only; everything else diffgen says goes through absl logging (stderr), shown on
+process 0 only: diffgen's own messages from INFO on, other libraries' (Orbax, clu) from
+WARNING on, or everything at the level --verbosity gives.
 Bad input (config, data, workdir), a damaged file in the workdir, a workdir in use by
 another run and a full disk are reported as one line with exit status 2. SIGTERM or SIGINT
 stops a run with one line saying what is kept: training saves a checkpoint and exits 0 (a
@@ -22,7 +26,10 @@ import signal
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# TensorFlow only reads TFDS files here: its oneDNN kernels (and their start-up notice) serve nothing
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
+import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -30,12 +37,10 @@ from diffgen import modes, parallel  # noqa: E402
 from diffgen.errors import TrainingDiverged, UserError  # noqa: E402
 from diffgen.validation import validate  # noqa: E402
 
-MODES = ('train', 'sample', 'analyze', 'all', 'compare')
-
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file[:argument].',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, samples, reports.')
-_MODE = flags.DEFINE_string('mode', 'all', f'One of {MODES}.')
+_MODE = flags.DEFINE_enum('mode', 'all', list(modes.MODES), 'What to do.')
 _OTHER_WORKDIR = flags.DEFINE_string('other_workdir', None,
                                      'The second workdir of --mode=compare.')
 _STEP = flags.DEFINE_integer('step', None, 'sample / analyze: the kept checkpoint of this step '
@@ -68,6 +73,17 @@ def raise_interrupted(signum, frame):
     raise Interrupted(signum)
 
 
+DIFFGEN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+class DiffgenMessages(std_logging.Filter):
+    """Without --verbosity: diffgen's own messages from INFO on, other libraries' (Orbax's
+    every save and restore, clu's every metric) from WARNING on."""
+
+    def filter(self, record):
+        return record.levelno >= std_logging.WARNING or record.pathname.startswith(DIFFGEN_DIR)
+
+
 class QuietLibraryErrors(std_logging.Filter):
     """Drops what Orbax and asyncio log about a failed save or restore (tracebacks of its
     threads): diffgen reports those failures itself, as one line."""
@@ -85,8 +101,23 @@ def quiet_closed_loop(unraisable):
         sys.__unraisablehook__(unraisable)
 
 
+def process_index():
+    """jax.process_index() once jax.distributed runs, else 0 (without touching a device,
+    which must wait for parallel.initialize)."""
+    return jax.process_index() if jax.distributed.is_initialized() else 0
+
+
+def say(line):
+    """A line of direct output on stderr, printed by process 0; the other processes log it
+    as an error of theirs (so that a failure of one process alone is not lost)."""
+    if process_index() == 0:
+        print(line, file=sys.stderr, flush=True)
+    else:
+        logging.error('process %d: %s', process_index(), line.removeprefix('diffgen: '))
+
+
 def fail(message, status=2):
-    print(f'diffgen: error: {message}', file=sys.stderr, flush=True)
+    say(f'diffgen: error: {message}')
     sys.exit(status)
 
 
@@ -119,9 +150,17 @@ def run(config, workdir, mode):
     return modes.run(mode, config, workdir, options)
 
 
+def set_up_logging(explicit_verbosity):
+    """diffgen's messages at INFO, other libraries' from WARNING (unless --verbosity chose a
+    level for all); processes other than 0 log errors only."""
+    if not explicit_verbosity:
+        logging.set_verbosity(logging.INFO)
+        logging.get_absl_handler().addFilter(DiffgenMessages())  # every logger's records
+    if process_index() > 0:
+        logging.set_verbosity(logging.ERROR)
+
+
 def main(argv):
-    if not flags.FLAGS['verbosity'].present:  # progress lines are printed; library chatter
-        logging.set_verbosity(logging.WARNING)  # only with an explicit --verbosity
     for name in ('absl', 'asyncio'):
         std_logging.getLogger(name).addFilter(QuietLibraryErrors())
     sys.unraisablehook = quiet_closed_loop
@@ -131,6 +170,7 @@ def main(argv):
         parallel.initialize()  # several processes (a TPU pod, $DIFFGEN_COORDINATOR ...)
     except ValueError as e:
         fail(str(e))
+    set_up_logging(flags.FLAGS['verbosity'].present)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, raise_interrupted)
     try:
@@ -144,8 +184,6 @@ def main(argv):
             fail('--config is required, e.g. --config=configs/digits.py')
         if not _WORKDIR.value:
             fail('--workdir is required')
-        if _MODE.value not in MODES:
-            fail(f'--mode={_MODE.value!r} is not one of {MODES}')
         config = validate(config)
         modes.init_compile_cache(config)
         run(config, _WORKDIR.value, _MODE.value)
@@ -161,8 +199,7 @@ def main(argv):
     except Interrupted as e:
         report = os.path.join(_WORKDIR.value or '.', 'report', 'report.json')
         kept = KEPT.get(_MODE.value, 'what finished is kept').format(report=report)
-        print(f'diffgen: stopped by {e.name}: {kept}; rerun the same command to continue',
-              file=sys.stderr, flush=True)
+        say(f'diffgen: stopped by {e.name}: {kept}; rerun the same command to continue')
         sys.exit(128 + e.signum)
 
 

@@ -12,6 +12,7 @@ Most workdirs are copies of one tiny model trained here (checkpoints 4 and 8); t
 line runs use the same tiny config (tests/tiny.py) without evaluation during training."""
 import glob
 import json
+import logging
 import os
 import random
 import shutil
@@ -40,7 +41,6 @@ from tests.test_sweep_runner import fake  # noqa: F401 -- the fixture: runs are 
 from tests import tiny
 from tests.tiny import REPO, override_flags, tiny_digits_config
 
-FAST = {'training.eval_every': 0}   # no evaluation during training: no classifier to train
 PLUGINS = "--config.analysis.plugins=('tests.toy_experiment','tests.pause_experiment')"
 ANALYSIS = {'analysis.num_samples': 8, 'analysis.batch_size': 8, 'analysis.sampler_steps': 5,
             'analysis.quality.classifier_steps': 20}
@@ -65,7 +65,7 @@ def copy_of(workdir, tmp_path, name='work'):
 
 def main_args(workdir, mode, data_dir, **overrides):
     return ['--config=configs/digits.py', f'--workdir={workdir}', f'--mode={mode}',
-            *override_flags(data_dir, **{**FAST, **overrides})]
+            *override_flags(data_dir, **overrides)]
 
 
 def run_main(*args):
@@ -193,7 +193,7 @@ def test_checkpoint_cut_short_is_skipped_for_the_one_before(trained, data_dir, t
     assert warnings[0].startswith(f'diffgen: warning: checkpoint 8 in {workdir}/checkpoints '
                                   'cannot be restored ('), warnings
     assert f'moved the checkpoint of step 8 to {workdir}/skipped_checkpoints/8' in warnings[1]
-    assert 'resumed from step 4 ' in result.stdout   # (resuming is exact: tests/test_train.py)
+    assert 'resumed from step 4 ' in result.stderr   # (resuming is exact: tests/test_train.py)
     assert checkpointing.finished_steps(workdir) == [4, 8, 12]
     restores(workdir, data_dir, 12)
 
@@ -286,11 +286,12 @@ def test_resume_checks_the_gap_objectives_options_when_it_is_used(trained, data_
 
 
 def test_a_config_json_from_before_a_key_existed_still_resumes(trained, data_dir, tmp_path,
-                                                                capsys):
+                                                                caplog):
     """A key added to diffgen after a run was written (here model.init_from) is absent from
     that run's config.json: it held the default then (configs/default.py), so the run
     resumes, and its config.json is written whole again. The default is not a wildcard: a
     value other than it is still a change."""
+    caplog.set_level(logging.INFO)   # 'resumed from step' is an absl INFO message
     workdir = copy_of(trained, tmp_path)
     stored = json.loads((workdir / 'config.json').read_text())
     del stored['model']['init_from']
@@ -300,7 +301,7 @@ def test_a_config_json_from_before_a_key_existed_still_resumes(trained, data_dir
             workdir, tiny_digits_config(data_dir, **{'model.init_from': 'x'}))
     state = train_and_evaluate(tiny_digits_config(data_dir, **{'training.num_steps': 12}),
                                workdir)
-    assert 'resumed from step 8 ' in capsys.readouterr().out
+    assert 'resumed from step 8 ' in caplog.text
     assert int(state.step) == 12 and checkpointing.finished_steps(workdir) == [4, 8, 12]
     assert json.loads((workdir / 'config.json').read_text())['model']['init_from'] == ''
 
@@ -440,7 +441,7 @@ def test_disk_full_stops_training_at_the_failed_save(trained, data_dir, tmp_path
     rerun = run_main(*[a for a in args if 'num_steps' not in a],
                      '--config.training.num_steps=16')
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert 'resumed from step 8 ' in rerun.stdout
+    assert 'resumed from step 8 ' in rerun.stderr
     assert checkpointing.finished_steps(workdir) == [8, 12, 16]
     restores(workdir, data_dir, 16)
 

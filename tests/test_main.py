@@ -90,8 +90,8 @@ def test_sigkill_then_rerun_resumes_to_the_same_parameters(data_dir, tmp_path):
 
     rerun = run_main(f'--workdir={killed}', *args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert 'resumed from step' in rerun.stdout
-    resumed_from = int(rerun.stdout.split('resumed from step ')[1].split()[0])
+    assert 'resumed from step' in rerun.stderr
+    resumed_from = int(rerun.stderr.split('resumed from step ')[1].split()[0])
     assert resumed_from >= at_kill - 20
 
     straight = run_main(f'--workdir={tmp_path / "straight"}', *args)

@@ -46,5 +46,5 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_from_it(data_dir, tmp_
     rerun = run_main(*[a for a in args if 'num_steps' not in a],
                      f'--config.training.num_steps={saved + 4}')
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f'resumed from step {saved} ' in rerun.stdout
+    assert f'resumed from step {saved} ' in rerun.stderr
     assert f'train step {saved + 4}/{saved + 4}' in rerun.stdout

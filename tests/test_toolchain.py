@@ -1,7 +1,9 @@
 """The JAX toolchain around training: EMA warm-up, bfloat16 compute, donation of the train
 state, the persistent compilation cache, --verbosity, and the classifier cache on a data dir
 that is not a local path."""
+import glob
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +21,7 @@ from diffgen.training import state as train_state
 from diffgen.training import step as train_step
 from diffgen.training.loop import build
 from diffgen.validation import validate
-from tests.tiny import override_flags, run_main, tiny_digits_config
+from tests.tiny import REPO, override_flags, run_main, tiny_digits_config
 
 
 @pytest.fixture(scope='module')
@@ -90,17 +92,29 @@ def test_compile_cache_dir(data_dir):
     assert modes.compile_cache_dir(config) == 'gs://bucket/cache'
 
 
+def info_sources(stderr):
+    """The source files of the absl INFO lines in stderr (`I1202 12:00:00.0 123 file.py:42] ...`)."""
+    return set(re.findall(r'^I\d{4} [\d:.]+ +\d+ ([\w.]+\.py):\d+\]', stderr, flags=re.M))
+
+
 def test_main_fills_the_compile_cache_and_honours_verbosity(data_dir, tmp_path):
+    """Without --verbosity diffgen's own INFO messages show and other libraries' (Orbax's,
+    clu's) do not; --verbosity=0 shows theirs too. Progress lines go to stdout."""
     cache = tmp_path / 'cache'
-    result = run_main('--config=configs/digits.py', f'--workdir={tmp_path}/work', '--mode=train',
-                      '--verbosity=0', *override_flags(data_dir, **{
-                          'training.num_steps': 4, 'training.compile_cache_dir': cache}),
-                      timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    args = ['--config=configs/digits.py', '--mode=train']
+    flags = override_flags(data_dir, **{'training.num_steps': 4,
+                                        'training.compile_cache_dir': cache})
+    quiet = run_main(*args, f'--workdir={tmp_path}/quiet', *flags, timeout=600)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
     assert os.listdir(cache)                       # the train call (>= 1 s to compile) at least
-    assert 'train step 4/4' in result.stdout
-    # ReportProgress's note, logged at absl's INFO level: shown only with --verbosity=0
-    assert 'Setting work unit notes' in result.stderr and 'steps/s' in result.stderr
+    assert 'train step 4/4' in quiet.stdout and 'train step' not in quiet.stderr
+    diffgen_files = {os.path.basename(p) for p in glob.glob(os.path.join(REPO, 'diffgen', '**', '*.py'),
+                                                            recursive=True)}
+    shown = info_sources(quiet.stderr)
+    assert shown and shown <= diffgen_files, shown   # e.g. modes.py's 'sampling 8 samples'
+    loud = run_main(*args, f'--workdir={tmp_path}/loud', '--verbosity=0', *flags, timeout=600)
+    assert loud.returncode == 0, loud.stderr[-3000:]
+    assert info_sources(loud.stderr) - diffgen_files   # Orbax's saves, clu's metrics
 
 
 def test_classifier_cache_on_a_gs_data_dir(data_dir, tmp_path, monkeypatch):

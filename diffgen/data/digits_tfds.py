@@ -8,10 +8,13 @@ TFDS dataset. Example i of the split 'train' is scikit-learn's example i.
 TensorFlow Datasets is heavy and optional: the caller imports it (data.sources.import_tfds)
 and passes the module in, and the builder class is defined on first use.
 """
+import contextlib
 import functools
+import io
 
 import numpy as np
 import sklearn.datasets
+from absl import logging
 
 NAME = 'diffgen_digits'
 
@@ -64,6 +67,9 @@ def prepare(tfds, data_dir: str) -> None:
     builder = builder_class(tfds)(data_dir=data_dir)
     # TFDS renames a finished dataset into place: its folder exists once it is prepared.
     if not builder.data_path.exists():
-        builder.download_and_prepare(
-            file_format='array_record',
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        logging.info('writing the %s dataset into %s (once)', NAME, data_dir)
+        tfds.disable_progress_bar()  # its lines and bars are TFDS's talk, not diffgen's output
+        with contextlib.redirect_stdout(io.StringIO()):
+            builder.download_and_prepare(
+                file_format='array_record',
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False))
