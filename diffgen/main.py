@@ -29,7 +29,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # TensorFlow only reads TFDS files here: its oneDNN kernels (and their start-up notice) serve nothing
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
-import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -101,19 +100,13 @@ def quiet_closed_loop(unraisable):
         sys.__unraisablehook__(unraisable)
 
 
-def process_index():
-    """jax.process_index() once jax.distributed runs, else 0 (without touching a device,
-    which must wait for parallel.initialize)."""
-    return jax.process_index() if jax.distributed.is_initialized() else 0
-
-
 def say(line):
     """A line of direct output on stderr, printed by process 0; the other processes log it
     as an error of theirs (so that a failure of one process alone is not lost)."""
-    if process_index() == 0:
+    if parallel.process_index() == 0:
         print(line, file=sys.stderr, flush=True)
     else:
-        logging.error('process %d: %s', process_index(), line.removeprefix('diffgen: '))
+        logging.error('process %d: %s', parallel.process_index(), line.removeprefix('diffgen: '))
 
 
 def fail(message, status=2):
@@ -152,11 +145,14 @@ def run(config, workdir, mode):
 
 def set_up_logging(explicit_verbosity):
     """diffgen's messages at INFO, other libraries' from WARNING (unless --verbosity chose a
-    level for all); processes other than 0 log errors only."""
+    level for all); processes other than 0 log errors only. Called before jax.distributed
+    starts (the launcher's declared index) and again after (its own)."""
+    handler = logging.get_absl_handler()
     if not explicit_verbosity:
         logging.set_verbosity(logging.INFO)
-        logging.get_absl_handler().addFilter(DiffgenMessages())  # every logger's records
-    if process_index() > 0:
+        if not any(isinstance(f, DiffgenMessages) for f in handler.filters):
+            handler.addFilter(DiffgenMessages())  # every logger's records
+    if parallel.process_index() > 0:
         logging.set_verbosity(logging.ERROR)
 
 
@@ -166,6 +162,7 @@ def main(argv):
     sys.unraisablehook = quiet_closed_loop
     if len(argv) > 1:
         fail(f'unexpected arguments {argv[1:]}')
+    set_up_logging(flags.FLAGS['verbosity'].present)
     try:
         parallel.initialize()  # several processes (a TPU pod, $DIFFGEN_COORDINATOR ...)
     except ValueError as e:

@@ -34,6 +34,21 @@ PROCESS_ID_ENV = 'DIFFGEN_PROCESS_ID'
 DISTRIBUTED_ENV = 'DIFFGEN_DISTRIBUTED'
 
 
+# The index a launcher gives each process before jax.distributed runs (read for output only)
+LAUNCHER_INDEX_ENVS = (PROCESS_ID_ENV, 'SLURM_PROCID', 'CLOUD_TPU_TASK_ID')
+
+
+def process_index(environ=None):
+    """This process's index: jax.process_index() once jax.distributed runs; before that
+    (or without it), the index its launcher declared (LAUNCHER_INDEX_ENVS), else 0. Touches
+    no device, so it may run before initialize()."""
+    if jax.distributed.is_initialized():
+        return jax.process_index()
+    env = os.environ if environ is None else environ
+    declared = next((env[k] for k in LAUNCHER_INDEX_ENVS if env.get(k, '').isdigit()), '0')
+    return int(declared)
+
+
 def initialize(environ=None):
     """Starts jax.distributed when this is one of several processes; returns whether it did.
 

@@ -8,6 +8,7 @@ by diffgen.parallel.initialize() in diffgen.main. Each worker holds only the tra
 of its own four devices. The TPU-pod launcher is checked with a fake gcloud.
 """
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -37,21 +38,11 @@ def test_two_processes_train_and_one_process_restores(tmp_path):
     config = tiny_digits_config(data_dir, **STEPS)
     dataset = data.load(config)  # prepares the digits once, before the workers read them
     workdir = tmp_path / 'work'
-    coordinator = f'localhost:{free_port()}'
-    workers = []
-    for process_id in range(2):
-        env = dict(os.environ, PYTHON=sys.executable, DIFFGEN_COORDINATOR=coordinator,
-                   DIFFGEN_NUM_PROCESSES='2', DIFFGEN_PROCESS_ID=str(process_id))
-        workers.append(subprocess.Popen(
-            [os.path.join(REPO, 'launch', 'local.sh'), '--cpu_devices=4',
-             '--config=configs/digits.py',
-             f'--workdir={workdir}', '--mode=train', *override_flags(data_dir, **STEPS)],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [w.communicate(timeout=400)[0] for w in workers]
-    for w, out in zip(workers, outputs):
-        assert w.returncode == 0, out[-3000:]
-    assert 'train step 4/4' in outputs[0]
+    (out0, err0), (out1, err1) = run_two_processes(workdir, *override_flags(data_dir, **STEPS))
     assert (workdir / 'samples' / 'samples.npz').exists()
+    # only process 0 prints progress lines and shows diffgen's messages (absl INFO)
+    assert 'train step 4/4' in out0 and re.search(r'^I\d{4} .*modes\.py:\d+\] ', err0, re.M)
+    assert 'train step' not in out1 + err1 and not re.search(r'^I\d{4} ', err1, re.M)
 
     assert jax.process_count() == 1
     fresh = build(config, dataset).state
@@ -62,6 +53,34 @@ def test_two_processes_train_and_one_process_restores(tmp_path):
     moved = [np.max(np.abs(np.asarray(a) - np.asarray(b)))
              for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(fresh.params))]
     assert all(np.isfinite(m) for m in moved) and max(moved) > 0
+
+
+def run_two_processes(workdir, *flags, expect=0):
+    """[(stdout, stderr)] of two processes started as by hand, each with 4 CPU devices,
+    running --mode=train of configs/digits.py with flags; each must exit with expect."""
+    coordinator = f'localhost:{free_port()}'
+    workers = []
+    for process_id in range(2):
+        env = dict(os.environ, PYTHON=sys.executable, DIFFGEN_COORDINATOR=coordinator,
+                   DIFFGEN_NUM_PROCESSES='2', DIFFGEN_PROCESS_ID=str(process_id))
+        workers.append(subprocess.Popen(
+            [os.path.join(REPO, 'launch', 'local.sh'), '--cpu_devices=4',
+             '--config=configs/digits.py', f'--workdir={workdir}', '--mode=train', *flags],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [w.communicate(timeout=400) for w in workers]
+    for w, (out, err) in zip(workers, outputs):
+        assert w.returncode == expect, out[-2000:] + err[-3000:]
+    return outputs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('flag', ['--config.optim.ema_decay=1.5',    # found after start-up
+                                  '--config.optim.no_such_key=1'])   # found parsing the flags
+def test_only_process_0_prints_the_one_line_error(tmp_path, flag):
+    (out0, err0), (out1, err1) = run_two_processes(
+        tmp_path / 'work', *override_flags(tmp_path / 'data'), flag, expect=2)
+    assert [l for l in err0.splitlines() if l.startswith('diffgen: error:')], err0[-2000:]
+    assert 'diffgen: error:' not in out1 + err1, err1[-2000:]
 
 
 def fake_program(path, record):
