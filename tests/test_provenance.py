@@ -12,6 +12,7 @@ import pytest
 import tests.toy_experiment  # noqa: F401 -- registers the experiment 'toy'
 import tests.pause_experiment  # noqa: F401 -- registers the experiment 'pause'
 from diffgen.analysis.context import make_context
+from diffgen.analysis.provenance import machine
 from diffgen.analysis.runner import run_experiments
 from diffgen.training.loop import restore_trained, train_and_evaluate
 from tests.tiny import tiny_digits_config
@@ -60,7 +61,7 @@ def test_every_section_names_its_checkpoint_config_and_training_set(trained):
     expected = expected_provenance(config, restore_trained(config, str(workdir)), 8)
     assert set(numbers) == {'toy', 'pause'}
     for key in numbers:
-        assert numbers[key]['provenance'] == expected, key
+        assert numbers[key]['provenance'] == expected | {'machine': machine()}, key
 
 
 def test_a_section_of_an_older_checkpoint_is_not_merged_into_a_newer_report(

@@ -9,16 +9,25 @@ set) and is never merged into its report.
                     one report
   data_fingerprint  SHA-256 (first 16 hex digits) of the training set's uint8 rows, in
                     order, with their shape (diffgen.data.fingerprint)
+  machine           what the report was made on: CPU cores, architecture, accelerator kind
+                    and count (not the host's name); recorded, never compared: a section
+                    made elsewhere from the same checkpoint, config and training set is of
+                    the same report, and a report older than this field still merges
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import platform
+
+import jax
 
 from diffgen.data.fingerprint import data_fingerprint
 
 
 SELECTION_KEYS = ('experiments', 'plugins')   # of config.analysis
+MATCHED = ('step', 'config_digest', 'data_fingerprint')  # what sections of one report share
 
 
 def config_digest(config) -> str:
@@ -31,7 +40,22 @@ def config_digest(config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def machine() -> str:
+    """'16 CPU cores, x86_64, NVIDIA H200 x1': this process's CPU cores, architecture and
+    JAX devices (kind of the first, count of all)."""
+    return (f'{os.cpu_count()} CPU cores, {platform.machine()}, '
+            f'{jax.devices()[0].device_kind} x{jax.device_count()}')
+
+
 def provenance(config, step, train_examples) -> dict:
-    """{'step', 'config_digest', 'data_fingerprint'} of a report made from a checkpoint."""
+    """{'step', 'config_digest', 'data_fingerprint', 'machine'} of a report made from a
+    checkpoint."""
     return {'step': int(step), 'config_digest': config_digest(config),
-            'data_fingerprint': data_fingerprint(train_examples)}
+            'data_fingerprint': data_fingerprint(train_examples), 'machine': machine()}
+
+
+def matched(made):
+    """The part of a provenance dict (made) that decides whether two sections belong to one
+    report: its MATCHED keys (not the machine); anything but a dict (None: no provenance)
+    as it is."""
+    return {k: made.get(k) for k in MATCHED} if isinstance(made, dict) else made

@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from diffgen import files
+from diffgen.analysis.provenance import matched
 
 FIGURE_DATA = '_'   # numbers keys starting with this hold what only the figures need
 
@@ -90,9 +91,9 @@ def write_report(sections, directory, title, preamble=''):
     call's sections in order, then the kept ones."""
     json_path = os.path.join(directory, 'report.json')
     written = {s.key: _jsonable(reported(s.numbers)) for s in sections}
-    current = [n.get('provenance') for n in written.values()]
+    current = [matched(n.get('provenance')) for n in written.values()]
     numbers = {k: n for k, n in _read(json_path).items()
-               if isinstance(n, dict) and n.get('provenance') in current}
+               if isinstance(n, dict) and matched(n.get('provenance')) in current}
     numbers.update(written)
     files.write_text(json_path, json.dumps(numbers, indent=2))
     texts_path = os.path.join(directory, 'sections.json')
@@ -119,7 +120,8 @@ def finished_sections(directory, keys, provenance):
     kept = {}
     for key in keys:
         n, t = numbers.get(key), texts.get(key)
-        if (isinstance(n, dict) and isinstance(t, dict) and n.get('provenance') == provenance
+        if (isinstance(n, dict) and isinstance(t, dict)
+                and matched(n.get('provenance')) == matched(provenance)
                 and {'title', 'markdown', 'figures'} <= set(t)
                 and all(files.exists(os.path.join(directory, f)) for f in t['figures'])):
             kept[key] = Section(key, t['title'], t['markdown'], n, list(t['figures']))
