@@ -38,5 +38,6 @@ LAYERS = (
     'analysis',    # the generalisation report: context, experiments, metrics, quality
     'validation',  # the config checked before any work starts
     'modes',       # train / sample / analyze / all / compare
+    'docs',        # docs/results.md made from the runs' reports and evaluations
     'main',        # the command line
 )

@@ -1,0 +1,203 @@
+"""The results page (diffgen.docs): made from fixture runs written here by hand (a report with
+its provenance and texts, eval.csv, a sweep dir), it holds every section text and number of
+the files, the stamp (commit, config digest, data fingerprint, step, machine), figures that
+resolve from the page; it is the same on a rerun and changes with the files; a missing run
+or file is named with the command that makes it; bad input is one line and exit status 2.
+Also: the provenance's machine is recorded but not compared, so a report older than it
+still merges."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from diffgen import docs
+from diffgen.analysis import report
+from diffgen.errors import CorruptFileError, WorkdirError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROVENANCE = {'step': 800, 'config_digest': '0123456789abcdef',
+              'data_fingerprint': 'fedcba9876543210', 'machine': '2 CPU cores, x86_64, cpu x1'}
+OLD_PROVENANCE = {'step': 40, 'config_digest': '1111222233334444',
+                  'data_fingerprint': '5555666677778888'}   # a report without machine
+SECTIONS = {
+    'e1': ('E1: the optimum copies', 'The optimum copies 0.984 of its samples (d1/d2 < 1/3).',
+           {'copy_rate': 0.984}, ['e1_nearest.png']),
+    'e3': ('E3: the gap', '| t | gap |\n| --- | ---: |\n| 10 | 0.0421 |\n| 500 | 0.0037 |',
+           {'gap': [0.0421, 0.0037]}, []),
+    'e6': ('E6: effective model memorisation', 'This run (N = 64): memorisation ratio 0.734.',
+           {'memorisation_ratio': 0.734}, ['emm.png']),
+}
+EVAL_CSV = ('step,ddim/memorisation_ratio,ddim/exact_copy_rate,loss/gap\n'
+            '200,0.8125,0.25,0.0731\n400,0.6875,0.125,\n600,0.5625,0.0625,0.0412\n')
+RESULTS_CSV = ('run,seconds,data.num_train,e6.num_train,e6.memorisation_ratio,'
+               'e6.provenance.step,e6.provenance.config_digest\n'
+               'num_train_16,31.5,16,16,0.9375,300,aaaa\n'
+               'num_train_64,48.25,64,64,0.4063,300,bbbb\n')
+
+
+def png(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new('RGB', (4, 3), (200, 30, 30)).save(path)
+
+
+def workdir(path, sections=SECTIONS, provenance=PROVENANCE, eval_csv=EVAL_CSV):
+    """A workdir as --mode=all leaves it: report/report.json, sections.json, the figures,
+    eval.csv."""
+    (path / 'report').mkdir(parents=True)
+    numbers = {k: {**n, 'provenance': provenance} for k, (_, _, n, _) in sections.items()}
+    texts = {k: {'title': t, 'markdown': m, 'figures': f} for k, (t, m, _, f) in sections.items()}
+    (path / 'report' / 'report.json').write_text(json.dumps(numbers))
+    (path / 'report' / 'sections.json').write_text(json.dumps(texts))
+    for _, _, _, names in sections.values():
+        for name in names:
+            png(path / 'report' / name)
+    if eval_csv:
+        (path / 'eval.csv').write_text(eval_csv)
+    return path
+
+
+def sweep_dir(path):
+    """A sweep dir: results.csv, two runs with eval.csv (one with a report), two of its three
+    figures."""
+    path.mkdir()
+    (path / 'results.csv').write_text(RESULTS_CSV)
+    workdir(path / 'num_train_16', {'e6': SECTIONS['e6']}, OLD_PROVENANCE,
+            'step,ddim/memorisation_ratio\n100,1.0\n300,0.9375\n')
+    (path / 'num_train_64').mkdir()
+    (path / 'num_train_64' / 'eval.csv').write_text('step,ddim/memorisation_ratio\n300,0.4063\n')
+    png(path / 'transition_ratio.png')
+    png(path / 'emm.png')
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """(keyword arguments of docs.write_page, out dir): digits and sweep given, toy2d not."""
+    out = tmp_path / 'docs'
+    return dict(digits=str(workdir(tmp_path / 'digits')), sweep=str(sweep_dir(tmp_path / 'sweep')),
+                others=[('old', str(workdir(tmp_path / 'old', {'e6': SECTIONS['e6']},
+                                            OLD_PROVENANCE, None)))]), out
+
+
+def test_the_page_holds_every_text_number_figure_and_the_stamp(runs):
+    kwargs, out = runs
+    page = open(docs.write_page(str(out), **kwargs)).read()
+    assert page.splitlines()[0] == docs.STAMP
+    for title, text, _, _ in SECTIONS.values():
+        assert f'### {title}\n\n{text}\n' in page
+    assert f'at commit `{docs.commit(str(out))}`' in page
+    assert re.search(r'at commit `[0-9a-f]{4,}(\+dirty)?`', page)
+    stamp = ('| digits | e1, e3, e6 | 800 | 0123456789abcdef | fedcba9876543210 | '
+             '2 CPU cores, x86_64, cpu x1 |')
+    assert stamp in page
+    assert ('| old | e6 | 40 | 1111222233334444 | 5555666677778888 | machine not recorded |'
+            in page)
+    assert ('| sweep num_train_16 | e6 | 40 | 1111222233334444 | 5555666677778888 | '
+            'machine not recorded |' in page)
+    # eval.csv: each column's last value (loss/gap's last at 600), whatever the columns
+    for row in ['| ddim/memorisation_ratio | 600 | 0.5625 |', '| ddim/exact_copy_rate | 600 | '
+                '0.0625 |', '| loss/gap | 600 | 0.0412 |']:
+        assert row in page
+    # the sweep: results.csv without its provenance columns, each run's last evaluation
+    assert '| run | seconds | data.num_train | e6.num_train | e6.memorisation_ratio |' in page
+    assert '| num_train_16 | 31.5 | 16 | 16 | 0.9375 |' in page
+    assert '| num_train_64 | 48.25 | 64 | 64 | 0.4063 |' in page
+    assert '| num_train_16 | 300 | 0.9375 |' in page and '| num_train_64 | 300 | 0.4063 |' in page
+    figures = re.findall(r'!\[[^]]*\]\(([^)]+)\)', page)
+    for name in ['digits/e1_nearest.png', 'digits/emm.png', 'digits/eval.png',
+                 'sweep/transition_ratio.png', 'sweep/emm.png']:
+        assert f'images/results/{name}' in figures
+    for relative in figures:
+        assert not os.path.isabs(relative) and (out / relative).is_file(), relative
+    # what is missing, with the command that makes it
+    assert docs.MAKE['toy2d'].format(path='runs/toy2d') in page and '`--toy2d`' in page
+    sweep_command = docs.MAKE['sweep'].format(path=kwargs['sweep'])
+    assert f'`{kwargs["sweep"]}/transition_curves.png` does not exist: made by `{sweep_command}`' \
+        in page
+    assert f'`{kwargs["others"][0][1]}/eval.csv` does not exist' in page
+
+
+def test_the_page_is_the_same_on_a_rerun_and_follows_the_files(runs, tmp_path):
+    kwargs, out = runs
+    first = open(docs.write_page(str(out), **kwargs)).read()
+    assert open(docs.write_page(str(out), **kwargs)).read() == first
+    sections = tmp_path / 'digits' / 'report' / 'sections.json'
+    sections.write_text(sections.read_text().replace('0.984', '0.977'))
+    changed = open(docs.write_page(str(out), **kwargs)).read()
+    assert 'copies 0.977 of' in changed and 'copies 0.984 of' not in changed
+    csv = tmp_path / 'digits' / 'eval.csv'
+    csv.write_text(csv.read_text().replace('0.5625', '0.5312'))
+    assert '| ddim/memorisation_ratio | 600 | 0.5312 |' in open(
+        docs.write_page(str(out), **kwargs)).read()
+
+
+def test_no_runs_give_what_is_missing_and_the_commands(tmp_path):
+    page = open(docs.write_page(str(tmp_path / 'docs'))).read()
+    for name in ('digits', 'toy2d', 'sweep'):
+        assert docs.MAKE[name].format(path=docs.DEFAULT_PATH[name]) in page
+        assert f'`--{name}={docs.DEFAULT_PATH[name]}`' in page
+    missing = open(docs.write_page(str(tmp_path / 'docs'), digits=str(tmp_path / 'nowhere'))).read()
+    assert docs.MAKE['digits'].format(path=tmp_path / 'nowhere') in missing
+
+
+def test_bad_input_is_an_error(tmp_path, runs):
+    (tmp_path / 'plain').mkdir()
+    with pytest.raises(WorkdirError, match='is not a diffgen workdir'):
+        docs.write_page(str(tmp_path / 'out'), digits=str(tmp_path / 'plain'))
+    with pytest.raises(WorkdirError, match='is not a sweep dir'):
+        docs.write_page(str(tmp_path / 'out'), sweep=str(tmp_path / 'plain'))
+    (tmp_path / 'digits' / 'report' / 'report.json').write_text('{"e1": {"copy_rate": 0.9')
+    with pytest.raises(CorruptFileError, match='report.json is damaged'):
+        docs.write_page(str(tmp_path / 'out'), digits=str(tmp_path / 'digits'))
+
+
+def run_docs(*args):
+    return subprocess.run([sys.executable, '-m', 'diffgen.docs', *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_command_writes_the_same_page_and_reports_bad_input_in_one_line(runs, tmp_path):
+    kwargs, out = runs
+    expected = open(docs.write_page(str(out), **kwargs)).read()
+    os.remove(out / 'results.md')
+    result = run_docs(f'--digits={kwargs["digits"]}', f'--sweep={kwargs["sweep"]}',
+                      f'--run=old={kwargs["others"][0][1]}', f'--out={out}')
+    assert result.returncode == 0, result.stderr
+    assert (out / 'results.md').read_text() == expected
+    (tmp_path / 'digits' / 'report' / 'report.json').write_text('[1, 2')
+    result = run_docs(f'--digits={kwargs["digits"]}', f'--out={tmp_path / "out2"}')
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith('diffgen: error: ') and 'report.json is damaged' in lines[0]
+    assert not (tmp_path / 'out2' / 'results.md').exists()
+
+
+def test_the_checked_in_page_is_the_generators():
+    path = os.path.join(REPO, 'docs', docs.PAGE)
+    if not os.path.exists(path):
+        pytest.skip('docs/results.md is not checked in yet (python -m diffgen.docs makes it)')
+    page = open(path).read()
+    assert page.splitlines()[0] == docs.STAMP, 'docs/results.md was not made by diffgen.docs'
+    assert re.search(r'^Made by `python -m diffgen\.docs[^`]*` at commit `[^`]+`', page, re.M)
+
+
+def test_the_machine_is_recorded_not_compared(tmp_path):
+    """A section made elsewhere (another machine) or before provenance had a machine is of the
+    same report as one made now from the same checkpoint, config and training set."""
+    old = report.Section('old', 'Old', 'made before machine',
+                         {'x': 1, 'provenance': OLD_PROVENANCE})
+    report.write_report([old], str(tmp_path), 'report')
+    now = {**OLD_PROVENANCE, 'machine': '8 CPU cores, aarch64, TPU v5 lite x8'}
+    assert set(report.finished_sections(str(tmp_path), ['old'], now)) == {'old'}
+    report.write_report([report.Section('new', 'New', 'made now', {'provenance': now})],
+                        str(tmp_path), 'report')
+    numbers = json.loads((tmp_path / 'report.json').read_text())
+    assert set(numbers) == {'old', 'new'}
+    other = {**now, 'step': 41}
+    report.write_report([report.Section('new', 'New', 'later', {'provenance': other})],
+                        str(tmp_path), 'report')
+    assert set(json.loads((tmp_path / 'report.json').read_text())) == {'new'}
