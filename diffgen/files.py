@@ -19,6 +19,7 @@ import zipfile
 import zlib
 
 import numpy as np
+from absl import logging
 from etils import epath
 
 from diffgen.errors import CorruptFileError, WorkdirError
@@ -181,8 +182,7 @@ def workdir_lock(workdir):
         if _pid_running(pid):
             raise WorkdirError(f'{workdir} is in use by pid {pid} on this host (since '
                                f'{since}); wait for that run or use another --workdir')
-        print(f'diffgen: taking over the stale lock {path} of pid {pid} (no longer running)',
-              flush=True)
+        logging.warning('taking over the stale lock %s of pid %d (no longer running)', path, pid)
         epath.Path(path).unlink(missing_ok=True)
     try:
         yield path

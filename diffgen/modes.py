@@ -9,6 +9,7 @@ import dataclasses
 import os
 
 import jax
+from absl import logging
 
 from diffgen import files
 from diffgen.data import data_dir
@@ -39,8 +40,8 @@ def sample(config, workdir, options=Options()):
     run = restore_trained(config, workdir, options.step)
     step = int(run.state.step)
     path = os.path.join(workdir, 'samples', f'step_{step:08d}_final.png')
-    print(f'sampling {config.sampling.num_samples} samples ({config.sampling.method}) from '
-          f'step {step} ...', flush=True)
+    logging.info('sampling %d samples (%s) from step %d ...', config.sampling.num_samples,
+                 config.sampling.method, step)
     writer = metrics_log.make_writer(workdir)  # the grid as TensorBoard's 'samples' of step
     samples = sample_and_save(config, run.model, run.params(config.sampling.use_ema),
                               run.schedule, run.dataset, path, run.mesh, writer, step)
@@ -48,7 +49,7 @@ def sample(config, workdir, options=Options()):
     if jax.process_index() == 0:
         files.save_npz(os.path.join(workdir, 'samples', 'samples.npz'), samples=samples,
                  step=step)
-        print(f'wrote {len(samples)} samples ({config.sampling.method}) to {path}', flush=True)
+        logging.info('wrote %d samples (%s) to %s', len(samples), config.sampling.method, path)
     return samples
 
 
@@ -66,8 +67,8 @@ def all_(config, workdir, options=Options()):
     if int(state.step) == config.training.num_steps:
         analyze(config, workdir, options)
     else:
-        print(f'analysis not run: training stopped at step {int(state.step)} of '
-              f'{config.training.num_steps}; rerun the same command to continue', flush=True)
+        logging.info('analysis not run: training stopped at step %d of %d; rerun the same '
+                     'command to continue', int(state.step), config.training.num_steps)
     return state
 
 

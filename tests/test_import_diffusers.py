@@ -214,15 +214,15 @@ def torch_ddim(model, scheduler, x_T, num_steps):
 
 
 @pytest.mark.slow
-def test_analyze_imported_model(digits_model, data_dir, tmp_path, capsys):
+def test_analyze_imported_model(digits_model, data_dir, tmp_path, caplog):
     """--mode=analyze on the imported model: E2's DDIM samples are PyTorch's DDIM samples of
     the same network from the same x_T; E5 (it trains) is skipped with a line saying why."""
     directory, theirs, scheduler = digits_model
     config = digits_config(data_dir, directory, **{'analysis.experiments': ('e2', 'e5')})
     assert (config.model.ch, config.model.attn_head_dim, config.model.time_flip) == (16, 16, True)
+    caplog.set_level('INFO')   # 'e5 skipped: ...' is an absl INFO message
     sections = {s.key: s for s in modes.analyze(config, str(tmp_path))}
-    printed = capsys.readouterr().out
-    assert "e5 skipped: e5 compares the run's model with models it trains" in printed
+    assert "e5 skipped: e5 compares the run's model with models it trains" in caplog.text
     assert 'imported (model.init_from)' in sections['e5'].numbers['skipped']
     report = json.loads(files.read_text(tmp_path / 'report' / 'report.json'))
     assert report['e5']['skipped'] and 'memorisation_ratio' in report['e2']['ddim']
@@ -402,13 +402,14 @@ def test_diffusers_timestep_0_is_diffgen_t_1():
 
 
 @pytest.mark.parametrize('key', ['e5', 'e6', 'e7'])
-def test_experiments_that_train_are_skipped_for_an_imported_model(key, capsys):
+def test_experiments_that_train_are_skipped_for_an_imported_model(key, caplog):
     """E5-E7 train models of their own from scratch: on an imported model each is a report
     section saying why it was skipped, with nothing measured."""
     ctx = types.SimpleNamespace(config=ml_collections.ConfigDict(
         {'model': {'init_from': 'models/ddpm-cifar10-32'}}))
+    caplog.set_level('INFO')
     section = EXPERIMENTS[key].run(ctx)
     reason = (f"{key} compares the run's model with models it trains from scratch, but this "
               'model is imported (model.init_from), not trained by diffgen')
-    assert capsys.readouterr().out == f'{key} skipped: {reason}\n'
+    assert caplog.messages == [f'{key} skipped: {reason}']   # an absl INFO message
     assert section.key == key and section.numbers == {'skipped': reason}

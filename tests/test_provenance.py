@@ -65,23 +65,23 @@ def test_every_section_names_its_checkpoint_config_and_training_set(trained):
 
 
 def test_a_section_of_an_older_checkpoint_is_not_merged_into_a_newer_report(
-        trained, tmp_path, capsys):
+        trained, tmp_path, caplog):
+    caplog.set_level('INFO')   # the runner's 'analysis i/n: key ...' are absl INFO messages
     config, trained_dir = trained
     workdir = shutil.copytree(trained_dir, tmp_path / 'work',
                               ignore=shutil.ignore_patterns('report'))
     older, _, _ = analyse(config, workdir, ['toy', 'pause'], step=4)
     assert {older[k]['provenance']['step'] for k in older} == {4}
 
-    capsys.readouterr()
+    caplog.clear()
     newer, texts, markdown = analyse(config, workdir, ['toy'])
-    assert 'analysis 1/1: toy ...' in capsys.readouterr().out     # recomputed, not kept
+    assert 'analysis 1/1: toy ...' in caplog.messages     # recomputed, not kept
     assert set(newer) == {'toy'} and newer['toy']['provenance']['step'] == 8
     assert set(texts) == {'toy'} and '## Pause' not in markdown   # step 4's 'pause' dropped
 
-    capsys.readouterr()
+    caplog.clear()
     both, texts, markdown = analyse(config, workdir, ['toy', 'pause'])
-    out = capsys.readouterr().out
-    assert 'analysis 1/2: toy kept' in out and 'analysis 2/2: pause ...' in out
+    assert 'analysis 1/2: toy kept' in caplog.text and 'analysis 2/2: pause ...' in caplog.text
     assert {both[k]['provenance']['step'] for k in both} == {8} and set(texts) == set(both)
     assert '## Toy' in markdown and '## Pause' in markdown
 

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from diffgen import figures, files
 from diffgen.analysis import metrics, quality, report
@@ -153,7 +154,7 @@ def compare(config, workdir, other_workdir):
     if jax.process_index() == 0:
         report.write_report([section], ctx.report_dir, f'diffgen comparison: {workdir} vs '
                             f'{other_workdir}')
-        print(f'compare: wrote {ctx.report_dir}/report.md', flush=True)
+        logging.info('compare: wrote %s/report.md', ctx.report_dir)
     return section
 
 
@@ -171,17 +172,17 @@ def measure(ctx, other):
 
     T = ctx.schedule.num_timesteps
     times = np.unique(np.clip(np.round(np.asarray(FRACTIONS) * T).astype(int), 1, T))
-    print('compare: ε predictions over t ...', flush=True)
+    logging.info('compare: ε predictions over t ...')
     curves = eps_curves(ctx, denoisers, times)
     samples = {}
     for name, denoiser in denoisers.items():
-        print(f'compare: sampling {name} ...', flush=True)
+        logging.info('compare: sampling %s ...', name)
         samples[name] = ctx.sample(denoiser, 'ddim')
     centre = dataset.train.mean(axis=0)
     pairs = [(u, v) for i, u in enumerate(NAMES) for v in NAMES[i + 1:]]
     cosines = {f'{u} vs {v}': metrics.cosine_similarity(samples[u], samples[v], centre)
                for u, v in pairs}
-    print('compare: memorisation and quality ...', flush=True)
+    logging.info('compare: memorisation and quality ...')
     return {
         'workdirs': {'A': os.path.abspath(ctx.workdir), 'B': os.path.abspath(other.workdir)},
         'objectives': {'A': _objective(config), 'B': _objective(other.config)},

@@ -27,6 +27,7 @@ import dataclasses
 from typing import Callable
 
 import ml_collections
+from absl import logging
 
 from diffgen.analysis.report import Section
 from diffgen.registry import Registry
@@ -55,7 +56,7 @@ class Experiment:
         if self.trains and ctx.config.model.init_from:
             reason = (f'{self.key} compares the run\'s model with models it trains from scratch, '
                       'but this model is imported (model.init_from), not trained by diffgen')
-            print(f'{self.key} skipped: {reason}', flush=True)
+            logging.info('%s skipped: %s', self.key, reason)
             return Section(self.key, self.title, f'Skipped: {reason}.', {'skipped': reason})
         return self.render(self.measure(ctx, self.settings(ctx.config)), ctx)
 

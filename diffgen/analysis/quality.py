@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 
 from diffgen import data, files
 from diffgen.optimum.neighbors import knn
@@ -151,8 +152,8 @@ def feature_extractor(config, dataset):
                 for k, v in flax.traverse_util.flatten_dict(params).items()}
         if len(pool.heldout_images) and pool.heldout_labels is not None:
             flat['accuracy'] = accuracy(model, params, pool.heldout, pool.heldout_labels)
-            print(f'quality classifier ({len(pool.train_images)} images): held-out accuracy '
-                  f'{flat["accuracy"]:.3f}', flush=True)
+            logging.info('quality classifier (%d images): held-out accuracy %.3f',
+                         len(pool.train_images), flat['accuracy'])
         files.save_npz(path, **flat)  # atomic: concurrent runs never read a partial file
     _EXTRACTORS[key] = (model, params)
     return model, params

@@ -8,6 +8,7 @@ import importlib
 import time
 
 import jax
+from absl import logging
 
 from diffgen.analysis import experiments  # noqa: F401 -- registers the built-in experiments
 from diffgen.analysis import report
@@ -33,18 +34,18 @@ def run_experiments(ctx, keys):
     sections = []
     for i, key in enumerate(keys):
         if key in finished:
-            print(f'analysis {i + 1}/{len(keys)}: {key} kept (made from this checkpoint, '
-                  'config and training set)', flush=True)
+            logging.info('analysis %d/%d: %s kept (made from this checkpoint, config and '
+                         'training set)', i + 1, len(keys), key)
             sections.append(finished[key])
             continue
         experiment = EXPERIMENTS[key]
         start = time.perf_counter()
-        print(f'analysis {i + 1}/{len(keys)}: {key} ...', flush=True)
+        logging.info('analysis %d/%d: %s ...', i + 1, len(keys), key)
         section = experiment.run(ctx)
         section.numbers['provenance'] = ctx.provenance
         sections.append(section)
-        print(f'analysis {i + 1}/{len(keys)}: {key} done in {time.perf_counter() - start:.0f}s',
-              flush=True)
+        logging.info('analysis %d/%d: %s done in %.0fs', i + 1, len(keys), key,
+                     time.perf_counter() - start)
         if jax.process_index() == 0:  # the report so far, so nothing is lost on a crash
             report.write_report(sections, ctx.report_dir, title(ctx))
             metrics_log.write_report(ctx.workdir, ctx.provenance.get('step', 0), [section])

@@ -23,6 +23,7 @@ import os
 import time
 
 import numpy as np
+from absl import logging
 
 from diffgen import files
 from diffgen.data import digits_tfds, toy2d
@@ -309,8 +310,8 @@ class TfdsPool:
                 last_log = now
                 done = chunk.stop
                 rate = done / (now - start)
-                print(f'reading {what} of {self.name}: {done}/{indices.size}  {rate:.0f}/s  '
-                      f'ETA {format_seconds((indices.size - done) / rate)}', flush=True)
+                logging.info('reading %s of %s: %d/%d  %.0f/s  ETA %s', what, self.name, done,
+                             indices.size, rate, format_seconds((indices.size - done) / rate))
 
 
 def import_tfds():
