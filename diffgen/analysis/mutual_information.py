@@ -111,10 +111,6 @@ def mutual_information_value(z, k=3):
     return float(c + np.mean(u))
 
 
-def _t_quantile(level, dof):
-    return float(stats.t.ppf((1 + level) / 2, dof))
-
-
 def _infinite():
     return Estimate(*[np.inf] * 7)
 
@@ -133,9 +129,9 @@ def mutual_information(z, k=3, level=0.95):
     mean = leave_out.mean()
     se = float(np.sqrt((num_sets - 1) / num_sets * np.sum((leave_out - mean) ** 2)))
     corrected = float(num_sets * value - (num_sets - 1) * mean)
-    half = _t_quantile(level, num_sets - 1) * se
-    return Estimate(value, value - half, value + half, corrected, corrected - half,
-                    corrected + half, se)
+    low, high = (float(q) * se for q in stats.t.interval(level, num_sets - 1))   # ∓ t se
+    return Estimate(value, value + low, value + high, corrected, corrected + low,
+                    corrected + high, se)
 
 
 def seed_dependence(z, k=3, level=0.95):
@@ -149,8 +145,8 @@ def seed_dependence(z, k=3, level=0.95):
         return _infinite()
     value = float(per_set.mean())
     se = float(per_set.std(ddof=1) / np.sqrt(len(per_set)))
-    half = _t_quantile(level, len(per_set) - 1) * se
-    return Estimate(value, value - half, value + half, value, value - half, value + half, se)
+    low, high = (float(q) * se for q in stats.t.interval(level, len(per_set) - 1))
+    return Estimate(value, value + low, value + high, value, value + low, value + high, se)
 
 
 def gaussian_entropy(cov):

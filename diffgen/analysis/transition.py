@@ -12,27 +12,25 @@ training, diffgen/analysis/evaluation.py) gives its memorisation ratio per sampl
 """
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
+from scipy import stats
 
 from diffgen import figures, files
 from diffgen.training.csv_log import read_csv
 
-Z95 = 1.959963984540054
 EVAL_CSV = 'eval.csv'
 
 
-def wilson_interval(k, n, z=Z95):
-    """(low, high) of the Wilson score interval of a binomial proportion k/n."""
+def wilson_interval(k, n, level=0.95):
+    """(low, high) of the Wilson score interval of a binomial proportion p̂ = k/n (scipy's):
+    (p̂ + z²/2n ± z √(p̂(1 − p̂)/n + z²/4n²)) / (1 + z²/n), z the standard normal's
+    (1 + level)/2 quantile; (nan, nan) for n = 0."""
     if n <= 0:
         return float('nan'), float('nan')
-    p = k / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    interval = stats.binomtest(k, n).proportion_ci(confidence_level=level, method='wilson')
+    return float(interval.low), float(interval.high)
 
 
 def emm(sizes, ratios, lows, highs, threshold=0.9):

@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 
+import flax.traverse_util
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
 from configs import default
@@ -52,15 +53,6 @@ def training_set_path(workdir):
     return os.path.join(workdir, 'training_set.json')
 
 
-def _flatten(tree, prefix=''):
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out = {}
-    for k, v in tree.items():
-        out.update(_flatten(v, f'{prefix}.{k}' if prefix else k))
-    return out
-
-
 def _fingerprint(config_dict, gap):
     """The dotted keys that must match for a resume (with gap, also the gap objective's
     options), with values as JSON stores them."""
@@ -68,7 +60,7 @@ def _fingerprint(config_dict, gap):
     keys = COMPATIBILITY_TRAINING_KEYS + (GAP_TRAINING_KEYS if gap else ())
     tree = {k: config_dict.get(k) for k in COMPATIBILITY_SECTIONS}
     tree['training'] = {k: training.get(k) for k in keys}
-    flat = _flatten(json.loads(json.dumps(tree, default=list)))
+    flat = flax.traverse_util.flatten_dict(json.loads(json.dumps(tree, default=list)), sep='.')
     return {k: v for k, v in flat.items() if k.split('.')[-1] not in _MUTABLE_DATA_KEYS}
 
 
@@ -112,7 +104,8 @@ def check_compatible(workdir, config, fingerprint=None):
     current = config.to_dict()
     # A key added to diffgen after the run was written is absent from its config.json: it
     # held the default then (new keys default to what diffgen did before them).
-    defaults = _flatten(json.loads(json.dumps(default.get_config().to_dict(), default=list)))
+    defaults = flax.traverse_util.flatten_dict(
+        json.loads(json.dumps(default.get_config().to_dict(), default=list)), sep='.')
     stored = _fill(stored, defaults)
     gap = all((c.get('training') or {}).get('objective') == 'gap' for c in (stored, current))
     stored, current = _fingerprint(stored, gap), _fingerprint(current, gap)
@@ -215,10 +208,6 @@ def check_saved(manager, step):
     return None
 
 
-def _warn(message):
-    print(f'diffgen: warning: {message}', file=sys.stderr, flush=True)
-
-
 def restore_latest(manager, target, step=None, set_aside=False):
     """The newest checkpoint that Orbax can restore onto target's structure and shardings
     (or the kept one of the given step), or None if there is none.
@@ -240,8 +229,8 @@ def restore_latest(manager, target, step=None, set_aside=False):
             restored = manager.restore(s, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint is skipped
             skipped.append((s, reason(e)))
-            _warn(f'checkpoint {s} in {manager.directory} cannot be restored '
-                  f'({reason(e)})' + ('; trying the one before' if s != steps[-1] else ''))
+            logging.warning('checkpoint %d in %s cannot be restored (%s)%s', s, manager.directory,
+                            reason(e), '; trying the one before' if s != steps[-1] else '')
             continue
         if skipped and set_aside:
             _set_aside(manager, [bad for bad, _ in skipped])
@@ -265,5 +254,5 @@ def _set_aside(manager, steps):
             while place.exists():  # that step was set aside before
                 place, n = target / f'{s}.{n}', n + 1
             (directory / str(s)).rename(place)
-            _warn(f'moved the checkpoint of step {s} to {place}')
+            logging.warning('moved the checkpoint of step %d to %s', s, place)
     manager.reload()

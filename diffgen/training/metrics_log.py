@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 
+import flax.traverse_util
 import jax
 import numpy as np
 from clu import metric_writers
@@ -38,19 +39,11 @@ def make_writer(workdir):
 def hparams(config):
     """The config as write_hparams takes it: {'section.key': bool, int, float or str}
     (sequences as their text)."""
-    flat = {}
-
-    def walk(node, prefix):
-        for key, value in node.items():
-            name = f'{prefix}{key}'
-            if hasattr(value, 'items'):
-                walk(value, f'{name}.')
-            elif isinstance(value, (bool, int, float, str)):
-                flat[name] = value
-            else:
-                flat[name] = str(tuple(value) if isinstance(value, list) else value)
-    walk(config.copy_and_resolve_references().to_dict(), '')
-    return flat
+    flat = flax.traverse_util.flatten_dict(config.copy_and_resolve_references().to_dict(),
+                                           sep='.')
+    return {name: value if isinstance(value, (bool, int, float, str))
+            else str(tuple(value) if isinstance(value, list) else value)
+            for name, value in flat.items()}
 
 
 def band_tags(bands, num_timesteps):
@@ -95,16 +88,11 @@ def report_scalars(sections):
     """{'report/<key>/<name>': number} of every int and float among the sections' numbers
     (a nested dict's as <name>/<sub>; the provenance left out)."""
     scalars = {}
-
-    def walk(node, prefix):
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f'{prefix}{key}/')
-            elif isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
-                scalars[f'{prefix}{key}'] = float(value)
     for section in sections:
-        walk({k: v for k, v in section.numbers.items() if k != 'provenance'},
-             f'report/{section.key}/')
+        numbers = {k: v for k, v in section.numbers.items() if k != 'provenance'}
+        for path, value in flax.traverse_util.flatten_dict(numbers).items():
+            if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+                scalars['/'.join(('report', section.key, *map(str, path)))] = float(value)
     return scalars
 
 

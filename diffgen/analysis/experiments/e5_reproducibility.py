@@ -38,6 +38,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from absl import logging
+from scipy import stats
 
 from diffgen import figures, files
 from diffgen.analysis import metrics, quality
@@ -53,7 +55,6 @@ from diffgen.training.state import sampling_params
 KEY, TITLE = 'e5', 'E5: reproducibility across disjoint training sets'
 HALVES = ('a', 'b')
 MODELS = (('A', 0, 1), ('B', 1, 2), ("A'", 0, 3))  # (name, half index, seed offset)
-Z_95 = 1.959963984540054                             # the standard normal's 97.5% quantile
 
 
 def split_halves(images, labels):
@@ -108,7 +109,7 @@ def train_model(ctx, npz, half_name, seed, steps):
     """Trains (or resumes) one half model in W/e5/half_{half_name}_seed{seed}; returns its
     sampling parameters after `steps` steps."""
     workdir = os.path.join(ctx.workdir, 'e5', f'half_{half_name}_seed{seed}')
-    print(f'e5: half {half_name}, seed {seed}: {steps} steps in {workdir}', flush=True)
+    logging.info('e5: half %s, seed %d: %d steps in %s', half_name, seed, steps, workdir)
     state = train_and_evaluate(half_config(ctx.config, npz, steps, seed), workdir)
     if int(state.step) != steps:
         raise WorkdirError(f'e5: training of half {half_name} (seed {seed}) stopped at step '
@@ -117,9 +118,11 @@ def train_model(ctx, npz, half_name, seed, steps):
 
 
 def mean_interval(x):
-    """{'mean', 'low', 'high'}: x̄ ± 1.96 s/√n of a per-sample series (s with ddof 1)."""
+    """{'mean', 'low', 'high'}: x̄ ± z s/√n of a per-sample series (s with ddof 1; z = 1.96,
+    the standard normal's 97.5 % quantile)."""
     x = np.asarray(x, np.float64)
-    mean, half = float(np.mean(x)), Z_95 * float(np.std(x, ddof=1)) / np.sqrt(len(x))
+    mean, se = float(np.mean(x)), float(np.std(x, ddof=1)) / np.sqrt(len(x))
+    half = float(stats.norm.ppf(0.975)) * se
     return {'mean': mean, 'low': mean - half, 'high': mean + half}
 
 
