@@ -15,10 +15,12 @@ Slots: with --devices (default: the GPUs in $CUDA_VISIBLE_DEVICES, else those nv
 lists) one run per device at a time, each seeing only its own (CUDA_VISIBLE_DEVICES=<id>);
 without devices, --parallel runs at once (default 1) sharing the CPU cores.
 
-Resumable: a run whose report holds every experiment it asks for, made from its last
-training step with its current config (the report's provenance: step and config digest) is
-finished and skipped; any other run (never started, failed, interrupted, or stale: its
-config changed) is run again and resumes from its checkpoints. Only finished runs
+Resumable: a run whose own config.json (what diffgen.main ran it with) holds the values the
+sweep gives it now (its --config flags parsed by config_flags, as diffgen.main parses them)
+and whose report holds every experiment it asks for, made from config.json's last training
+step and config (the report's provenance: step and config digest), is finished and skipped
+(finished()); any other run (never started, failed, interrupted, or stale: its config
+changed) is run again and resumes from its checkpoints. Only finished runs
 contribute a row to D/results.csv (written atomically); where the rows carry E6 numbers
 D/emm.png plots the memorisation ratio against N with the EMM marked
 (diffgen/analysis/experiments/e6_emm.py), and from the finished runs' eval.csv
@@ -32,7 +34,6 @@ LAUNCHERS maps --launcher names to them.
 """
 from __future__ import annotations
 
-import ast
 import csv
 import dataclasses
 import importlib.util
@@ -50,7 +51,9 @@ import time
 if __package__ in (None, ''):  # run as a script: launch/sweep.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import flax.traverse_util  # noqa: E402
 from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 from diffgen import files  # noqa: E402
 from diffgen.analysis import transition  # noqa: E402
@@ -111,47 +114,77 @@ def run_name(overrides):
     return re.sub(r'[^A-Za-z0-9_.=-]', '', f'{key.split(".")[-1]}_{format_value(value)}')
 
 
+def config_overrides(overrides, extra):
+    """The --config.key=value flags of a run: its override dict's, then each 'key=value' of
+    extra (--override)."""
+    return ([f'--config.{k}={format_value(v)}' for k, v in overrides.items()]
+            + [f'--config.{e}' for e in extra])
+
+
 def main_args(config_flag, workdir, mode, overrides, extra):
     """diffgen.main's arguments for one run."""
-    flags_ = [f'--config.{k}={format_value(v)}' for k, v in overrides.items()]
-    return [f'--config={config_flag}', f'--workdir={workdir}', f'--mode={mode}', *flags_,
-            *(f'--config.{e}' for e in extra)]
+    return [f'--config={config_flag}', f'--workdir={workdir}', f'--mode={mode}',
+            *config_overrides(overrides, extra)]
 
 
-def run_config(get_config, config_flag, overrides, extra):
-    """The config a run will use: get_config(arg) with the overrides and each 'key=value' of
-    extra applied as diffgen.main applies --config.key=value (literals parsed, else strings)."""
-    config = get_config(config_flag.partition(':')[2] or None)
-    items = list(overrides.items())
-    for e in extra:
-        key, _, text = e.partition('=')
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        items.append((key, value))
-    for key, value in items:
-        *sections, name = key.split('.')
-        node = config
-        for s in sections:
-            node = node[s]
-        node[name] = value
-    return config
+def run_config(config_flag, overrides, extra):
+    """The config diffgen.main runs with: its --config and --config.key=value flags parsed
+    by ml_collections' config_flags itself, as diffgen.main parses them (each value by its
+    key's type: a float key's 1 is 1.0, a bool key's true is True, a string key's 64 is
+    '64'). ValueError if config_flags refuses one (an unknown key, a bad value)."""
+    path, colon, arg = config_flag.partition(':')
+    argv = ['diffgen.main', f'--config={os.path.join(REPO, path)}{colon}{arg}',
+            *config_overrides(overrides, extra)]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file('config', flag_values=values, lock_config=True,
+                                    sys_argv=argv)
+    try:
+        values(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f'{" ".join(argv[1:])}: {e}') from e
+    return values.config
+
+
+def _json(value):
+    """value as JSON stores it (tuples as lists)."""
+    return json.loads(json.dumps(value, default=list))
+
+
+def _read_json(path):
+    """The JSON file at path, or None if it is missing or not JSON."""
+    if not files.exists(path):
+        return None
+    try:
+        return json.loads(files.read_text(path))
+    except ValueError:
+        return None
 
 
 def finished(workdir, config, mode):
-    """True if workdir's report holds every experiment of config, each made from the last
-    training step with this config (its provenance). Modes without a report never are."""
+    """True if the run in workdir is finished for config (run_config's):
+      - its own config.json (the config diffgen.main trained it with) holds config's values,
+        compared key by key as JSON stores them (keys added to diffgen after the run, absent
+        from its config.json, left out; with --mode=analyze, which leaves config.json as its
+        training wrote it, the analysis section too); a value that differs (an override
+        changed) makes it stale;
+      - its report holds every experiment of config.analysis.experiments, each made (its
+        provenance) from config.json's last training step and with the digest of config.json
+        (--mode=all: it was written by this run) or, with --mode=analyze, of config.
+    Modes without a report never are."""
     if mode not in ('all', 'analyze'):
         return False
-    path = os.path.join(workdir, 'report', 'report.json')
-    if not files.exists(path):
+    stored = _read_json(os.path.join(workdir, 'config.json'))
+    report = _read_json(os.path.join(workdir, 'report', 'report.json'))
+    if not isinstance(stored, dict) or not isinstance(report, dict):
         return False
-    try:
-        report = json.loads(files.read_text(path))
-    except ValueError:
+    held = flax.traverse_util.flatten_dict(stored, sep='.')
+    wanted = flax.traverse_util.flatten_dict(_json(config.to_dict()), sep='.')
+    if mode == 'analyze':
+        wanted = {k: v for k, v in wanted.items() if not k.startswith('analysis.')}
+    if any(json.dumps(held.get(key, value)) != json.dumps(value) for key, value in wanted.items()):
         return False
-    want = {'step': config.training.num_steps, 'config_digest': config_digest(config)}
+    want = {'step': (stored.get('training') or {}).get('num_steps'),
+            'config_digest': config_digest(stored if mode == 'all' else config)}
     for key in config.analysis.experiments:
         made = (report.get(key) or {}).get('provenance') or {}
         if any(made.get(k) != v for k, v in want.items()):
@@ -159,16 +192,10 @@ def finished(workdir, config, mode):
     return True
 
 
-def flatten(tree, prefix=''):
+def flatten(tree):
     """The scalars of nested dicts as {'a.b': value}; lists are left out."""
-    out = {}
-    for key, value in tree.items():
-        name = f'{prefix}{key}'
-        if isinstance(value, dict):
-            out.update(flatten(value, name + '.'))
-        elif not isinstance(value, list):
-            out[name] = value
-    return out
+    return {name: value for name, value in flax.traverse_util.flatten_dict(tree, sep='.').items()
+            if not isinstance(value, list)}
 
 
 def write_csv(rows, path):
@@ -313,7 +340,7 @@ def sweep(config_flag, sweep_dir, sweep_arg=None, mode='all', launcher='local', 
     for overrides in overrides_list:
         name = run_name(overrides)
         workdir = os.path.join(sweep_dir, name)
-        config = run_config(get_config, config_flag, overrides, extra)
+        config = run_config(config_flag, overrides, extra)
         run = Run(name, overrides, config,
                   main_args(config_flag, workdir, mode, overrides, extra))
         if finished(workdir, config, mode):

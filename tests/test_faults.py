@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -82,15 +83,15 @@ def start_main(*args, **env):
 
 
 def signal_at(proc, marker, signum, timeout=600):
-    """Sends signum once proc prints a line starting with marker; returns (exit status, its
-    whole output)."""
+    """Sends signum once proc prints a line (or logs a message) starting with marker;
+    returns (exit status, its whole output)."""
     seen = []
     deadline = time.time() + timeout
     for line in proc.stdout:
         seen.append(line)
-        if line.startswith(marker) or time.time() > deadline:
+        if message(line).startswith(marker) or time.time() > deadline:
             break
-    assert seen and seen[-1].startswith(marker), ''.join(seen)[-3000:]
+    assert seen and message(seen[-1]).startswith(marker), ''.join(seen)[-3000:]
     proc.send_signal(signum)
     rest = proc.communicate(timeout=300)[0]
     return proc.returncode, ''.join(seen) + rest
@@ -98,6 +99,22 @@ def signal_at(proc, marker, signum, timeout=600):
 
 def error_lines(output):
     return [l for l in output.splitlines() if l.startswith('diffgen: ')]
+
+
+# an absl log line: `W1202 23:05:00.123456 12345 checkpoints.py:240] message`
+ABSL_LINE = re.compile(r'^([DIWEF])\d{4} [\d:.]+ +\d+ ([\w.]+\.py):\d+\] ')
+
+
+def message(line):
+    """line without absl's prefix, if it is a log line."""
+    return ABSL_LINE.sub('', line)
+
+
+def logged(output, level, source):
+    """The messages of output's absl log lines of level ('I', 'W', ...) from source (a file
+    name such as 'checkpoints.py')."""
+    return [message(l) for l in output.splitlines()
+            if (m := ABSL_LINE.match(l)) and m.groups() == (level, source)]
 
 
 def restores(workdir, data_dir, step):
@@ -189,8 +206,8 @@ def test_checkpoint_cut_short_is_skipped_for_the_one_before(trained, data_dir, t
     cut_short(workdir / 'checkpoints' / '8')
     result = run_main(*main_args(workdir, 'train', data_dir, **{'training.num_steps': 12}))
     assert result.returncode == 0, result.stderr[-3000:]
-    warnings = error_lines(result.stderr)
-    assert warnings[0].startswith(f'diffgen: warning: checkpoint 8 in {workdir}/checkpoints '
+    warnings = logged(result.stderr, 'W', 'checkpoints.py')
+    assert warnings[0].startswith(f'checkpoint 8 in {workdir}/checkpoints '
                                   'cannot be restored ('), warnings
     assert f'moved the checkpoint of step 8 to {workdir}/skipped_checkpoints/8' in warnings[1]
     assert 'resumed from step 4 ' in result.stderr   # (resuming is exact: tests/test_train.py)
@@ -225,14 +242,14 @@ def test_a_second_run_on_a_workdir_exits_2_naming_the_first(trained, data_dir, t
     assert not (workdir / files.LOCK).exists()   # released by its holder
 
 
-def test_a_stale_lock_is_taken_over(tmp_path, capsys):
+def test_a_stale_lock_is_taken_over(tmp_path, caplog):
     gone = subprocess.Popen([sys.executable, '-c', 'pass'])
     gone.wait()   # a run killed with its lock in place
     lock = tmp_path / files.LOCK
     lock.write_text(json.dumps({'host': socket.gethostname(), 'pid': gone.pid, 'since': 'x'}))
     with files.workdir_lock(str(tmp_path)):
         assert json.loads(lock.read_text())['pid'] == os.getpid()
-    assert f'taking over the stale lock {lock} of pid {gone.pid}' in capsys.readouterr().out
+    assert f'taking over the stale lock {lock} of pid {gone.pid}' in caplog.text   # a warning
     assert not lock.exists()
 
 
@@ -351,8 +368,8 @@ def test_sigterm_during_analysis_keeps_finished_sections_and_the_rerun_continues
 
     rerun = run_main(*args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert 'analysis 1/2: toy kept' in rerun.stdout
-    assert 'analysis 2/2: pause ...' in rerun.stdout
+    assert 'analysis 1/2: toy kept' in rerun.stderr   # absl INFO messages of diffgen
+    assert 'analysis 2/2: pause ...' in rerun.stderr
     after = json.loads((workdir / 'report' / 'report.json').read_text())
     assert after['toy'] == numbers['toy'] and after['pause']['num_samples'] == 8
     report_md = (workdir / 'report' / 'report.md').read_text()
@@ -521,7 +538,7 @@ def test_sweep_rerun_appends_the_log_and_never_counts_a_failed_runs_old_report(f
     runs, _ = sweep.sweep(SWEEP_CONFIG, str(fake / 'sweep'), '16', 'all', 'fake')
     assert runs[0].status == 'ok' and [r['run'] for r in results(fake)] == ['num_train_16']
     extra = ['training.num_steps=800']
-    write_plan(fake, '16', fail=(16,), extra=extra)
+    write_plan(fake, '16', fail=(16,))
     runs, summary = sweep.sweep(SWEEP_CONFIG, str(fake / 'sweep'), '16', 'all', 'fake', extra)
     assert runs[0].status == 'failed (exit 1)'
     assert results(fake) == [] and summary is None
@@ -561,7 +578,7 @@ def run_logged(args, log_path, kill_at=None):
             lines.append((time.time() - start, line))
             log.write(f'{lines[-1][0]:8.1f} {line}')
             log.flush()
-            if kill_at and timer is None and line.startswith(kill_at[0]):
+            if kill_at and timer is None and message(line).startswith(kill_at[0]):
                 timer = threading.Timer(kill_at[1], proc.kill)
                 timer.start()
     proc.wait()
@@ -580,7 +597,8 @@ def test_sigkill_at_random_moments_across_mode_all_ends_as_an_uninterrupted_run(
     args = lambda w: [*main_args(w, 'all', data_dir, **CRASH), *CRASH_FLAGS]
     status, lines = run_logged(args(tmp_path / 'straight'), tmp_path / 'straight.log')
     assert status == 0, ''.join(l for _, l in lines)[-3000:]
-    starts = [next(t for t, l in lines if l.startswith(p)) for p in PHASES] + [lines[-1][0]]
+    starts = [next(t for t, l in lines if message(l).startswith(p)) for p in PHASES]
+    starts.append(lines[-1][0])
 
     rng = random.Random(12)
     killed, landed = tmp_path / 'killed', []

@@ -29,16 +29,15 @@ def fake(tmp_path, monkeypatch):
     return tmp_path
 
 
-def write_plan(tmp_path, sizes, fail=(), sleep=0.5, extra=()):
-    """plan.json for the runs of get_sweep(sizes): each one's digest as the sweep computes it."""
-    get_config, overrides_list = sweep.load_sweep(CONFIG, sizes)
+def write_plan(tmp_path, sizes, fail=(), sleep=0.5):
+    """plan.json for the runs of get_sweep(sizes) (their config and provenance are the fake
+    run's own, from its flags)."""
+    _, overrides_list = sweep.load_sweep(CONFIG, sizes)
     plan = {}
     for overrides in overrides_list:
-        config = sweep.run_config(get_config, CONFIG, overrides, extra)
         n = overrides['data.num_train']
         plan[os.path.join(str(tmp_path / 'sweep'), sweep.run_name(overrides))] = {
-            'n': n, 'ratio': 1.0 if n == 16 else 0.25, 'digest': config_digest(config),
-            'step': config.training.num_steps, 'fail': n in fail, 'sleep': sleep}
+            'n': n, 'ratio': 1.0 if n == 16 else 0.25, 'fail': n in fail, 'sleep': sleep}
     (tmp_path / 'plan.json').write_text(json.dumps(plan))
 
 
@@ -75,10 +74,35 @@ def test_stale_run_is_rerun_not_counted(fake):
     sweep.sweep(CONFIG, str(fake / 'sweep'), '16', 'all', 'fake')
     # the same sweep with another training length: the old report is stale
     extra = ['training.num_steps=800']
-    write_plan(fake, '16', fail=(16,), extra=extra)
+    write_plan(fake, '16', fail=(16,))
     runs, summary = sweep.sweep(CONFIG, str(fake / 'sweep'), '16', 'all', 'fake', extra)
     assert runs[0].status == 'failed (exit 1)' and len(calls(fake)) == 2
     assert results(fake) == [] and summary is None
+
+
+def test_finished_is_read_from_the_runs_own_config_json(fake):
+    """Overrides that ast.literal_eval and config_flags parse differently (a float key's 1,
+    a bool key's true, a string key's 16): the run is finished when its config.json (what
+    diffgen.main parsed) and report say so, and is not run again; a changed override makes it
+    stale, and it runs again."""
+    extra = ['optim.eps=1', 'data.random_flip=true', 'model.init_from=16']
+    write_plan(fake, '16')
+    runs, _ = sweep.sweep(CONFIG, str(fake / 'sweep'), '16', 'all', 'fake', extra)
+    assert runs[0].status == 'ok' and len(calls(fake)) == 1
+    stored = json.loads((fake / 'sweep' / 'num_train_16' / 'config.json').read_text())
+    assert (stored['optim']['eps'], stored['data']['random_flip'],
+            stored['model']['init_from']) == (1.0, True, '16')   # literal_eval: 1, 'true', 16
+    assert config_digest(stored) == config_digest(runs[0].config)
+
+    runs, _ = sweep.sweep(CONFIG, str(fake / 'sweep'), '16', 'all', 'fake', extra)
+    assert runs[0].status == 'ok (finished before)' and len(calls(fake)) == 1
+    assert [r['run'] for r in results(fake)] == ['num_train_16']
+
+    runs, _ = sweep.sweep(CONFIG, str(fake / 'sweep'), '16', 'all', 'fake',
+                          ['optim.eps=2', *extra[1:]])                 # an override changed
+    assert runs[0].status == 'ok' and len(calls(fake)) == 2
+    assert json.loads((fake / 'sweep' / 'num_train_16' / 'config.json').read_text())[
+        'optim']['eps'] == 2.0
 
 
 def test_two_runs_at_once_on_two_devices(fake):
