@@ -11,10 +11,29 @@ from diffgen.training.csv_log import CsvLog
 
 
 @pytest.mark.parametrize('k,n', [(0, 100), (3, 20), (50, 100), (99, 100), (100, 100), (1, 1)])
-def test_wilson_interval_matches_scipy(k, n):
-    expected = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method='wilson')
+def test_wilson_interval_is_the_closed_form(k, n):
+    """centre = (p + z²/2n)/(1 + z²/n), half-width = z √(p(1−p)/n + z²/4n²)/(1 + z²/n)."""
+    z, p = stats.norm.ppf(0.975), k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     np.testing.assert_allclose(transition.wilson_interval(k, n),
-                               (expected.low, expected.high), rtol=1e-9, atol=1e-12)
+                               (max(0.0, centre - half), min(1.0, centre + half)),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_curves_of_evaluators_with_different_periods(tmp_path):
+    """An evaluator that did not run at a step leaves its cell empty: its curve has only
+    the steps where it ran."""
+    log = CsvLog(str(tmp_path / 'num_train_16' / 'eval.csv'), resume_step=0)
+    for step in (500, 1000, 1500, 2000):
+        row = {'ddim/memorisation_ratio': step / 2000, 'loss/gap': 0.1}
+        if step % 1000 == 0:
+            row['ddpm/memorisation_ratio'] = step / 1000 / 2
+        log.append(step, row)
+    curves = transition.read_curves(str(tmp_path), [('num_train_16', 16)])
+    np.testing.assert_array_equal(curves[16]['ddim'][0], [500, 1000, 1500, 2000])
+    np.testing.assert_array_equal(curves[16]['ddpm'][0], [1000, 2000])
+    np.testing.assert_allclose(curves[16]['ddpm'][1], [0.5, 1.0])
 
 
 def test_emm_bracket():

@@ -43,18 +43,22 @@ def emm(sizes, ratios, lows, highs, threshold=0.9):
 
 
 def read_curves(sweep_dir, runs):
-    """{N: {method: (steps array, ratio array)}} from the runs' eval.csv files; runs: the
-    (run name, N) pairs to read (missing files are skipped)."""
+    """{N: {name: (steps array, ratio array)}} from the runs' eval.csv files, one curve per
+    memorisation evaluator (its column '<name>/memorisation_ratio', at the steps where it
+    ran: another evaluator's steps leave its cell empty); runs: the (run name, N) pairs to
+    read (missing files are skipped)."""
     curves = {}
     for name, n in runs:
         path = os.path.join(sweep_dir, name, EVAL_CSV)
         if not files.exists(path):
             continue
         rows = read_csv(path)
-        methods = [k.split('/')[0] for k in rows[0] if k.endswith('/memorisation_ratio')]
-        curves[n] = {m: (np.array([int(r['step']) for r in rows]),
-                         np.array([float(r[f'{m}/memorisation_ratio']) for r in rows]))
-                     for m in methods}
+        columns = [k for k in (rows[0] if rows else ()) if k.endswith('/memorisation_ratio')]
+        curves[n] = {}
+        for column in columns:
+            ran = [r for r in rows if r[column] != '']
+            curves[n][column.split('/')[0]] = (np.array([int(r['step']) for r in ran]),
+                                               np.array([float(r[column]) for r in ran]))
     return curves
 
 
