@@ -5,10 +5,10 @@ by default. On the digits UNet the YNNPACK fusions other than single matrix prod
 slower than XLA's own kernels: with only those products left to YNNPACK
 (--xla_cpu_experimental_ynn_fusion_type=individual_dot) the digits train call ran at 8.98
 steps/s and DDIM sampling at 242 images/s, against 6.28 and 137 with XLA's defaults, on this
-project's 2-core x86 machine (2026-11-28). Turning YNNPACK off altogether is as fast for the
+project's 2-core x86 machine. Turning YNNPACK off altogether is as fast for the
 UNet (9.08, 246) but not for the empirical optimum's large matrix products: the engine at the
-CIFAR-10 shape took 202 ms with YNNPACK's products and 319-993 ms without (see README,
-"Speed"). The option only changes how XLA:CPU compiles; results agree within float32
+CIFAR-10 shape took 202 ms with YNNPACK's products and 319-993 ms without (see docs/performance.md,
+"XLA options"). The option only changes how XLA:CPU compiles; results agree within float32
 round-off, and GPU and TPU compilation ignores it.
 
 It is appended to XLA_FLAGS unless XLA_FLAGS already names the option (the user's choice

@@ -64,7 +64,7 @@ class ChunkedRows:
 # The chunk size C where none is given (config.optimal.chunk_size = 0, the library functions'
 # chunk_size=None), per JAX platform: the fastest of benchmarks/bench_optimal.py's chunks at
 # the CIFAR-10 shape on that device kind. cpu: measured on this project's 2-core x86 machines
-# with diffgen's XLA options (README, "The empirical-optimal denoiser"): one chunk of all
+# with diffgen's XLA options (docs/performance.md, "The empirical-optimal engine"): one chunk of all
 # 50 000 rows ran at 0.77x the two-matmul roofline, 2048 rows at 0.88x and 512 at 1.01x,
 # because XLA:CPU copies each chunk out of the stored rows inside the scan and a single chunk
 # needs no copy. So on CPU a set of up to 65 536 rows (per device) is one chunk; the logits
