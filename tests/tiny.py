@@ -13,6 +13,8 @@ TINY_OVERRIDES = {
     'training.log_every': 2, 'training.checkpoint_every': 4, 'training.sample_every': 0,
     'optim.warmup_steps': 2, 'sampling.method': 'ddim', 'sampling.num_steps': 5,
     'sampling.num_samples': 8, 'data.num_heldout': 16,
+    # the quality classifier of every test (tests/conftest.py trains it once per session)
+    'analysis.quality.classifier_steps': 20,
     # no evaluation during --mode=train (its classifier takes minutes): every evaluator off
     **{f'evaluation.evals.{name}.every': 0 for name in digits.get_config().evaluation.evals},
 }
