@@ -63,7 +63,7 @@ def digits_data_dir():
 def _unoptimized():
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')   # for the subprocesses
-        before = jax.config.jax_disable_most_optimizations
+        before = jax.config.read('jax_disable_most_optimizations')
         jax.config.update('jax_disable_most_optimizations', True)
         try:
             yield

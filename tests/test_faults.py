@@ -42,14 +42,18 @@ from tests.test_sweep_runner import fake  # noqa: F401 -- the fixture: runs are 
 from tests import tiny
 from tests.tiny import REPO, override_flags, tiny_digits_config
 
+# behaviour, not numbers (runs compared bit for bit are computed alike): XLA's
+# optimisations off, here and in the diffgen.main runs started (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures('unoptimized_module')
+
 PLUGINS = "--config.analysis.plugins=('tests.toy_experiment','tests.pause_experiment')"
 ANALYSIS = {'analysis.num_samples': 8, 'analysis.batch_size': 8, 'analysis.sampler_steps': 5,
             'analysis.quality.classifier_steps': 20}
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp('data')
+def data_dir(digits_data_dir):
+    return digits_data_dir
 
 
 @pytest.fixture(scope='module')
@@ -284,10 +288,14 @@ def test_a_failed_run_leaves_no_workdir_behind(data_dir, tmp_path):
     ({'seed': 1}, 'seed'),
 ])
 def test_resume_refuses_a_change_of_what_the_model_is(trained, data_dir, overrides, changed):
+    """Refused untouched: the checkpoints and config.json stay as they were (diffgen.main
+    tells a WorkdirError as one line, exit status 2: test_a_second_run_on_a_workdir_...)."""
+    config_before = (trained / 'config.json').read_text()
     config = tiny_digits_config(data_dir, **{'training.num_steps': 12, **overrides})
     with pytest.raises(WorkdirError, match=f'incompatible config.*{changed}'):
         train_and_evaluate(config, trained)
     assert checkpointing.finished_steps(trained) == [4, 8]
+    assert (trained / 'config.json').read_text() == config_before
 
 
 def test_resume_checks_the_gap_objectives_options_when_it_is_used(trained, data_dir,

@@ -1,5 +1,6 @@
 """The entry point as a user runs it: bad input is one line and exit status 2 with nothing
-written; SIGKILL mid-run and a rerun resume from the last checkpoint."""
+written; SIGKILL mid-run and a rerun resume from the last checkpoint. (A workdir of another
+model is refused untouched: tests/test_faults.py.)"""
 import os
 import signal
 import subprocess
@@ -9,12 +10,18 @@ import time
 import numpy as np
 import pytest
 
-from tests.tiny import REPO, override_flags, run_main
+from absl import flags
+from ml_collections import config_flags
+
+from diffgen import data
+from diffgen.errors import ConfigError, UserError
+from diffgen.validation import validate
+from tests.tiny import REPO, override_flags, run_main, tiny_digits_config
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp('data')
+def data_dir(digits_data_dir):
+    return digits_data_dir
 
 
 def assert_one_line_error(result, *fragments):
@@ -26,23 +33,74 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-@pytest.mark.parametrize('flag,fragments', [
-    ('--config.training.batchsize=3', ['batchsize']),
-    ('--config.data.source=mnist', ['data.source', 'mnist']),
-    ('--config.data.source=tfds:no_such_dataset', ['no_such_dataset']),
-    ('--config.sampling.method=euler', ['sampling.method', 'euler']),
-    ('--config.model.name=transformer', ['model.name', 'transformer']),
-    ('--config.data.num_train=5000', ['5000', '1781']),
-    ('--config.data.source=npz:/nonexistent/images.npz', ['/nonexistent/images.npz']),
-    ('--config.training.batch_size=abc', ['batch_size']),
-    ('--config.optim.ema_decay=1.5', ['optim.ema_decay']),
-])
-def test_bad_input_is_one_line_and_exit_2(data_dir, tmp_path, flag, fragments):
+def test_bad_input_is_one_line_and_exit_2(data_dir, tmp_path):
+    """The whole path as a user meets it, once: a bad value is one line on stderr, exit
+    status 2, nothing written. The other bad values are checked in this process below."""
     workdir = tmp_path / 'work'
     result = run_main('--config=configs/digits.py', f'--workdir={workdir}', '--mode=train',
-                      *override_flags(data_dir), flag)
-    assert_one_line_error(result, *fragments)
+                      *override_flags(data_dir), '--config.optim.ema_decay=1.5')
+    assert_one_line_error(result, 'optim.ema_decay')
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize('key,value,fragments', [
+    ('training.batchsize', 3, ['batchsize']),
+    ('data.source', 'mnist', ['data.source', 'mnist']),
+    ('sampling.method', 'euler', ['sampling.method', 'euler']),
+    ('model.name', 'transformer', ['model.name', 'transformer']),
+    ('optim.ema_decay', 1.5, ['optim.ema_decay']),
+])
+def test_bad_config_value_is_one_config_error(data_dir, key, value, fragments):
+    """Found by diffgen.validation before any work (diffgen.main: one line, exit 2)."""
+    config = tiny_digits_config(data_dir)
+    *sections, name = key.split('.')
+    node = config
+    for section in sections:
+        node = node[section]
+    node[name] = value          # (a new key where the config has none: training.batchsize)
+    with pytest.raises(ConfigError) as error:
+        validate(config)
+    assert_one_line_message(str(error.value), *fragments)
+
+
+@pytest.mark.parametrize('key,value,fragments', [
+    ('data.source', 'tfds:no_such_dataset', ['no_such_dataset']),
+    ('data.num_train', 5000, ['5000', '1781']),
+    ('data.source', 'npz:/nonexistent/images.npz', ['/nonexistent/images.npz']),
+])
+def test_data_a_config_cannot_have_is_one_user_error(data_dir, key, value, fragments):
+    """Valid values, found wrong when the data are read (diffgen.main: one line, exit 2)."""
+    config = validate(tiny_digits_config(data_dir, **{key: value}))
+    with pytest.raises(UserError) as error:
+        data.load(config)
+    assert_one_line_message(str(error.value), *fragments)
+
+
+@pytest.mark.parametrize('flag,fragments', [
+    ('--config.training.batchsize=3', ['unknown config key', 'batchsize']),
+    ('--config.training.batch_size=abc', ['batch_size', 'abc']),
+])
+def test_bad_flag_is_one_line_and_exit_2(monkeypatch, capsys, flag, fragments):
+    """diffgen.main.parse_flags, in this process on flags of its own (absl's FLAGS swapped
+    for the test): an override of a key the config lacks, or of the wrong type."""
+    own = flags.FlagValues()
+    config_flags.DEFINE_config_file('config', None, '', flag_values=own, lock_config=True)
+    argv = ['diffgen.main', f'--config={REPO}/configs/digits.py', flag]
+    monkeypatch.setattr(flags, 'FLAGS', own)
+    monkeypatch.setattr(sys, 'argv', argv)   # where ml_collections reads the overrides
+    from diffgen import main   # (defines its flags on absl's FLAGS: imported only here)
+    with pytest.raises(SystemExit) as exit_:
+        main.parse_flags(argv)
+    assert exit_.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith('diffgen: error: ') and stderr.count('\n') == 1, stderr
+    assert_one_line_message(stderr.removeprefix('diffgen: error: ').strip(), *fragments)
+
+
+def assert_one_line_message(message, *fragments):
+    assert message and '\n' not in message and 'Traceback' not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
 
 
 def test_unknown_config_file_and_mode(tmp_path):
@@ -54,45 +112,47 @@ def test_unknown_config_file_and_mode(tmp_path):
                           'huge')
 
 
-def test_incompatible_workdir_is_refused_untouched(data_dir, tmp_path):
-    workdir = tmp_path / 'work'
-    first = run_main('--config=configs/digits.py', f'--workdir={workdir}', '--mode=train',
-                     *override_flags(data_dir, **{'training.num_steps': 4}))
-    assert first.returncode == 0, first.stderr[-3000:]
-    before = sorted(os.listdir(workdir / 'checkpoints'))
-    config_before = (workdir / 'config.json').read_text()
-    second = run_main('--config=configs/digits.py', f'--workdir={workdir}', '--mode=train',
-                      *override_flags(data_dir, **{'training.num_steps': 8, 'model.ch': 16}))
-    assert_one_line_error(second, 'incompatible', 'model.ch')
-    assert sorted(os.listdir(workdir / 'checkpoints')) == before
-    assert (workdir / 'config.json').read_text() == config_before
+# diffgen.main whose training, once the checkpoint of step PAUSE_AT is saved and finished,
+# waits there: a SIGKILL sent then lands mid-run whatever the machine's speed.
+PAUSE_AFTER_SAVE = '''
+import sys, time
+from absl import app
+from diffgen import main
+from diffgen.training import checkpoints
+save = checkpoints.save
+def save_then_wait(manager, state, *args, **kwargs):
+    step = save(manager, state, *args, **kwargs)
+    if step == PAUSE_AT:
+        checkpoints.wait(manager, step)
+        time.sleep(3600)
+    return step
+checkpoints.save = save_then_wait
+sys.argv[0] = 'diffgen.main'
+app.run(main.main, flags_parser=main.parse_flags)
+'''
 
 
-def test_sigkill_then_rerun_resumes_to_the_same_parameters(data_dir, tmp_path):
-    steps = {'training.num_steps': 400, 'training.checkpoint_every': 20,
+@pytest.mark.slow   # resuming is exact: tests/test_train.py; SIGKILL: tests/test_faults.py
+def test_sigkill_then_rerun_resumes_to_the_same_parameters(data_dir, tmp_path, unoptimized):
+    steps = {'training.num_steps': 80, 'training.checkpoint_every': 20,
              'training.log_every': 20, 'sampling.num_samples': 4}
     args = ['--config=configs/digits.py', '--mode=train', *override_flags(data_dir, **steps)]
     killed = tmp_path / 'killed'
-    proc = subprocess.Popen([sys.executable, '-m', 'diffgen.main', f'--workdir={killed}',
-                             *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
+    proc = subprocess.Popen([sys.executable, '-c', PAUSE_AFTER_SAVE.replace('PAUSE_AT', '40'),
+                             f'--workdir={killed}', *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = killed / 'checkpoints'
-    while time.time() < deadline:
-        done = [int(n) for n in os.listdir(ckpt) if n.isdigit()] if ckpt.exists() else []
-        if done and max(done) >= 40:
-            break
+    deadline = time.time() + 600
+    while not (ckpt / '40').exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
+    assert proc.poll() is None, f'the run ended (status {proc.returncode}) before step 40'
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    at_kill = max(int(n) for n in os.listdir(ckpt) if n.isdigit())
-    assert 40 <= at_kill < 400, 'the run was not killed mid-way'
+    assert sorted(int(n) for n in os.listdir(ckpt) if n.isdigit()) == [20, 40]
 
     rerun = run_main(f'--workdir={killed}', *args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert 'resumed from step' in rerun.stderr
-    resumed_from = int(rerun.stderr.split('resumed from step ')[1].split()[0])
-    assert resumed_from >= at_kill - 20
+    assert 'resumed from step 40 ' in rerun.stderr, rerun.stderr[-3000:]
 
     straight = run_main(f'--workdir={tmp_path / "straight"}', *args)
     assert straight.returncode == 0, straight.stderr[-3000:]

@@ -20,5 +20,6 @@ def test_a_100_step_sampler_evaluates_100_timesteps(method, calls):
 
     samplers.sample(recording, jnp.zeros((2, 3)), make_schedule('linear', 1000), method,
                     num_steps=100)
+    jax.effects_barrier()   # every debug callback has run
     assert len(seen) == calls
     assert sorted(set(seen)) == samplers.timestep_grid(1000, 100)[1:].tolist()
