@@ -15,14 +15,14 @@ from diffgen.training.loop import train_and_evaluate
 from tests.tiny import override_flags, run_main, tiny_digits_config
 
 SMALL = {'analysis.num_samples': 8, 'analysis.batch_size': 8, 'analysis.sampler_steps': 5,
-         'analysis.quality.classifier_steps': 10}
+         }
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory):
+def runs(digits_data_dir, tmp_path_factory):
     """(data dir, {name: (config, workdir)}) of an eps and a gap model trained 8 steps."""
     root = tmp_path_factory.mktemp('compare')
-    data_dir = root / 'data'
+    data_dir = digits_data_dir
     out = {}
     for name, objective in (('eps', {}), ('gap', {'training.objective': 'gap',
                                                   'training.gap_max_k': 20,
@@ -71,9 +71,9 @@ def test_a_model_against_itself(runs):
     assert numbers['memorisation']['A'] == numbers['memorisation']['B']
 
 
-def test_bad_other_workdirs(tmp_path):
+def test_bad_other_workdirs(digits_data_dir, tmp_path):
     """Checked before any model is restored."""
-    config = tiny_digits_config(tmp_path / 'data')
+    config = tiny_digits_config(digits_data_dir)
     workdir = str(tmp_path / 'a')
     with pytest.raises(WorkdirError, match='needs --other_workdir'):
         compare.compare(config, workdir, None)
@@ -87,9 +87,9 @@ def test_bad_other_workdirs(tmp_path):
         compare.compare(config, workdir, str(tmp_path))
 
 
-def test_compare_mode_without_other_workdir_is_one_line(tmp_path):
+def test_compare_mode_without_other_workdir_is_one_line(digits_data_dir, tmp_path):
     result = run_main('--config=configs/digits.py', f'--workdir={tmp_path}', '--mode=compare',
-                      *override_flags(tmp_path / 'data'))
+                      *override_flags(digits_data_dir))
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
         'diffgen: error: --mode=compare needs --other_workdir')

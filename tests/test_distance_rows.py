@@ -12,8 +12,8 @@ from tests.tiny import tiny_digits_config
 
 
 @pytest.fixture(scope='module')
-def ctx(tmp_path_factory):
-    config = tiny_digits_config(tmp_path_factory.mktemp('data'), **{
+def ctx(digits_data_dir, tmp_path_factory):
+    config = tiny_digits_config(digits_data_dir, **{
         'optimal.storage_dtype': 'bfloat16', 'data.num_heldout': 16,
         'analysis.num_samples': 8, 'analysis.batch_size': 8})
     return make_context(config, str(tmp_path_factory.mktemp('work')),

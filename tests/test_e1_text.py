@@ -45,9 +45,9 @@ def test_quality_text_compares_each_fd_with_the_real_images():
 
 
 @pytest.fixture(scope='module')
-def ctx(tmp_path_factory):
+def ctx(digits_data_dir, tmp_path_factory):
     """8 samples, 16 held-out images: the reference row must use 8 training images."""
-    config = tiny_digits_config(tmp_path_factory.mktemp('data'), **{
+    config = tiny_digits_config(digits_data_dir, **{
         'diffusion.num_timesteps': 100, 'data.num_heldout': 16, 'analysis.num_samples': 8,
         'analysis.batch_size': 8, 'analysis.sampler_steps': 5,
         'analysis.quality.classifier_steps': 20})

@@ -100,8 +100,8 @@ def test_eps_norm_off_the_training_set_is_large_at_small_t(points):
 
 
 @pytest.fixture(scope='module')
-def ctx(tmp_path_factory):
-    config = tiny_digits_config(tmp_path_factory.mktemp('data'), **{
+def ctx(digits_data_dir, tmp_path_factory):
+    config = tiny_digits_config(digits_data_dir, **{
         'diffusion.num_timesteps': 100, 'data.num_heldout': 32, 'analysis.num_samples': 32,
         'analysis.batch_size': 32, 'analysis.sampler_steps': 10})
     return make_context(config, str(tmp_path_factory.mktemp('work')),

@@ -174,10 +174,10 @@ def test_e7_rejects_images_and_bad_settings_before_any_work():
         validate(config)
 
 
-def _tiny_e5_context(tmp_path, num_samples):
+def _tiny_e5_context(data_dir, tmp_path, num_samples):
     """A tiny digits run (40 training images) with E5's models trained 4 steps and a
     20-step quality classifier."""
-    config = tiny_digits_config(tmp_path / 'data', **{'data.num_train': 40})
+    config = tiny_digits_config(data_dir, **{'data.num_train': 40})
     config.analysis.e5.num_steps = 4
     config.analysis.num_samples = num_samples
     config.analysis.sampler_steps = 5
@@ -188,11 +188,11 @@ def _tiny_e5_context(tmp_path, num_samples):
 
 
 @pytest.mark.slow
-def test_e5_end_to_end(tmp_path):
+def test_e5_end_to_end(digits_data_dir, tmp_path):
     """E5 on a tiny digits config: three models trained in W/e5/half_{a,b}_seed{s} with
     seeds s + 1, s + 2, s + 3 on disjoint npz halves, similarities in [-1, 1] with their
     intervals, a regime, per-model quality, and a rerun resumes instead of retraining."""
-    config, ctx = _tiny_e5_context(tmp_path, 8)
+    config, ctx = _tiny_e5_context(digits_data_dir, tmp_path, 8)
     workdir = tmp_path / 'run'
     section = EXPERIMENTS['e5'].run(ctx)
     n = report.reported(section.numbers)
@@ -217,13 +217,14 @@ def test_e5_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_e5_identical_halves_seed_control_equals_cross_half(tmp_path, monkeypatch):
+def test_e5_identical_halves_seed_control_equals_cross_half(digits_data_dir, tmp_path,
+                                                           monkeypatch):
     """Acceptance (issue 10): with both halves the same data, A vs B and A vs A' are both
     two seeds on one set, so the seed-only control lies within the cross-half figure's
     interval and the paired difference's interval contains 0; the halves' optima coincide."""
     monkeypatch.setattr(e5, 'split_halves',
                         lambda images, labels: [(images[:20], labels[:20])] * 2)
-    _, ctx = _tiny_e5_context(tmp_path, 64)
+    _, ctx = _tiny_e5_context(digits_data_dir, tmp_path, 64)
     n = EXPERIMENTS['e5'].run(ctx).numbers
     cross, seed = n['cross_similarity'], n['seed_similarity']
     assert cross['low'] <= seed['mean'] <= cross['high']

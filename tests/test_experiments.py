@@ -24,8 +24,8 @@ from tests.tiny import tiny_digits_config
 
 
 @pytest.fixture(scope='module')
-def ctx(tmp_path_factory):
-    config = tiny_digits_config(tmp_path_factory.mktemp('data'), **{
+def ctx(digits_data_dir, tmp_path_factory):
+    config = tiny_digits_config(digits_data_dir, **{
         'diffusion.num_timesteps': 100, 'data.num_heldout': 64, 'analysis.num_samples': 64,
         'analysis.batch_size': 64,
         'analysis.sampler_steps': 10, 'analysis.quality.classifier_steps': 20,

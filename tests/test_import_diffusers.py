@@ -151,8 +151,8 @@ def write_json(path, **changes):
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp('data')
+def data_dir(digits_data_dir):
+    return digits_data_dir
 
 
 @pytest.fixture(scope='module')

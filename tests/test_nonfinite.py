@@ -12,13 +12,17 @@ from diffgen.training.loop import restore_trained, train_and_evaluate
 from tests.test_main import assert_one_line_error
 from tests.tiny import override_flags, run_main, tiny_digits_config
 
+# behaviour, not numbers (runs compared bit for bit are computed alike): XLA's
+# optimisations off, here and in the diffgen.main runs started (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures('unoptimized_module')
+
 SETTINGS = {'diffusion.num_timesteps': 100,
             'analysis.num_samples': 8, 'analysis.batch_size': 8, 'analysis.sampler_steps': 5}
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp('data')
+def data_dir(digits_data_dir):
+    return digits_data_dir
 
 
 def poison_latest_checkpoint(config, workdir):

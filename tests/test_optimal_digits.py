@@ -12,8 +12,8 @@ from tests.tiny import tiny_digits_config
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp('data')
+def data_dir(digits_data_dir):
+    return digits_data_dir
 
 
 @pytest.mark.parametrize('num_train', [64, 256, 1797])

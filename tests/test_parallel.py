@@ -153,14 +153,15 @@ def test_sharded_rows_and_gathered_batches_are_exact():
     assert 'sharded rows ok' in run_on_eight_devices(SHARDED_ROWS)
 
 
-def test_data_parallel_training_on_8_devices_equals_1_device(tmp_path):
-    assert 'data parallel ok' in run_on_eight_devices(DATA_PARALLEL, DATA_DIR=str(tmp_path))
+def test_data_parallel_training_on_8_devices_equals_1_device(digits_data_dir):
+    assert 'data parallel ok' in run_on_eight_devices(DATA_PARALLEL,
+                                                      DATA_DIR=str(digits_data_dir))
 
 
-def test_a_host_reads_only_its_rows_of_the_training_set(tmp_path):
+def test_a_host_reads_only_its_rows_of_the_training_set(digits_data_dir):
     """data.load(train_rows=...) reads rows [start, stop) of the very training set a whole
     load draws (stop may run into the padding past N; a host may hold padding only)."""
-    config = tiny_digits_config(tmp_path)
+    config = tiny_digits_config(digits_data_dir)
     whole = data.load(config)
     n = len(whole.train_images)
     for start, stop in [(0, 8), (100, 300), (n - 5, n + 3), (n + 1, n + 7)]:
@@ -188,6 +189,6 @@ def test_initialize_rejects_incomplete_settings(environ, message):
 
 
 @pytest.mark.slow
-def test_sharded_analyze_gives_the_single_device_report(tmp_path):
+def test_sharded_analyze_gives_the_single_device_report(digits_data_dir, tmp_path):
     assert 'sharded analyze ok' in run_on_eight_devices(
-        ANALYZE, DATA_DIR=str(tmp_path / 'data'), WORKDIR=str(tmp_path / 'work'))
+        ANALYZE, DATA_DIR=str(digits_data_dir), WORKDIR=str(tmp_path / 'work'))

@@ -14,16 +14,20 @@ from diffgen.validation import validate
 from tests.test_main import assert_one_line_error
 from tests.tiny import override_flags, run_main, tiny_digits_config
 
+# behaviour, not numbers (runs compared bit for bit are computed alike): XLA's
+# optimisations off, here and in the diffgen.main runs started (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures('unoptimized_module')
+
 PLUGIN = "--config.analysis.plugins=('tests.toy_experiment',)"
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
+def trained(digits_data_dir, tmp_path_factory):
     """(config, data dir, workdir) of a tiny digits model trained 8 steps."""
     root = tmp_path_factory.mktemp('plugins')
-    config = tiny_digits_config(root / 'data')
+    config = tiny_digits_config(digits_data_dir)
     train_and_evaluate(config, root / 'work')
-    return config, root / 'data', root / 'work'
+    return config, digits_data_dir, root / 'work'
 
 
 def test_a_plugin_experiment_is_analysed_into_the_report(trained):
@@ -43,9 +47,9 @@ def test_a_plugin_experiment_is_analysed_into_the_report(trained):
     assert set(numbers) == {'toy'}   # only the listed experiment ran
 
 
-def test_an_unknown_plugin_module_is_one_line(tmp_path):
+def test_an_unknown_plugin_module_is_one_line(digits_data_dir, tmp_path):
     result = run_main('--config=configs/digits.py', f'--workdir={tmp_path / "work"}',
-                      '--mode=analyze', *override_flags(tmp_path / 'data'),
+                      '--mode=analyze', *override_flags(digits_data_dir),
                       "--config.analysis.plugins=('tests.no_such_plugin',)")
     assert_one_line_error(result, 'analysis.plugins', 'tests.no_such_plugin')
     assert not (tmp_path / 'work').exists()

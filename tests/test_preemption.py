@@ -9,14 +9,18 @@ import pytest
 
 from tests.tiny import REPO, override_flags, run_main
 
+# behaviour, not numbers (runs compared bit for bit are computed alike): XLA's
+# optimisations off, here and in the diffgen.main runs started (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures('unoptimized_module')
+
 # No checkpoint falls due before the end: the one found after SIGTERM is the handler's.
 STEPS = {'training.num_steps': 2000, 'training.checkpoint_every': 2000,
          'training.log_every': 2, 'sampling.num_samples': 4}
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp('data')
+def data_dir(digits_data_dir):
+    return digits_data_dir
 
 
 @pytest.mark.slow

@@ -17,13 +17,17 @@ from diffgen.analysis.runner import run_experiments
 from diffgen.training.loop import restore_trained, train_and_evaluate
 from tests.tiny import tiny_digits_config
 
+# behaviour, not numbers (runs compared bit for bit are computed alike): XLA's
+# optimisations off, here and in the diffgen.main runs started (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures('unoptimized_module')
+
 SETTINGS = {'analysis.num_samples': 8, 'analysis.batch_size': 8}
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
+def trained(digits_data_dir, tmp_path_factory):
     """(config, workdir) of the tiny model trained 8 steps: checkpoints 4 and 8."""
-    config = tiny_digits_config(tmp_path_factory.mktemp('data'), **SETTINGS)
+    config = tiny_digits_config(digits_data_dir, **SETTINGS)
     workdir = tmp_path_factory.mktemp('trained') / 'work'
     train_and_evaluate(config, workdir)
     return config, workdir

@@ -36,8 +36,8 @@ def read_events(workdir):
 
 
 @pytest.fixture(scope='module')
-def smoke_run(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp('data')
+def smoke_run(digits_data_dir, tmp_path_factory):
+    data_dir = digits_data_dir
     workdir = str(tmp_path_factory.mktemp('work'))
     config = tiny_digits_config(data_dir, **{
         'training.num_steps': NUM_STEPS, 'training.log_every': LOG_EVERY,
