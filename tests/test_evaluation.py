@@ -70,10 +70,11 @@ def test_memorisation_rises_during_training(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def two_period_run(digits_data_dir, tmp_path_factory):
+def two_period_run(unoptimized_module, digits_data_dir, tmp_path_factory):
     """A tiny run of 12 steps, 2 per call, a progress line every 2 steps, with two
     evaluators: the loss every 2 steps, DDIM memorisation every 4 (neither needs the quality
-    classifier). Returns (workdir, the progress lines it printed)."""
+    classifier). Returns (workdir, the progress lines it printed). Its tests check steps,
+    files and that two records of one number agree: XLA's optimisations off."""
     root = tmp_path_factory.mktemp('two_periods')
     config = tiny_digits_config(digits_data_dir, **{
         'training.num_steps': 12, 'training.log_every': 2, 'training.checkpoint_every': 12,
