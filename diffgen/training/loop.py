@@ -243,7 +243,7 @@ def train_and_evaluate(config, workdir, make_evaluations=None):
     writer = make_writer(workdir, step)
     if step == 0:
         writer.write_hparams(metrics_log.hparams(config))
-    profiler = StepProfiler(workdir, t.profile_steps, step)
+    profiler = StepProfiler(workdir, t.profile_steps)
     evaluations = make_evaluations(config, run) if make_evaluations else None
     progress = Progress('train step', t.num_steps, step)
     pending = []  # per-call metrics still on the device: fetched only at boundaries
@@ -254,13 +254,12 @@ def train_and_evaluate(config, workdir, make_evaluations=None):
                 state, metrics = train_call(state, train_set)  # the old state's buffers donated
             step += t.steps_per_call
             pending.append(metrics)
-            profiler.after(step, t.steps_per_call)
+            profiler.after(step)
             saving = checkpointing.check_saved(manager, saving)  # a failed save stops it here
             at_log = step % t.log_every == 0 or step == t.num_steps
             at_save = step % t.checkpoint_every == 0 or step == t.num_steps
             due = evaluations.due(step, step == t.num_steps) if evaluations else []
-            at_eval = bool(due)
-            boundary = at_log or at_save or at_eval
+            boundary = at_log or at_save or bool(due)
             if boundary:  # processes agree on preemption at boundaries only
                 preemption.requested = parallel.any_process(preemption.requested)
             if not (boundary or preemption.requested):
@@ -280,7 +279,7 @@ def train_and_evaluate(config, workdir, make_evaluations=None):
                     scalars['steps_per_sec'] = rate
                 writer.write_scalars(step, scalars)
                 pending = []
-            if at_eval:
+            if due:
                 with progress.other_work():
                     numbers = evaluations(sampling_params(state, config.sampling.use_ema), due)
                 writer.write_scalars(step, {f'eval/{k}': v for k, v in numbers.items()})

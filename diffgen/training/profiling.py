@@ -11,12 +11,10 @@ import jax
 class StepProfiler:
     """annotate(step) around each train call; after(step) once the call's steps are done."""
 
-    def __init__(self, workdir, num_steps, start_step):
-        """num_steps: steps to trace (0 = none), from the end of the call that reaches
-        start_step + 1 call."""
+    def __init__(self, workdir, num_steps):
+        """num_steps: steps to trace (0 = none), from the end of the run's first call."""
         self.workdir = workdir
         self.num_steps = num_steps if jax.process_index() == 0 else 0
-        self.start_step = start_step
         self.first = None        # the step at which the trace started
         self.running = False
 
@@ -24,11 +22,11 @@ class StepProfiler:
         """The StepTraceAnnotation of the train call that starts at step."""
         return jax.profiler.StepTraceAnnotation('train', step_num=step)
 
-    def after(self, step, steps_per_call):
+    def after(self, step):
         """Starts the trace after the first call; stops it num_steps steps later."""
         if not self.num_steps:
             return
-        if self.first is None and step >= self.start_step + steps_per_call:
+        if self.first is None:
             jax.profiler.start_trace(self.workdir)
             self.first, self.running = step, True
         elif self.running and step - self.first >= self.num_steps:
