@@ -121,6 +121,11 @@ def get_config(arg=None):
     analysis.batch_size = 256               # samples per jitted sampler call: all at once, so
                                             # each eps* pass over the set serves every query
     analysis.sampler_steps = 100            # DDIM / Heun steps in the experiments (DDPM: all T)
+    # memorisation criteria (diffgen/analysis/copies.py): besides d_1/d_2 < 1/3, the distance
+    # criterion d_1 < delta, delta = this quantile of the whole source's own nearest-neighbour
+    # distances (the same at every N); calibrated on noisy copies at these RMS noise levels
+    analysis.copy_quantile = 0.05
+    analysis.copy_noise_levels = (0.05, 0.1, 0.2)
     # sample quality (E1, E2, E4; diffgen/analysis/quality.py): features of a classifier of the
     # training set
     analysis.quality = quality = ml_collections.ConfigDict()

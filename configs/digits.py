@@ -7,7 +7,9 @@
 
 Arguments: smoke (the reduced run), num_train=N (the training-set size; -1 = all 1541), e5
 (only E5: its three models of the run's full length take longer than the rest of the run, so
-the default run leaves E5 to this variant; the smoke run keeps it).
+the default run leaves E5 to this variant; the smoke run keeps it), conv_only (the UNet
+without self-attention, model.attn_resolutions=(): the convolution-only network of Kamb &
+Ganguli's patch-machine theory).
 
 get_sweep(arg) declares the E6 sweep over the training-set size N (launch/sweep.py).
 """
@@ -17,7 +19,7 @@ from configs import common, default
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, smoke=False, num_train=-1, e5=False)
+    arg = common.parse_arg(arg, smoke=False, num_train=-1, e5=False, conv_only=False)
     config = default.get_config()
     config.data.source = 'digits'
     config.data.num_heldout = 256           # held out of the 1797; the rest is the training set
@@ -26,7 +28,7 @@ def get_config(arg=None):
     config.model.ch = 32
     config.model.ch_mult = (1, 2)
     config.model.num_res_blocks = 1
-    config.model.attn_resolutions = (4,)
+    config.model.attn_resolutions = () if arg.conv_only else (4,)
     config.model.dropout = 0.1
 
     config.optim.learning_rate = 1e-3

@@ -3,13 +3,18 @@ has room for, and collects the finished runs' results.
 
     python -m launch.sweep --config=configs/digits.py[:arg] --sweep_dir=D \
         [--sweep_arg=A] [--mode=all] [--launcher=local] [--override=key=value ...] \
-        [--parallel=K] [--devices=0,1,...]
+        [--parallel=K] [--devices=0,1,...] [--seeds=K]
 
 The config file's get_sweep(A) returns a list of override dicts ({'data.num_train': 64,
 ...}). Run i is `python -m diffgen.main --config=<config> --workdir=D/<name_i> --mode=<mode>
 --config.<key>=<value> ...` (each --override is added to every run); <name_i> joins the
 swept variable (the first key of each override dict) and its value (num_train_64). Its output is appended to
-D/<name_i>.log (a rerun adds to the log, never truncates it).
+D/<name_i>.log (a rerun adds to the log, never truncates it). With --seeds=K every run is
+made K times, with config.seed = s0, s0 + 1, ..., s0 + K - 1 (s0 the config's seed) and
+named <name_i>_seed_<s>: each seed draws its own initialisation, batch order, held-out and
+training subsets, evaluation x_T and analysis x_T (all derive from config.seed). The runs
+go seed by seed (every N of the first seed, then the next), so that a sweep stopped part
+way has whole replicates.
 
 Slots: with --devices (default: the GPUs in $CUDA_VISIBLE_DEVICES, else those nvidia-smi
 lists) one run per device at a time, each seeing only its own (CUDA_VISIBLE_DEVICES=<id>);
@@ -70,6 +75,7 @@ _LAUNCHER = flags.DEFINE_string('launcher', 'local',
                                 'How each run is started: local, tpu_pod.')
 _OVERRIDE = flags.DEFINE_multi_string('override', [], 'key=value added to every run.')
 _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Runs at once on the CPU (without devices).')
+_SEEDS = flags.DEFINE_integer('seeds', 1, 'Replicates of every run, each with its own config.seed.')
 _DEVICES = flags.DEFINE_string('devices', None, 'GPU ids, one run on each at a time (default: '
                                '$CUDA_VISIBLE_DEVICES, else what nvidia-smi lists).')
 
@@ -330,15 +336,24 @@ def env_text(env):
     return [f'{k}={v}' for k, v in env.items()]
 
 
+def replicate(overrides_list, seeds, first_seed):
+    """[(run name, overrides)]: each override dict once (seeds = 1), or seeds times with
+    'seed': first_seed + k added and the name suffixed _seed_<seed>, seed by seed."""
+    if seeds <= 1:
+        return [(run_name(o), o) for o in overrides_list]
+    return [(f'{run_name(o)}_seed_{first_seed + k}', {**o, 'seed': first_seed + k})
+            for k in range(seeds) for o in overrides_list]
+
+
 def sweep(config_flag, sweep_dir, sweep_arg=None, mode='all', launcher='local', extra=(),
-          slots=None):
-    """Runs the unfinished runs of the sweep, writes results.csv (finished runs only) and
-    emm.png; returns (runs, EMM summary or None)."""
+          slots=None, seeds=1):
+    """Runs the unfinished runs of the sweep (each seeds times: replicate()), writes
+    results.csv (finished runs only) and emm.png; returns (runs, EMM summary or None)."""
     get_config, overrides_list = load_sweep(config_flag, sweep_arg)
     files.makedirs(sweep_dir)
+    first_seed = run_config(config_flag, {}, extra).seed
     runs = []
-    for overrides in overrides_list:
-        name = run_name(overrides)
+    for name, overrides in replicate(overrides_list, seeds, first_seed):
         workdir = os.path.join(sweep_dir, name)
         config = run_config(config_flag, overrides, extra)
         run = Run(name, overrides, config,
@@ -372,7 +387,8 @@ def collect(runs, sweep_dir, config):
         if not run.status.startswith('ok'):
             continue
         path = os.path.join(sweep_dir, run.name, 'report', 'report.json')
-        row = {'run': run.name, 'seconds': round(run.seconds, 1), **run.overrides}
+        row = {'run': run.name, 'seconds': round(run.seconds, 1), 'seed': run.config.seed,
+               **run.overrides}
         if files.exists(path):
             row.update(flatten(json.loads(files.read_text(path))))
         rows.append(row)
@@ -409,7 +425,7 @@ def main(argv):
         raise app.UsageError(f'--launcher={_LAUNCHER.value!r} is not one of {tuple(LAUNCHERS)}')
     slots = default_slots(_DEVICES.value, _PARALLEL.value)
     runs, _ = sweep(_CONFIG.value, _SWEEP_DIR.value, _SWEEP_ARG.value, _MODE.value,
-                    _LAUNCHER.value, _OVERRIDE.value, slots)
+                    _LAUNCHER.value, _OVERRIDE.value, slots, _SEEDS.value)
     if any(r.status == 'interrupted' for r in runs):
         return 143
     return 1 if any(not r.status.startswith('ok') for r in runs) else 0

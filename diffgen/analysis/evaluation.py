@@ -17,6 +17,8 @@ and held-out images, and one (t, ε) per image pair (the same for both sets). Th
 
   memorisation  (method, sampler_steps) samples of the sampling parameters from x_T:
                 memorisation_ratio  fraction with d_1/d_2 < 1/3 over the whole training set
+                near_copy_rate      fraction with d_1 < δ, the distance criterion (the same
+                                    δ at every N: diffgen/analysis/copies.py)
                 exact_copy_rate     fraction with d_1 < 1e-3 (RMS per pixel)
                 novelty_ratio       mean d_1 to the n training images / mean d_1 to the n
                                     held-out images
@@ -43,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffgen.analysis import metrics, quality
+from diffgen.analysis import copies, metrics, quality
 from diffgen.diffusion import samplers
 from diffgen.diffusion.conversions import diffuse
 from diffgen.diffusion.denoisers import network_denoiser
@@ -111,6 +113,13 @@ class EvaluationInputs:
                                      (n,) + dataset.image_shape)
         self.sample_rng = jax.random.fold_in(rng, _SAMPLE)
         self._real_features = None
+        self._copy_threshold = None
+
+    def copy_threshold(self):
+        """δ of the distance criterion (computed on first use from the whole source)."""
+        if self._copy_threshold is None:
+            self._copy_threshold = copies.source_threshold(self.config, mesh=self.run.mesh)
+        return self._copy_threshold
 
     def real_features(self):
         """Classifier features of the held-out set (the training subset without one)."""
@@ -148,12 +157,13 @@ def _finite(samples, names):
 @evaluator_type('memorisation', method='ddim', sampler_steps=50)
 def memorisation(inputs, options, denoiser, draw):
     samples = draw(options.method, options.sampler_steps)
-    names = ('memorisation_ratio', 'exact_copy_rate', 'novelty_ratio')
+    names = ('memorisation_ratio', 'near_copy_rate', 'exact_copy_rate', 'novelty_ratio')
     bad = _finite(samples, names)
     if bad:
         return bad
     d1, d2, _ = metrics.nearest_two(samples, inputs.train_rows)
     out = {'memorisation_ratio': metrics.memorisation_ratio(d1, d2),
+           'near_copy_rate': float(np.mean(d1 < inputs.copy_threshold())),
            'exact_copy_rate': metrics.exact_copy_rate(d1), 'novelty_ratio': float('nan')}
     if inputs.novelty_rows is not None:
         d_train = metrics.nearest_distance(samples, inputs.novelty_rows[0])

@@ -75,6 +75,30 @@ def load(config, train_rows=None) -> Dataset:
     return _draw_subsets(train_pool, heldout_pool, d, seed=config.seed, train_rows=train_rows)
 
 
+def source_images(config, max_images=65_536) -> np.ndarray:
+    """The images of the whole source in model space (float32): its training pool and, where
+    the source has its own held-out split, that pool too, whatever data.num_train and
+    config.seed are; where there are more than max_images, a fixed random subset of
+    max_images of them (drawn with a constant seed: the same for every run of the source)."""
+    d = config.data
+    kind, argument = parse_source(d.source)
+    train_pool, heldout_pool = SOURCES[kind].pools(argument, config,
+                                                   ImageTransform(d.center_crop, d.image_size))
+    pools = [p for p in (train_pool, heldout_pool) if p is not None]
+    total = sum(p.size for p in pools)
+    chosen = np.arange(total)
+    if total > max_images:
+        chosen = np.sort(np.random.default_rng([_SUBSET_STREAM, 2]).choice(
+            total, max_images, replace=False))
+    parts, offset = [], 0
+    for pool in pools:
+        mine = chosen[(chosen >= offset) & (chosen < offset + pool.size)] - offset
+        if mine.size:
+            parts.append(to_float(pool.read(mine)[0]))
+        offset += pool.size
+    return np.concatenate(parts)
+
+
 def _draw_subsets(train_pool, heldout_pool, data_config, *, seed: int,
                   train_rows=None) -> Dataset:
     """Draws the held-out then the training set (see the module docstring) and reads them."""

@@ -1,0 +1,89 @@
+"""The distance criterion of memorisation, which means the same at every N, and the
+calibration of both criteria (docs/math.md §7).
+
+The ratio criterion (Gu et al. 2023) flags a sample when d_1 / d_2 < 1/3. It depends on d_2,
+the distance to the second-nearest training image, which shrinks as N grows: the same
+near-copy is flagged more often at small N. The distance criterion flags a sample when
+
+    d_1 < δ,   δ = the q-quantile (analysis.copy_quantile) of the source's own
+                   nearest-neighbour distances  min_{j ≠ i} ‖y_i − y_j‖ / √D
+
+over the whole source (every image of its pools, whatever N and the seed are; a fixed
+random subset of at most dataset.source_images' max_images where it is larger), measured
+from a fixed subset of m = min(2048, size) images i against all the others. δ does not
+depend on N: a sample within δ of a training image is flagged at every N, and a held-out
+image (a fresh draw of the source) is flagged at most at rate ≈ q, reached at N = the
+whole source.
+
+Calibration at one N (calibration()): the rate at which each criterion flags
+  - held-out images, against the N training images (a criterion's false-positive rate for
+    samples that are new images of the source);
+  - noisy copies y_i + σ z of training images (z ~ N(0, I), σ the RMS noise per pixel, each
+    of analysis.copy_noise_levels; n = max(N, 256) copies of the training images in turn),
+    against the same N images (its detection rate for near-copies).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from diffgen.analysis import metrics
+from diffgen.data.dataset import source_images
+from diffgen.optimum import chunked
+from diffgen.optimum.neighbors import knn
+
+THRESHOLD_QUERIES = 2048   # m: source images whose nearest-neighbour distance is measured
+CALIBRATION_COPIES = 256   # noisy copies per noise level at least (all N images if more)
+
+
+def nearest_other(images, num_queries=THRESHOLD_QUERIES, mesh=None, seed=0):
+    """min_{j ≠ i} ‖y_i − y_j‖ / √D for a fixed random subset of num_queries images i of the
+    set (all of them if fewer; NumPy float64). A duplicated image has distance 0."""
+    images = np.asarray(images, np.float32)
+    queries = np.random.default_rng(seed).permutation(len(images))[:num_queries]
+    distances, indices = knn(images[queries], images, 2, mesh=mesh, normalize=True)
+    distances, indices = np.asarray(distances), np.asarray(indices)
+    # the query itself is one of its two nearest (distance 0): keep the other one
+    return np.where(indices[:, 0] == queries, distances[:, 1], distances[:, 0]).astype(np.float64)
+
+
+def threshold(images, quantile, mesh=None):
+    """δ: the quantile of nearest_other(images) (linear interpolation between order
+    statistics)."""
+    return float(np.quantile(nearest_other(images, mesh=mesh), quantile))
+
+
+def source_threshold(config, mesh=None):
+    """δ of config's data source at analysis.copy_quantile (the whole source: see the module
+    docstring)."""
+    return threshold(source_images(config), config.analysis.copy_quantile, mesh=mesh)
+
+
+def flags(d1, d2, delta):
+    """{'ratio': d_1/d_2 < 1/3, 'distance': d_1 < δ} per sample (boolean arrays)."""
+    return {'ratio': metrics.memorised(d1, d2), 'distance': np.asarray(d1) < delta}
+
+
+def rates(d1, d2, delta):
+    """{'ratio': fraction flagged by the ratio criterion, 'distance': by the distance one}."""
+    return {name: float(np.mean(f)) for name, f in flags(d1, d2, delta).items()}
+
+
+def calibration(train, heldout, delta, noise_levels, seed=0, mesh=None):
+    """{'heldout': rates of the held-out images, 'noisy_<σ>': rates of noisy copies at RMS
+    σ, 'num_copies': n} against the training set train (model space); heldout may be None
+    or empty (left out)."""
+    train = np.asarray(train, np.float32)
+    rows = chunked.prepare_rows(train, 0, np.float32, mesh=mesh)
+    out = {}
+    if heldout is not None and len(heldout):
+        d1, d2, _ = metrics.nearest_two(heldout, rows, mesh=mesh)
+        out['heldout'] = rates(d1, d2, delta)
+    n = max(len(train), CALIBRATION_COPIES)
+    source = train[np.arange(n) % len(train)]
+    rng = np.random.default_rng(seed)
+    for sigma in noise_levels:
+        noisy = source + np.float32(sigma) * rng.standard_normal(source.shape, np.float32)
+        d1, d2, _ = metrics.nearest_two(noisy, rows, mesh=mesh)
+        out[f'noisy_{sigma:g}'] = rates(d1, d2, delta)
+    out['num_copies'] = n
+    return out
