@@ -90,7 +90,8 @@ def test_text_states_the_numbers_and_report_json_leaves_figure_data_out(ctx, sec
     path = report.write_report(list(sections.values()), ctx.report_dir, 'test')
     with open(path) as f:
         stored = json.load(f)
-    assert set(stored['e1']) == {'ddim', 'heun', 'ddpm', 'real_training_images'}
+    assert set(stored['e1']) == {'ddim', 'heun', 'ddpm', 'real_training_images', 'calibration'}
+    assert stored['e1']['calibration']['threshold'] > 0
     assert stored['e1']['ddim'] == pytest.approx(one.numbers['ddim'])
     assert stored['e4']['t_switch'] == four.numbers['t_switch']
     for section in sections.values():

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from diffgen.optimum import chunked
-from diffgen.analysis import metrics, quality, report
+from diffgen.analysis import copies, metrics, quality, report
 from diffgen.analysis.provenance import provenance
 from diffgen.diffusion import samplers
 from diffgen.diffusion.denoisers import network_denoiser
@@ -41,6 +41,21 @@ class Context:
                               # constant >= 1 per use
     provenance: dict = dataclasses.field(default_factory=dict)  # what the sections are made
                               # from: analysis.provenance.provenance(config, step, training set)
+    _copy_threshold: float | None = dataclasses.field(default=None, repr=False)
+
+    def copy_threshold(self):
+        """δ of the distance criterion d_1 < δ (analysis.copies; computed on first use)."""
+        if self._copy_threshold is None:
+            self._copy_threshold = copies.source_threshold(self.config, mesh=self.mesh)
+        return self._copy_threshold
+
+    def calibration(self):
+        """Both criteria's rates on held-out images and noisy copies of the training images
+        at this N (copies.calibration), with δ."""
+        heldout = self.dataset.heldout if len(self.dataset.heldout_images) else None
+        return copies.calibration(self.dataset.train, heldout, self.copy_threshold(),
+                                  self.config.analysis.copy_noise_levels, mesh=self.mesh,
+                                  rows=self.distance_rows)
 
     def network(self, params=None):
         """The trained network as a denoiser (x, t) -> eps_theta."""
@@ -79,10 +94,12 @@ class Context:
 
     def copy_metrics(self, samples):
         """(numbers, d_1) of samples against the training set: numbers = memorisation ratio
-        (fraction with d_1/d_2 < 1/3), exact-copy rate (d_1 < 1e-3), median d_1 (over √D)
+        (fraction with d_1/d_2 < 1/3), near-copy rate (fraction with d_1 < δ, the distance
+        criterion: copy_threshold), exact-copy rate (d_1 < 1e-3), median d_1 (over √D)
         and FD / precision / recall against the held-out set (diffgen.analysis.quality)."""
         d1, d2, _ = metrics.nearest_two(samples, self.distance_rows)
         numbers = {'memorisation_ratio': metrics.memorisation_ratio(d1, d2),
+                   'near_copy_rate': float(np.mean(d1 < self.copy_threshold())),
                    'exact_copy_rate': metrics.exact_copy_rate(d1),
                    'median_d1': float(np.median(d1))}
         numbers.update(quality.quality_metrics(samples, self))

@@ -68,12 +68,14 @@ def rates(d1, d2, delta):
     return {name: float(np.mean(f)) for name, f in flags(d1, d2, delta).items()}
 
 
-def calibration(train, heldout, delta, noise_levels, seed=0, mesh=None):
+def calibration(train, heldout, delta, noise_levels, seed=0, mesh=None, rows=None):
     """{'heldout': rates of the held-out images, 'noisy_<σ>': rates of noisy copies at RMS
-    σ, 'num_copies': n} against the training set train (model space); heldout may be None
-    or empty (left out)."""
+    σ, 'num_copies': n, 'threshold': δ} against the training set train (model space; rows:
+    the whole training set as float32 chunked rows where train is one host's part of it);
+    heldout may be None or empty (left out)."""
     train = np.asarray(train, np.float32)
-    rows = chunked.prepare_rows(train, 0, np.float32, mesh=mesh)
+    if rows is None:
+        rows = chunked.prepare_rows(train, 0, np.float32, mesh=mesh)
     out = {}
     if heldout is not None and len(heldout):
         d1, d2, _ = metrics.nearest_two(heldout, rows, mesh=mesh)
@@ -85,5 +87,5 @@ def calibration(train, heldout, delta, noise_levels, seed=0, mesh=None):
         noisy = source + np.float32(sigma) * rng.standard_normal(source.shape, np.float32)
         d1, d2, _ = metrics.nearest_two(noisy, rows, mesh=mesh)
         out[f'noisy_{sigma:g}'] = rates(d1, d2, delta)
-    out['num_copies'] = n
+    out['num_copies'], out['threshold'] = n, float(delta)
     return out

@@ -29,6 +29,7 @@ SAMPLE_KEYS = {'ddim': 1, 'heun': 2, 'ddpm': 3}   # ctx.rng fold_in constants of
 REAL = 'real_training_images'
 
 COLUMNS = (('memorisation_ratio', 'memorisation ratio', '.3f'),
+           ('near_copy_rate', 'near-copy rate (d₁ < δ)', '.3f'),
            ('exact_copy_rate', 'exact-copy rate', '.3f'),
            ('median_d1', 'median d₁', '.4f'),
            ('fd', 'FD ↓', '.2f'), ('precision', 'precision ↑', '.3f'),
@@ -45,6 +46,7 @@ def measure(ctx, cfg):
         samples[method] = ctx.sample(optimum, method, key=SAMPLE_KEYS[method])
         numbers[method], d1[method] = ctx.copy_metrics(samples[method])
     numbers[REAL] = ctx.real_quality()
+    numbers['calibration'] = ctx.calibration()
     numbers['_samples'], numbers['_d1'] = samples, d1
     return numbers
 
@@ -98,6 +100,27 @@ def quality_text(numbers, num_samples, denoiser):
         f'{closest}\'s, {number(fd[closest] - real["fd"], "+.2f")} from the real images\'.')
 
 
+def calibration_table(calibration):
+    """The Markdown table of both memorisation criteria's rates on held-out images and on
+    noisy copies of training images at this N (copies.calibration's numbers)."""
+    kinds = [k for k in calibration if k == 'heldout' or k.startswith('noisy_')]
+    label = lambda k: ('held-out images (new draws of the source)' if k == 'heldout' else
+                       f'training images + noise of RMS {k.split("_", 1)[1]}')
+    return markdown_table(['flagged as memorised', 'd₁/d₂ < 1/3', 'd₁ < δ'],
+                          [[label(k), number(calibration[k]['ratio']),
+                            number(calibration[k]['distance'])] for k in kinds])
+
+
+def criteria_text(calibration, quantile):
+    """The sentences defining both criteria and introducing calibration_table."""
+    return (f'Two criteria: d₁/d₂ < 1/3 (Gu et al. 2023), whose meaning changes with N (d₂ '
+            f'shrinks as N grows), and d₁ < δ = {number(calibration["threshold"], ".4f")} (RMS '
+            f'per pixel; the {quantile:g} quantile of the whole source\'s own nearest-neighbour '
+            f'distances, the same at every N). How often each flags images that are not copies '
+            f'(held-out) and near-copies (noisy training images) at this N:\n\n'
+            f'{calibration_table(calibration)}')
+
+
 def nearest_figures(ctx, prefix, title, samples, d1):
     """<prefix>_nearest.png (samples above their nearest training images, or a scatter for
     points) and <prefix>_d1.png (histogram of d_1 per sampler); returns their names."""
@@ -140,7 +163,8 @@ def render(numbers, ctx):
         f'Memorised samples of ε*: {memorised}. docs/math.md §4 predicts that all samples of '
         f'the deterministic samplers (DDIM, Heun) are memorised: their last step returns x̂₀*, '
         f'an average of training images whose weights become one-hot as σ → 0. '
-        f'{prediction_text(numbers, len(ctx.x_T))} {quality_text(numbers, len(ctx.x_T), "ε*")}')
+        f'{prediction_text(numbers, len(ctx.x_T))} {quality_text(numbers, len(ctx.x_T), "ε*")}'
+        f'\n\n{criteria_text(numbers["calibration"], ctx.config.analysis.copy_quantile)}')
     return Section(KEY, TITLE, markdown, numbers, names)
 
 
