@@ -11,7 +11,7 @@ The config file's get_sweep(A) returns a list of override dicts ({'data.num_trai
 swept variable (the first key of each override dict) and its value (num_train_64). Its output is appended to
 D/<name_i>.log (a rerun adds to the log, never truncates it). With --seeds=K every run is
 made K times, with config.seed = s0, s0 + 1, ..., s0 + K - 1 (s0 the config's seed) and
-named <name_i>_seed_<s>: each seed draws its own initialisation, batch order, held-out and
+named <name_i>_seed_<s> (--seeds=1: the first replicate alone, in the same workdir): each seed draws its own initialisation, batch order, held-out and
 training subsets, evaluation x_T and analysis x_T (all derive from config.seed). The runs
 go seed by seed (every N of the first seed, then the next), so that a sweep stopped part
 way has whole replicates.
@@ -75,7 +75,9 @@ _LAUNCHER = flags.DEFINE_string('launcher', 'local',
                                 'How each run is started: local, tpu_pod.')
 _OVERRIDE = flags.DEFINE_multi_string('override', [], 'key=value added to every run.')
 _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Runs at once on the CPU (without devices).')
-_SEEDS = flags.DEFINE_integer('seeds', 1, 'Replicates of every run, each with its own config.seed.')
+_SEEDS = flags.DEFINE_integer('seeds', None, 'Replicates of every run, each with its own '
+                               'config.seed and named <name>_seed_<seed> (default: one run, '
+                               'named <name>).')
 _DEVICES = flags.DEFINE_string('devices', None, 'GPU ids, one run on each at a time (default: '
                                '$CUDA_VISIBLE_DEVICES, else what nvidia-smi lists).')
 
@@ -337,16 +339,17 @@ def env_text(env):
 
 
 def replicate(overrides_list, seeds, first_seed):
-    """[(run name, overrides)]: each override dict once (seeds = 1), or seeds times with
-    'seed': first_seed + k added and the name suffixed _seed_<seed>, seed by seed."""
-    if seeds <= 1:
+    """[(run name, overrides)]: each override dict once (seeds None), or seeds times with
+    'seed': first_seed + k added and the name suffixed _seed_<seed>, seed by seed (so
+    --seeds=1 runs the first replicate of --seeds=3, in the same workdirs)."""
+    if seeds is None:
         return [(run_name(o), o) for o in overrides_list]
     return [(f'{run_name(o)}_seed_{first_seed + k}', {**o, 'seed': first_seed + k})
             for k in range(seeds) for o in overrides_list]
 
 
 def sweep(config_flag, sweep_dir, sweep_arg=None, mode='all', launcher='local', extra=(),
-          slots=None, seeds=1):
+          slots=None, seeds=None):
     """Runs the unfinished runs of the sweep (each seeds times: replicate()), writes
     results.csv (finished runs only) and emm.png; returns (runs, EMM summary or None)."""
     get_config, overrides_list = load_sweep(config_flag, sweep_arg)
