@@ -11,10 +11,11 @@ The config file's get_sweep(A) returns a list of override dicts ({'data.num_trai
 swept variable (the first key of each override dict) and its value (num_train_64). Its output is appended to
 D/<name_i>.log (a rerun adds to the log, never truncates it). With --seeds=K every run is
 made K times, with config.seed = s0, s0 + 1, ..., s0 + K - 1 (s0 the config's seed) and
-named <name_i>_seed_<s> (--seeds=1: the first replicate alone, in the same workdir): each seed draws its own initialisation, batch order, held-out and
-training subsets, evaluation x_T and analysis x_T (all derive from config.seed). The runs
-go seed by seed (every N of the first seed, then the next), so that a sweep stopped part
-way has whole replicates.
+named <name_i>_seed_<s> (--seeds=1: the first replicate alone, in the same workdir):
+each seed draws its own initialisation, batch order, held-out and training subsets,
+evaluation x_T and analysis x_T (all derive from config.seed). The runs go seed by seed
+(every N of the first seed, then the next), so that a sweep stopped part way has whole
+replicates.
 
 Slots: with --devices (default: the GPUs in $CUDA_VISIBLE_DEVICES, else those nvidia-smi
 lists) one run per device at a time, each seeing only its own (CUDA_VISIBLE_DEVICES=<id>);
