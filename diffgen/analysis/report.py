@@ -2,9 +2,10 @@
 
 Each experiment returns a Section; write_report assembles them in order. Every table of the
 report is made by markdown_table, every number in its text by number. Beside report.json,
-sections.json keeps each section's title, text and figure names, so that finished_sections
-can give back the sections a rerun keeps (those made from the same checkpoint, config and
-training set: their numbers['provenance']).
+sections.json keeps each section's title, text, figure names and summary (a sentence or two
+for README.md; '' when the experiment sets none, or in a sections.json older than it), so
+that finished_sections can give back the sections a rerun keeps (those made from the same
+checkpoint, config and training set: their numbers['provenance']).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class Section:
     markdown: str               # text and tables (Markdown), without the heading
     numbers: dict[str, Any]     # the measurements; report.json[key] = reported(numbers)
     figures: list[str] = dataclasses.field(default_factory=list)  # PNGs in the report dir
+    summary: str = ''           # one or two sentences of the finding, for README.md's block
 
 
 def report_dir(workdir):
@@ -83,9 +85,9 @@ def _read(path):
 
 def write_report(sections, directory, title, preamble=''):
     """Writes report.json ({key: reported numbers}), sections.json ({key: title, markdown,
-    figures}) and report.md (sections with their figures). Existing sections of report.json
-    and sections.json that this call does not rewrite are kept if they were made with the
-    provenance (numbers['provenance']: checkpoint step, config digest, training-set
+    figures, summary}) and report.md (sections with their figures). Existing sections of
+    report.json and sections.json that this call does not rewrite are kept if they were made
+    with the provenance (numbers['provenance']: checkpoint step, config digest, training-set
     fingerprint) of a section it writes, and dropped otherwise: a section of another
     checkpoint, config or training set is never merged into the report. report.md shows this
     call's sections in order, then the kept ones."""
@@ -98,8 +100,8 @@ def write_report(sections, directory, title, preamble=''):
     files.write_text(json_path, json.dumps(numbers, indent=2))
     texts_path = os.path.join(directory, 'sections.json')
     texts = {k: t for k, t in _read(texts_path).items() if k in numbers}
-    texts.update({s.key: {'title': s.title, 'markdown': s.markdown, 'figures': s.figures}
-                  for s in sections})
+    texts.update({s.key: {'title': s.title, 'markdown': s.markdown, 'figures': s.figures,
+                          'summary': s.summary} for s in sections})
     files.write_text(texts_path, json.dumps(texts, indent=2))
     parts = [f'# {title}\n', preamble.strip() + '\n' if preamble else '']
     kept = [texts[k] | {'key': k} for k in texts if k not in written]   # after this call's
@@ -124,5 +126,6 @@ def finished_sections(directory, keys, provenance):
                 and matched(n.get('provenance')) == matched(provenance)
                 and {'title', 'markdown', 'figures'} <= set(t)
                 and all(files.exists(os.path.join(directory, f)) for f in t['figures'])):
-            kept[key] = Section(key, t['title'], t['markdown'], n, list(t['figures']))
+            kept[key] = Section(key, t['title'], t['markdown'], n, list(t['figures']),
+                                t.get('summary', ''))   # older sections.json: no summary
     return kept
