@@ -103,7 +103,9 @@ def get_config(arg=None):
     evaluation.num_images = 256             # training and held-out images of the denoising loss
     # named evaluators, each {'type': ..., 'every': steps (0 = off), the type's options}:
     #   memorisation (method, sampler_steps): memorisation_ratio, exact_copy_rate, novelty_ratio
-    #   fd (method, sampler_steps): Fréchet distance in classifier features;  loss: train, heldout, gap
+    #   fd (method, sampler_steps): Fréchet distance in classifier features
+    #   loss (t_strata = 8, eps_per_image = 4: a stratified grid of t, ε draws per image and t):
+    #     train, heldout, gap and its 95% paired t-interval gap_low, gap_high over the images
     # e.g. evals.ddim = {'type': 'memorisation', 'method': 'ddim', 'sampler_steps': 50, 'every': 500}
     evaluation.evals = ml_collections.ConfigDict()
 

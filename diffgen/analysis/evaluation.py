@@ -12,8 +12,8 @@ step leaves its cells empty).
 
 Fixed once per run (from the seed), shared by every evaluator (EvaluationInputs): x_T of
 config.evaluation.num_samples samples, the first n = config.evaluation.num_images training
-and held-out images, and one (t, ε) per image pair (the same for both sets). The types
-(docs/math.md §7, §10, §2):
+and held-out images, and the loss's grid of t and its noise (below; image i of both sets
+shares its ε). The types (docs/math.md §7, §10, §2):
 
   memorisation  (method, sampler_steps) samples of the sampling parameters from x_T:
                 memorisation_ratio  fraction with d_1/d_2 < 1/3 over the whole training set
@@ -25,10 +25,20 @@ and held-out images, and one (t, ε) per image pair (the same for both sets). Th
   fd            (method, sampler_steps) the same samples:
                 fd                  Fréchet distance of their classifier features to the
                                     held-out set's
-  loss          the network itself on the fixed (y_i, t_i, ε_i):
-                train   = (1/n) Σ_i ‖ε_θ(a_{t_i} y_i + σ_{t_i} ε_i, t_i) − ε_i‖² / D
-                heldout = the same over the held-out images with the same (t_i, ε_i)
+  loss          (t_strata K, eps_per_image M) the network itself on a fixed stratified grid:
+                K strata S_k = {⌊(k−1)T/K⌋+1 .. ⌊kT/K⌋} of {1..T}, one t_k drawn uniformly
+                in each (the same for every image and evaluation), weights w_k = |S_k|/T,
+                and M draws ε_ikm per image i and t_k, so that per image
+                  ℓ_i = Σ_k w_k (1/M) Σ_m ‖ε_θ(a_{t_k} y_i + σ_{t_k} ε_ikm, t_k) − ε_ikm‖² / D
+                (a stratified estimate of E_{t ~ U{1..T}, ε} of the per-image loss);
+                train   = (1/n) Σ_i ℓ_i over the training images
+                heldout = the same over the held-out images (image i with the same ε_ikm)
                 gap     = heldout − train   (the generalisation gap of the loss)
+                gap_low, gap_high  its 95 % paired t-interval over the n image pairs:
+                  d̄ ± t_{0.975, n−1} s_d/√n,  d_i = ℓ_i^heldout − ℓ_i^train
+                (paired: pair i shares its t and ε, so d_i is free of the (t, ε) noise both
+                losses share, and the pairs are independent; t, not normal, quantiles since n
+                may be as small as 16; the interval is over images and ε given the grid)
 
 Evaluators of one step that share a sampler and step count share its samples (drawn once).
 A non-finite sample makes its evaluator's metrics NaN (never "not memorised").
@@ -38,12 +48,14 @@ registered with @evaluator_type(name, **option_defaults).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import stats
 
 from diffgen.analysis import copies, metrics, quality
 from diffgen.diffusion import samplers
@@ -77,11 +89,55 @@ def evaluator_type(name, **options):
     return decorate
 
 
-@jax.jit
-def denoising_loss(denoiser, y, t, eps, schedule):
-    """(1/n) Σ_i ‖ε̂(a_t y_i + σ_t ε_i, t_i) − ε_i‖² / D for one batch (n, ...)."""
-    x = diffuse(y, eps=eps, a=schedule.a[t], sigma=schedule.sigma[t])
-    return jnp.mean((denoiser(x, t) - eps) ** 2)
+def stratified_times(key, num_timesteps, num_strata):
+    """(t_k, w_k), k = 1..K (K = min(num_strata, T)): one t drawn uniformly from each stratum
+    S_k = {⌊(k−1)T/K⌋+1 .. ⌊kT/K⌋} of {1..T}, and its weight w_k = |S_k|/T (Σ w_k = 1)."""
+    T = num_timesteps
+    K = min(num_strata, T)
+    edges = (np.arange(K + 1) * T) // K
+    u = np.asarray(jax.random.uniform(key, (K,)), np.float64)
+    t = edges[:-1] + 1 + np.minimum((u * np.diff(edges)).astype(np.int64), np.diff(edges) - 1)
+    return t.astype(np.int32), np.diff(edges).astype(np.float64) / T
+
+
+def loss_noise(key, index, num_times, eps_per_image, shape):
+    """ε_ikm (len(index), K, M, *shape): the noise of image index i, drawn from
+    fold_in(key, i), so that image i of the training and held-out sets share it."""
+    draw = lambda i: jax.random.normal(jax.random.fold_in(key, i),
+                                       (num_times, eps_per_image) + tuple(shape))
+    return jax.vmap(draw)(index)
+
+
+@functools.partial(jax.jit, static_argnames='eps_per_image')
+def per_image_losses(denoiser, y, index, t, w, key, schedule, eps_per_image):
+    """ℓ_i = Σ_k w_k (1/M) Σ_m ‖ε̂(a_{t_k} y_i + σ_{t_k} ε_ikm, t_k) − ε_ikm‖² / D for one
+    batch of images y (b, ...) with their indices (b,) (ε_ikm: loss_noise), one t_k at a
+    time (b·M rows per network call)."""
+    b, M = len(y), eps_per_image
+    eps = loss_noise(key, index, len(t), M, y.shape[1:])            # (b, K, M, ...)
+
+    def at_time(args):
+        t_k, eps_k = args                                           # (), (b, M, ...)
+        eps_k = eps_k.reshape((b * M,) + y.shape[1:])
+        y_k = jnp.repeat(y, M, axis=0)
+        t_rows = jnp.full((b * M,), t_k, jnp.int32)
+        x = diffuse(y_k, eps=eps_k, a=schedule.a[t_rows], sigma=schedule.sigma[t_rows])
+        sq = ((denoiser(x, t_rows) - eps_k) ** 2).reshape(b, M, -1)
+        return jnp.mean(sq, axis=(1, 2))                            # (b,)
+
+    losses = jax.lax.map(at_time, (t, jnp.moveaxis(eps, 1, 0)))    # (K, b)
+    return jnp.tensordot(w, losses, axes=1)
+
+
+def paired_t_interval(differences, level=0.95):
+    """(d̄, low, high): d̄ ± t_{(1+level)/2, n−1} s/√n of paired differences (s with ddof 1;
+    NaN bounds for n < 2)."""
+    d = np.asarray(differences, np.float64)
+    mean = float(d.mean())
+    if len(d) < 2:
+        return mean, float('nan'), float('nan')
+    half = float(stats.t.ppf((1 + level) / 2, len(d) - 1)) * float(d.std(ddof=1)) / np.sqrt(len(d))
+    return mean, mean - half, mean + half
 
 
 class EvaluationInputs:
@@ -107,10 +163,8 @@ class EvaluationInputs:
         else:
             self.heldout, self.novelty_rows = None, None
         self.train = dataset.train[:n]
-        T = run.schedule.num_timesteps
-        self.t = jax.random.randint(jax.random.fold_in(rng, _LOSS_T), (n,), 1, T + 1)
-        self.eps = jax.random.normal(jax.random.fold_in(rng, _LOSS_EPS),
-                                     (n,) + dataset.image_shape)
+        self.loss_t_key = jax.random.fold_in(rng, _LOSS_T)
+        self.loss_eps_key = jax.random.fold_in(rng, _LOSS_EPS)
         self.sample_rng = jax.random.fold_in(rng, _SAMPLE)
         self._real_features = None
         self._copy_threshold = None
@@ -138,15 +192,22 @@ class EvaluationInputs:
                                  sampling_config=settings, rng=self.sample_rng,
                                  mesh=self.run.mesh)
 
-    def loss(self, denoiser, images):
-        """denoising_loss over images (the training or held-out subset), in batches."""
-        batch = self.config.evaluation.num_images
-        total = 0.0
-        for i in range(0, len(images), batch):
-            part = denoising_loss(denoiser, jnp.asarray(images[i:i + batch]), self.t[i:i + batch],
-                                  self.eps[i:i + batch], self.run.schedule)
-            total += float(part) * len(images[i:i + batch])
-        return total / len(images)
+    def loss_times(self, num_strata):
+        """(t_k, w_k) of the loss's stratified grid of num_strata strata (stratified_times)."""
+        return stratified_times(self.loss_t_key, self.run.schedule.num_timesteps, num_strata)
+
+    def losses(self, denoiser, images, num_strata, eps_per_image):
+        """ℓ_i (NumPy float64) of the images (the training or held-out subset): per_image_losses
+        on the grid of num_strata strata with eps_per_image draws, in batches of at most
+        sampling.batch_size network rows."""
+        t, w = self.loss_times(num_strata)
+        batch = max(1, self.config.sampling.batch_size // eps_per_image)
+        out = [per_image_losses(denoiser, jnp.asarray(images[i:i + batch]),
+                                jnp.arange(i, min(i + batch, len(images))), jnp.asarray(t),
+                                jnp.asarray(w, jnp.float32), self.loss_eps_key,
+                                self.run.schedule, eps_per_image)
+               for i in range(0, len(images), batch)]
+        return np.concatenate([np.asarray(o, np.float64) for o in out])
 
 
 def _finite(samples, names):
@@ -184,12 +245,15 @@ def frechet_distance(inputs, options, denoiser, draw):
     return {'fd': quality.feature_frechet_distance(generated, inputs.real_features())}
 
 
-@evaluator_type('loss')
+@evaluator_type('loss', t_strata=8, eps_per_image=4)
 def denoising_loss_gap(inputs, options, denoiser, draw):
-    out = {'train': inputs.loss(denoiser, inputs.train)}
+    grid = (options.t_strata, options.eps_per_image)
+    train = inputs.losses(denoiser, inputs.train, *grid)
+    out = {'train': float(train.mean())}
     if inputs.heldout is not None:
-        out['heldout'] = inputs.loss(denoiser, inputs.heldout)
-        out['gap'] = out['heldout'] - out['train']
+        heldout = inputs.losses(denoiser, inputs.heldout, *grid)
+        out['heldout'] = float(heldout.mean())
+        out['gap'], out['gap_low'], out['gap_high'] = paired_t_interval(heldout - train)
     return out
 
 
