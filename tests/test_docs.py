@@ -1,13 +1,18 @@
-"""The results page (diffgen.docs): made from fixture runs written here by hand (a report with
-its provenance and texts, eval.csv, a sweep dir), it holds every section text and number of
-the files, the stamp (commit, config digest, data fingerprint, step, machine), figures that
-resolve from the page; it is the same on a rerun and changes with the files; a missing run
-or file is named with the command that makes it; bad input is one line and exit status 2.
-Also: the provenance's machine is recorded but not compared, so a report older than it
-still merges."""
+"""The results pages (diffgen.docs): made from fixture runs written here by hand (a report with
+its provenance, texts and summaries, eval.csv, a sweep dir), results.md holds every section
+text and number of the files, the stamp (commit, config digest, data fingerprint, step,
+machine), figures that resolve from the page; it is the same on a rerun and changes with the
+files; a missing run or file is named with the command that makes it; bad input is one line
+and exit status 2. The command writes the snapshot results.json, and render(snapshot) gives
+back results.md and README.md's generated block exactly (summaries linked to their sections,
+the sweep's transition); the committed docs/results.json renders to the committed
+docs/results.md and README.md block, so a number edited by hand in either fails. Also: the
+provenance's machine is recorded but not compared, so a report older than it still merges;
+an older sections.json without summaries still reads."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -16,7 +21,7 @@ from PIL import Image
 
 from diffgen import docs
 from diffgen.analysis import report
-from diffgen.errors import CorruptFileError, WorkdirError
+from diffgen.errors import CorruptFileError, UserError, WorkdirError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROVENANCE = {'step': 800, 'config_digest': '0123456789abcdef',
@@ -31,6 +36,8 @@ SECTIONS = {
     'e6': ('E6: effective model memorisation', 'This run (N = 64): memorisation ratio 0.734.',
            {'memorisation_ratio': 0.734}, ['emm.png']),
 }
+SUMMARIES = {'e1': 'The optimum copies 0.984 of its samples.',
+             'e6': 'At N = 64, 0.734 of the samples are memorised.'}
 EVAL_CSV = ('step,ddim/memorisation_ratio,ddim/exact_copy_rate,loss/gap\n'
             '200,0.8125,0.25,0.0731\n400,0.6875,0.125,\n600,0.5625,0.0625,0.0412\n')
 RESULTS_CSV = ('run,seconds,data.num_train,e6.num_train,e6.memorisation_ratio,'
@@ -44,12 +51,14 @@ def png(path):
     Image.new('RGB', (4, 3), (200, 30, 30)).save(path)
 
 
-def workdir(path, sections=SECTIONS, provenance=PROVENANCE, eval_csv=EVAL_CSV):
-    """A workdir as --mode=all leaves it: report/report.json, sections.json, the figures,
-    eval.csv."""
+def workdir(path, sections=SECTIONS, provenance=PROVENANCE, eval_csv=EVAL_CSV, summaries=None):
+    """A workdir as --mode=all leaves it: report/report.json, sections.json (with summaries, or
+    without the field as an older one), the figures, eval.csv."""
     (path / 'report').mkdir(parents=True)
     numbers = {k: {**n, 'provenance': provenance} for k, (_, _, n, _) in sections.items()}
     texts = {k: {'title': t, 'markdown': m, 'figures': f} for k, (t, m, _, f) in sections.items()}
+    for key, summary in (summaries or {}).items():
+        texts[key]['summary'] = summary
     (path / 'report' / 'report.json').write_text(json.dumps(numbers))
     (path / 'report' / 'sections.json').write_text(json.dumps(texts))
     for _, _, _, names in sections.values():
@@ -78,7 +87,8 @@ def sweep_dir(path):
 def runs(tmp_path):
     """(keyword arguments of docs.write_page, out dir): digits and sweep given, toy2d not."""
     out = tmp_path / 'docs'
-    return dict(digits=str(workdir(tmp_path / 'digits')), sweep=str(sweep_dir(tmp_path / 'sweep')),
+    return dict(digits=str(workdir(tmp_path / 'digits', summaries={'e1': SUMMARIES['e1']})),
+                sweep=str(sweep_dir(tmp_path / 'sweep')),
                 others=[('old', str(workdir(tmp_path / 'old', {'e6': SECTIONS['e6']},
                                             OLD_PROVENANCE, None)))]), out
 
@@ -160,20 +170,138 @@ def run_docs(*args):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_the_command_writes_the_same_page_and_reports_bad_input_in_one_line(runs, tmp_path):
+def readme_copy(tmp_path):
+    """A copy of README.md (tests never write the real one)."""
+    return shutil.copy(os.path.join(REPO, 'README.md'), tmp_path / 'README.md')
+
+
+def outside_block(text):
+    return text.replace(docs.readme_block(text), '')
+
+
+def test_the_command_writes_the_snapshot_the_page_and_the_readme_block(runs, tmp_path):
     kwargs, out = runs
+    readme = readme_copy(tmp_path)
+    before = readme.read_text()
     expected = open(docs.write_page(str(out), **kwargs)).read()
     os.remove(out / 'results.md')
+    os.remove(out / 'results.json')
     result = run_docs(f'--digits={kwargs["digits"]}', f'--sweep={kwargs["sweep"]}',
-                      f'--run=old={kwargs["others"][0][1]}', f'--out={out}')
+                      f'--run=old={kwargs["others"][0][1]}', f'--out={out}', f'--readme={readme}')
     assert result.returncode == 0, result.stderr
-    assert (out / 'results.md').read_text() == expected
+    page = (out / 'results.md').read_text()
+    assert page == expected
+    snapshot = json.loads((out / 'results.json').read_text())
+    after = readme.read_text()
+    assert outside_block(after) == outside_block(before)   # only the block is rewritten
+    assert docs.render(snapshot, 'docs/results.md') == (page, docs.readme_block(after))
+    assert SUMMARIES['e1'] in after
+
+
+def test_the_command_reports_bad_input_in_one_line(runs, tmp_path):
+    kwargs, _ = runs
     (tmp_path / 'digits' / 'report' / 'report.json').write_text('[1, 2')
-    result = run_docs(f'--digits={kwargs["digits"]}', f'--out={tmp_path / "out2"}')
+    result = run_docs(f'--digits={kwargs["digits"]}', f'--out={tmp_path / "out2"}', '--readme=')
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith('diffgen: error: ') and 'report.json is damaged' in lines[0]
     assert not (tmp_path / 'out2' / 'results.md').exists()
+
+
+def test_render_gives_back_the_written_page_and_block(runs, tmp_path):
+    """render is a pure function of results.json: the page and README block it gives are the
+    ones written, and --render_only (run_command) writes them again without the runs."""
+    kwargs, out = runs
+    readme = readme_copy(tmp_path)
+    page = open(docs.write_page(str(out), **kwargs, readme=str(readme))).read()
+    block = docs.readme_block(readme.read_text())
+    snapshot = json.loads((out / docs.SNAPSHOT).read_text())
+    assert docs.render(snapshot, docs.page_link(str(out), str(readme))) == (page, block)
+    assert docs.render(json.loads(json.dumps(snapshot))) == docs.render(snapshot)
+    for name in ('digits', 'sweep'):   # the runs are not read again
+        shutil.rmtree(kwargs[name])
+    os.remove(out / docs.PAGE)
+    readme.write_text(readme.read_text().replace(block, f'{docs.BEGIN}\nstale\n{docs.END}'))
+    docs.run_command(str(out), readme=str(readme), render_only=True)
+    assert (out / docs.PAGE).read_text() == page
+    assert docs.readme_block(readme.read_text()) == block
+    with pytest.raises(UserError, match='--render_only reads .* drop --digits'):
+        docs.run_command(str(out), digits=kwargs['digits'], render_only=True)
+    with pytest.raises(UserError, match='results.json does not exist'):
+        docs.run_command(str(tmp_path / 'empty'), render_only=True)
+
+
+def test_the_readme_block_gives_summaries_links_the_transition_and_what_is_missing(runs, tmp_path):
+    kwargs, out = runs
+    page = open(docs.write_page(str(out), **kwargs)).read()
+    block = docs.render(json.loads((out / docs.SNAPSHOT).read_text()))[1]
+    lines = block.splitlines()
+    assert lines[0] == docs.BEGIN and lines[-1] == docs.END
+    headings = {docs.slug(h) for h in re.findall(r'^#+ (.*)$', page, flags=re.M)}
+    links = re.findall(r'\]\(docs/results\.md#([^)]+)\)', block)
+    assert links and set(links) <= headings
+    # a summary, linked to its section; sections without one (e3, e6: an older
+    # sections.json's) are not in the block
+    title = SECTIONS['e1'][0]
+    assert (f'- **digits, {title}**: {SUMMARIES["e1"]} ([more](docs/results.md#'
+            f'{docs.slug(title)}))') in lines
+    assert 'E3' not in block and 'memorisation ratio 0.734' not in block
+    # the run without summaries, the run not given (with its command), the sweep's transition
+    # from results.csv (no transition.json)
+    assert any(line.startswith('- **old**: no section of its report has a summary')
+               for line in lines)
+    assert docs.MAKE['toy2d'].format(path='runs/toy2d') in block
+    assert ('Memorisation ratio (E6, DDIM) by training-set size N: 16: 0.94, 64: 0.41.'
+            in block)
+    assert len(lines) <= 12   # short: a newcomer reads the README in minutes
+
+
+def test_the_transition_sentence_reads_transition_json_defensively(runs):
+    kwargs, out = runs
+    data = {'threshold': 0.9, 'points': {'ddim': {
+        'num_train': [16, 64], 'ratio': [0.9375, 0.40625], 'low': [0.8, 0.3], 'high': [1, 0.5],
+        'emm': {'emm': 16, 'low': None, 'high': 16}}}}
+    with open(os.path.join(kwargs['sweep'], docs.TRANSITION_JSON), 'w') as f:
+        json.dump(data, f)
+    docs.write_page(str(out), **kwargs)
+    snapshot = json.loads((out / docs.SNAPSHOT).read_text())
+    assert snapshot['sweep']['transition']['data'] == data
+    snapshot['sweep']['results']['rows'] = []   # launch.sweep before any run finished
+    assert f'`{kwargs["sweep"]}/results.csv` lists no finished run yet.' in docs.render(
+        snapshot)[0]
+    snapshot = json.loads((out / docs.SNAPSHOT).read_text())
+    sentence = docs.transition_sentence(snapshot['sweep'])
+    assert sentence == ('Memorisation ratio by training-set size N at the end of training: '
+                        'ddim 16: 0.94, 64: 0.41; EMM 16 (interval None..16).')
+    assert sentence in docs.render(snapshot)[1]
+    # the points at the top level, or an unknown layout (then results.csv's E6 columns)
+    assert docs.transition_points(data['points']) == data['points']
+    assert docs.transition_points({'points': [1, 2]}) == {}
+    snapshot['sweep']['transition']['data'] = {'something': 'else'}
+    assert docs.transition_sentence(snapshot['sweep']).startswith('Memorisation ratio (E6, DDIM)')
+    snapshot['sweep']['results']['exists'] = False
+    snapshot['sweep']['results'].update(columns=[], rows=[])
+    assert docs.transition_sentence(snapshot['sweep']) is None
+    assert 'no finished run of' in docs.render(snapshot)[1]
+
+
+def test_a_readme_without_the_block_is_an_error_and_nothing_is_written(runs, tmp_path):
+    kwargs, out = runs
+    readme = tmp_path / 'README.md'
+    readme.write_text('# a readme\n')
+    with pytest.raises(UserError, match='no single generated block'):
+        docs.write_page(str(out), **kwargs, readme=str(readme))
+    assert not out.exists() and readme.read_text() == '# a readme\n'
+
+
+def test_figures_of_runs_no_longer_given_are_removed(runs):
+    kwargs, out = runs
+    docs.write_page(str(out), **kwargs)
+    assert (out / docs.IMAGES / 'digits' / 'e1_nearest.png').is_file()
+    docs.write_page(str(out), sweep=kwargs['sweep'])
+    assert not (out / docs.IMAGES / 'digits').exists() or not any(
+        (out / docs.IMAGES / 'digits').iterdir())
+    assert (out / docs.IMAGES / 'sweep' / 'emm.png').is_file()
 
 
 def test_the_checked_in_page_is_the_generators():
@@ -183,6 +311,24 @@ def test_the_checked_in_page_is_the_generators():
     page = open(path).read()
     assert page.splitlines()[0] == docs.STAMP, 'docs/results.md was not made by diffgen.docs'
     assert re.search(r'^Made by `python -m diffgen\.docs[^`]*` at commit `[^`]+`', page, re.M)
+
+
+def test_the_checked_in_pages_render_from_the_checked_in_snapshot():
+    """docs/results.md and README.md's generated block are render(docs/results.json): a number
+    typed into either by hand (or a snapshot edited without rendering) fails here; the fix is
+    `python -m diffgen.docs --render_only` (or the full command with the runs)."""
+    snapshot = docs.read_snapshot(os.path.join(REPO, 'docs'))
+    page, block = docs.render(snapshot)
+    with open(os.path.join(REPO, 'docs', docs.PAGE), encoding='utf-8') as f:
+        assert f.read() == page, 'docs/results.md differs from render(docs/results.json)'
+    with open(os.path.join(REPO, 'README.md'), encoding='utf-8') as f:
+        readme = f.read()
+    assert docs.README_HEADING in readme
+    assert readme.index(docs.README_HEADING) < readme.index(docs.BEGIN)
+    assert docs.readme_block(readme) == block, (
+        "README.md's generated block differs from render(docs/results.json)")
+    for path in docs.figure_paths(snapshot):
+        assert os.path.isfile(os.path.join(REPO, 'docs', path)), path
 
 
 def test_the_machine_is_recorded_not_compared(tmp_path):
