@@ -543,7 +543,8 @@ def render_block(snapshot, page_link='docs/results.md'):
         summarised = [s for s in run['sections'] if s['summary'].strip()]
         for s in summarised:
             link = f'{page_link}#{anchor(s["title"], name)}'
-            lines.append(f'- **{name}, {s["title"]}**: {s["summary"].strip()} ([more]({link}))')
+            summary = ' '.join(s['summary'].split())   # one list item, whatever its lines
+            lines.append(f'- **{name}, {s["title"]}**: {summary} ([more]({link}))')
         if not summarised:
             lines.append(f'- **{name}**: no section of its report has a summary yet; see '
                          f'[{page_link}]({page_link}#{slug(name)}).')

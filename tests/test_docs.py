@@ -254,6 +254,10 @@ def test_the_readme_block_gives_summaries_links_the_transition_and_what_is_missi
     assert ('Memorisation ratio (E6, DDIM) by training-set size N: 16: 0.94, 64: 0.41.'
             in block)
     assert len(lines) <= 12   # short: a newcomer reads the README in minutes
+    snapshot = json.loads((out / docs.SNAPSHOT).read_text())
+    snapshot['runs'][0]['sections'][0]['summary'] = 'Two\nlines.'
+    assert f'**: Two lines. ([more](docs/results.md#{docs.slug(title)}))' in docs.render(
+        snapshot)[1]
 
 
 def test_the_transition_sentence_reads_transition_json_defensively(runs):
