@@ -165,7 +165,11 @@ def render(numbers, ctx):
         f'an average of training images whose weights become one-hot as σ → 0. '
         f'{prediction_text(numbers, len(ctx.x_T))} {quality_text(numbers, len(ctx.x_T), "ε*")}'
         f'\n\n{criteria_text(numbers["calibration"], ctx.config.analysis.copy_quantile)}')
-    return Section(KEY, TITLE, markdown, numbers, names)
+    summary = (f'The exact optimum ε* copies: of {len(ctx.x_T)} samples from the same x_T, '
+               + ', '.join(f'{m} {numbers[m]["memorisation_ratio"]:.1%} '
+                           f'(near copies {numbers[m]["near_copy_rate"]:.1%})' for m in METHODS)
+               + ' are memorised (d₁/d₂ < 1/3; near copies: d₁ < δ).')
+    return Section(KEY, TITLE, markdown, numbers, names, summary=summary)
 
 
 register(Experiment(KEY, TITLE, measure, render))
