@@ -57,8 +57,8 @@ def test_an_unknown_plugin_module_is_one_line(digits_data_dir, tmp_path):
 
 def test_an_unregistered_experiment_names_the_known_ones():
     config = digits.get_config()
-    config.analysis.experiments = ('e1', 'e8')
-    with pytest.raises(ConfigError, match="'e8' is not one of .*'e1', 'e2'"):
+    config.analysis.experiments = ('e1', 'e9')
+    with pytest.raises(ConfigError, match="'e9' is not one of .*'e1', 'e2'"):
         validate(config)
 
 

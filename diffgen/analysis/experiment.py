@@ -13,11 +13,11 @@ An experiment module defines
     check(config)                    optional: raises ConfigError on bad settings, run by
                                      config validation before any work starts
 
-and registers them with `register(Experiment('e8', 'E8: title', measure, render, check))`.
+and registers them with `register(Experiment('e9', 'E9: title', measure, render, check))`.
 diffgen/analysis/experiments/__init__.py imports the built-in ones; a config names further
 plugin modules in `analysis.plugins` (imported before validation), e.g.
 
-    --config.analysis.plugins="('mypackage.e8',)" --config.analysis.experiments="('e8',)"
+    --config.analysis.plugins="('mypackage.e9',)" --config.analysis.experiments="('e9',)"
 
 (tests/toy_experiment.py is a small one).
 """
