@@ -139,7 +139,7 @@ def get_config(arg=None):
     e4.switch_fractions = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.3, 1.0)  # t_switch / T
     # e5 (reproducibility): models on the disjoint halves of the training set, a seed control
     analysis.e5 = e5 = ml_collections.ConfigDict()
-    # steps of each of its three models; `* 1` makes a derived reference, so that setting this
+    # steps of each of its four models; `* 1` makes a derived reference, so that setting this
     # key leaves training.num_steps alone
     e5.num_steps = training.get_ref('num_steps') * 1
     # e6 (EMM): the run's own memorisation ratio, plus a launch/sweep.py sweep over N

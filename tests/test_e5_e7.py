@@ -54,18 +54,46 @@ def test_half_config_loads_exactly_the_half(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 1), dtype=np.uint8)
     path = str(tmp_path / 'half_a.npz')
     e5._write_npz(path, images, np.arange(10) % 3)
-    config = validate(e5.half_config(digits.get_config('smoke'), path, 100, seed=7))
+    run = digits.get_config('smoke')
+    config = validate(e5.half_config(run, path, 100, seed=7))
     assert config.training.num_steps == 100 and config.seed == 7
-    assert config.optim.ema_decay == pytest.approx(0.9)   # 1 - 10/100 < the run's 0.999
+    assert (config.optim.ema_decay, config.optim.ema_warmup) == (0.99, True)   # the run's EMA
+    assert config.optim.ema_decay == run.optim.ema_decay
     ds = data.load(config)
     assert len(ds.heldout_images) == 0
     assert sorted(map(bytes, ds.train_images)) == sorted(map(bytes, images))
 
 
 def test_e5_models_have_distinct_seeds():
-    """A, B and the seed control A' each get their own seed; A and A' share half A."""
+    """A, B, A' and B' each get their own seed; A and A' share half A, B and B' half B."""
     assert len({offset for _, _, offset in e5.MODELS}) == len(e5.MODELS)
-    assert [h for _, h, _ in e5.MODELS] == [0, 1, 0] and 0 not in [o for *_, o in e5.MODELS]
+    assert [h for _, h, _ in e5.MODELS] == [0, 1, 0, 1] and 0 not in [o for *_, o in e5.MODELS]
+    assert e5.HALF_MODELS == tuple(tuple(m for m, h, _ in e5.MODELS if h == half)
+                                   for half in (0, 1))
+
+
+def test_e5_similarity_intervals_on_hand_built_samples():
+    """Samples of four models from 6 x_T: the pair means are the hand-computed cosine means
+    (cross over A-B, A-B', A'-B, A'-B'; seed over A-A', B-B'), each interval holds its mean,
+    and where the models of each half disagree the two-way interval is the wider."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(6, 5))
+    samples = {m: base + s * rng.normal(size=(6, 5))
+               for m, s in (('A', 0.2), ("A'", 1.5), ('B', 0.2), ("B'", 1.5))}
+    cross, same = e5.pair_similarities(samples, 0.0)
+    cos = lambda x, y: e5.cosine_similarity(samples[x], samples[y])
+    np.testing.assert_allclose(cross.mean(), np.mean(
+        [cos(x, y) for x in ('A', "A'") for y in ('B', "B'")]), atol=1e-12)
+    optimum = cos('A', 'B') - 0.5
+    iv = e5.similarity_intervals(cross, same, optimum, np.random.default_rng(1), 500)
+    assert iv['seed']['mean'] == pytest.approx(
+        np.mean([cos('A', "A'"), cos('B', "B'")]), abs=1e-12)
+    assert iv['cross_minus_seed']['mean'] == pytest.approx(
+        iv['cross']['mean'] - iv['seed']['mean'], abs=1e-12)
+    for m in iv.values():
+        assert m['low'] <= m['mean'] <= m['high'] and m['low_xT'] <= m['mean'] <= m['high_xT']
+    assert (iv['cross']['high'] - iv['cross']['low']
+            > iv['cross']['high_xT'] - iv['cross']['low_xT'])
 
 
 def test_mean_interval_hand_computed():
@@ -189,9 +217,10 @@ def _tiny_e5_context(data_dir, tmp_path, num_samples):
 
 @pytest.mark.slow
 def test_e5_end_to_end(digits_data_dir, tmp_path):
-    """E5 on a tiny digits config: three models trained in W/e5/half_{a,b}_seed{s} with
-    seeds s + 1, s + 2, s + 3 on disjoint npz halves, similarities in [-1, 1] with their
-    intervals, a regime, per-model quality, and a rerun resumes instead of retraining."""
+    """E5 on a tiny digits config: four models trained in W/e5/half_{a,b}_seed{s} with
+    seeds s + 1 .. s + 4 on disjoint npz halves, similarities in [-1, 1] with their two-way
+    and x_T-only intervals, a regime, per-model quality, and a rerun resumes instead of
+    retraining."""
     config, ctx = _tiny_e5_context(digits_data_dir, tmp_path, 8)
     workdir = tmp_path / 'run'
     section = EXPERIMENTS['e5'].run(ctx)
@@ -199,18 +228,24 @@ def test_e5_end_to_end(digits_data_dir, tmp_path):
     assert n['half_size'] == 20 and n['num_steps'] == 4 and n['num_samples'] == 8
     for key in ('cross_similarity', 'seed_similarity', 'optimum_similarity'):
         assert -1.0 <= n[key]['low'] <= n[key]['mean'] <= n[key]['high']
+        assert n[key]['low_xT'] <= n[key]['mean'] <= n[key]['high_xT']
         assert n[key]['mean'] <= 1.0 + 1e-9
+    assert n['cross_similarity']['mean'] == pytest.approx(
+        np.mean([n['pairs'][p] for p in ('A–B', "A–B'", "A'–B", "A'–B'")]))
+    assert n['seed_similarity']['mean'] == pytest.approx(
+        np.mean([n['pairs'][p] for p in ("A–A'", "B–B'")]))
+    assert n['ema_decay'] == config.optim.ema_decay
     assert n['regime'] in ('undetermined', 'memorising', 'generalising', 'intermediate')
     assert f'Regime: {n["regime"]}' in section.markdown
-    assert list(n['models']) == ['A', 'B', "A'", 'ε*_A', 'ε*_B']
-    assert [n['models'][m]['seed'] for m in ('A', 'B', "A'")] == [
-        config.seed + 1, config.seed + 2, config.seed + 3]
+    assert list(n['models']) == ['A', 'B', "A'", "B'", 'ε*_A', 'ε*_B']
+    assert [n['models'][m]['seed'] for m in ('A', 'B', "A'", "B'")] == [
+        config.seed + 1, config.seed + 2, config.seed + 3, config.seed + 4]
     assert all(np.isfinite(m['fd']) and 0 <= m['precision'] <= 1 for m in n['models'].values())
     assert n['models']['ε*_A']['exact_copy_rate'] > 0.5     # the optimum copies its half
     halves = [data.load(e5.half_config(config, str(workdir / 'e5' / f'half_{h}.npz'), 4, 0))
               for h in e5.HALVES]
     assert not set(map(bytes, halves[0].train_images)) & set(map(bytes, halves[1].train_images))
-    for name, offset in (('a', 1), ('b', 2), ('a', 3)):
+    for name, offset in (('a', 1), ('b', 2), ('a', 3), ('b', 4)):
         seed = config.seed + offset
         assert (workdir / 'e5' / f'half_{name}_seed{seed}' / 'checkpoints' / '4').is_dir()
     assert report.reported(EXPERIMENTS['e5'].run(ctx).numbers) == n
@@ -219,8 +254,8 @@ def test_e5_end_to_end(digits_data_dir, tmp_path):
 @pytest.mark.slow
 def test_e5_identical_halves_seed_control_equals_cross_half(digits_data_dir, tmp_path,
                                                            monkeypatch):
-    """Acceptance (issue 10): with both halves the same data, A vs B and A vs A' are both
-    two seeds on one set, so the seed-only control lies within the cross-half figure's
+    """Acceptance (issue 10): with both halves the same data, cross pairs and same-half pairs
+    are all two seeds on one set, so the seed-only control lies within the cross-half figure's
     interval and the paired difference's interval contains 0; the halves' optima coincide."""
     monkeypatch.setattr(e5, 'split_halves',
                         lambda images, labels: [(images[:20], labels[:20])] * 2)

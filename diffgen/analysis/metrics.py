@@ -8,6 +8,8 @@ Distances are over √D (root-mean-square difference per coordinate, [-1, 1] uni
   exact copy iff d_1 < tol;
   novelty   d_1 to n training images against d_1 to n held-out images (the same n);
   gap       E‖ε_θ − ε*‖² / E‖ε*‖² over a set of points at one t.
+Bootstrap intervals (percentile): resample_counts, pair_mean_replicates (a two-way
+bootstrap over models and samples of similarities between pairs of models).
 The metrics know nothing of how the samples were made.
 """
 from __future__ import annotations
@@ -85,3 +87,51 @@ def cosine_similarity(u, v, centre=0.0):
     u = (np.asarray(u, np.float64) - centre).reshape(len(u), -1)
     v = (np.asarray(v, np.float64) - centre).reshape(len(v), -1)
     return np.sum(u * v, axis=1) / (np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1))
+
+
+def resample_counts(n, num_replicates, rng):
+    """(B, n) int: how often each of n items is drawn in each of B resamples of n items with
+    replacement (multinomial(n, 1/n)); a resampled mean is counts @ x / n."""
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=num_replicates)
+
+
+def percentile_interval(replicates, level=0.95):
+    """(low, high): the (1 − level)/2 and (1 + level)/2 quantiles of bootstrap replicates."""
+    low, high = np.quantile(np.asarray(replicates, np.float64), [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def pair_mean_replicates(cross, same, counts, rng, resample_models=True):
+    """Two-way bootstrap replicates of the mean similarity over cross-half and same-half pairs
+    of models.
+
+    Models 1..R of half A and 1..R of half B (R >= 2) all sample the same n inputs (x_T);
+    cross (R, R, n): s_jk,i between model j of A and model k of B at input i; same (2, R, R, n):
+    u_h,jj',i between models j, j' of half h (A = 0, B = 1; the entries j < j' are read). The
+    estimates are
+        cross = (1/R²) Σ_jk s̄_jk,   same = mean over h and j < j' of ū_h,jj'   (bars: mean over i).
+    Replicate b draws the inputs with counts c_b (given: (B, n), resample_counts, so that other
+    per-input series can share them) and, with resample_models, R models of each half with
+    replacement (counts w_h,j; otherwise w = 1), and recomputes both over the drawn pairs:
+        cross*_b = Σ_jk w_A,j w_B,k m_jk / R²,         m_jk = Σ_i c_bi s_jk,i / n,
+        same*_b  = Σ_h Σ_{j<j'} w_h,j w_h,j' m_h,jj' / Σ_h Σ_{j<j'} w_h,j w_h,j'.
+    A model drawn twice is no same-half pair with itself (its similarity with itself is 1):
+    only pairs of distinct models count, and a replicate whose draws leave no such pair in
+    either half draws its models again. Returns (cross*, same*), each (B,)."""
+    cross, same = np.asarray(cross, np.float64), np.asarray(same, np.float64)
+    counts = np.asarray(counts, np.float64)
+    R, n = cross.shape[0], cross.shape[-1]
+    B = len(counts)
+    m_cross = (counts @ cross.reshape(R * R, n).T / n).reshape(B, R, R)
+    m_same = (counts @ same.reshape(2 * R * R, n).T / n).reshape(B, 2, R, R)
+    upper = np.triu(np.ones((R, R)), k=1)
+    w = np.ones((B, 2, R))
+    pair_weights = lambda w: w[..., :, None] * w[..., None, :] * upper   # (..., 2, R, R)
+    redraw = np.full(B, resample_models)
+    while redraw.any():
+        w[redraw] = rng.multinomial(R, np.full(R, 1.0 / R), size=(int(redraw.sum()), 2))
+        redraw = pair_weights(w).sum(axis=(1, 2, 3)) == 0
+    cross_rep = (w[:, 0, :, None] * w[:, 1, None, :] * m_cross).sum(axis=(1, 2)) / R ** 2
+    weights = pair_weights(w)
+    same_rep = (weights * m_same).sum(axis=(1, 2, 3)) / weights.sum(axis=(1, 2, 3))
+    return cross_rep, same_rep
