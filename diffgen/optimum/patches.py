@@ -277,9 +277,9 @@ def patch_x0(x, t, *, machine, schedule):
     return x0
 
 
-@jax.jit
 def patch_eps(x, t, *, machine, schedule):
-    """ε̂(x, t) = (x − a_t x̂₀)/σ_t with x̂₀ = patch_x0: the denoiser's pure function."""
+    """ε̂(x, t) = (x − a_t x̂₀)/σ_t with x̂₀ = patch_x0: the denoiser's pure function (not
+    jitted itself: outside jit only patch_x0 compiles, once for x̂₀ and ε̂ alike)."""
     t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (x.shape[0],))
     x = x.astype(jnp.float32)
     x0 = patch_x0(x, t, machine=machine, schedule=schedule)
