@@ -384,8 +384,14 @@ def sweep(config_flag, sweep_dir, sweep_arg=None, mode='all', launcher='local', 
 
 
 def collect(runs, sweep_dir, config):
-    """results.csv from the finished runs (run, seconds, overrides, report numbers) and the
-    EMM summary; the others are listed, never counted."""
+    """results.csv from the finished runs (run, seconds, seed, overrides, report numbers);
+    the others are listed, never counted. From the finished runs' eval.csv, transition.json
+    and its figures (diffgen/analysis/transition.py: per sampler and criterion the rate by N
+    at the last step pooled over seeds with its bootstrap interval, and the EMM as the
+    logistic crossing N* with its interval), printed; from results.csv's E6 numbers the same
+    pooling, emm.png and its EMM (diffgen/analysis/experiments/e6_emm.py), printed. Returns
+    {'transition': transition.summarise()'s numbers or None, 'e6': e6_emm.sweep_summary() or
+    None}, or None when neither has a number."""
     rows = []
     for run in runs:
         if not run.status.startswith('ok'):
@@ -403,21 +409,31 @@ def collect(runs, sweep_dir, config):
     if left:
         print('not counted: ' + '; '.join(left), flush=True)
     finished_runs = [r for r in runs if r.status.startswith('ok')]
-    points = transition.summarise(
-        sweep_dir, [(r.name, r.config.data.num_train) for r in finished_runs],
+    threshold = config.analysis.e6.threshold
+    result = transition.summarise(
+        sweep_dir, [(r.name, r.config.data.num_train, r.config.seed) for r in finished_runs],
         config.evaluation.num_samples if not finished_runs
-        else finished_runs[0].config.evaluation.num_samples, config.analysis.e6.threshold)
-    for method, p in (points or {}).items():
-        e = p['emm']
-        print(f'{method}: memorisation ratio by N at the last step: ' + ', '.join(
-            f'{n}: {r:.2f}' for n, r in zip(p['num_train'], p['ratio'])) +
-            f'; EMM = {e["emm"]} (interval {e["low"]}..{e["high"]})', flush=True)
-    summary = e6_emm.write_sweep_summary(sweep_dir, rows, config.analysis.e6.threshold)
-    if summary is not None:
-        num_train, ratios, emm = summary
-        print('memorisation ratio by N: ' + ', '.join(
-            f'{n}: {r:.3f}' for n, r in zip(num_train, ratios)) + f'; EMM = {emm}', flush=True)
-    return summary
+        else finished_runs[0].config.evaluation.num_samples, threshold)
+    for sampler, per_criterion in (result or {'samplers': {}})['samplers'].items():
+        for criterion, s in per_criterion.items():
+            print(f'{sampler}, {criterion} criterion ({transition.RULES[criterion]}): rate by N '
+                  'at the last step, mean over seeds [95% bootstrap]: ' + ', '.join(
+                      f'{n}: {r:.2f} [{lo:.2f}, {hi:.2f}] ({k} seed{"s" * (k > 1)})'
+                      for n, r, lo, hi, k in zip(s['num_train'], s['rate'], s['low'],
+                                                  s['high'], s['num_seeds'])) +
+                  f'; EMM {transition.crossing_text(s["crossing"])}', flush=True)
+    e6 = e6_emm.sweep_summary(rows, threshold)
+    if e6 is not None:
+        e6_emm.plot_emm(e6, os.path.join(sweep_dir, e6_emm.FIGURE))
+        pooled = e6['pooled']
+        print('E6 memorisation ratio by N, mean over seeds: ' + ', '.join(
+            f'{n}: {r:.3f}' for n, r in zip(e6['num_train'], e6['memorisation_ratio'])) +
+            f'; largest N with ratio >= {threshold}: {e6["emm"]}; EMM ' +
+            (transition.crossing_text(pooled['crossing']) if pooled else e6['note']),
+            flush=True)
+    if result is None and e6 is None:
+        return None
+    return {'transition': result, 'e6': e6}
 
 
 def main(argv):

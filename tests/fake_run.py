@@ -50,5 +50,5 @@ provenance = {'step': config.training.num_steps, 'config_digest': config_digest(
               'data_fingerprint': 'x'}
 with open(os.path.join(workdir, 'report', 'report.json'), 'w') as f:
     json.dump({'e6': {'num_train': plan['n'], 'memorisation_ratio': plan['ratio'],
-                      'provenance': provenance}}, f)
+                      'num_samples': 128, 'provenance': provenance}}, f)
 print('fake run: done', flush=True)

@@ -56,7 +56,10 @@ def test_rerun_skips_finished_and_retries_failed_runs(fake):
     runs, summary = sweep.sweep(CONFIG, str(fake / 'sweep'), '16,64,256', 'all', 'fake')
     assert [r.status for r in runs] == ['ok', 'ok', 'failed (exit 1)']
     assert [r['run'] for r in results(fake)] == ['num_train_16', 'num_train_64']  # never counted
-    assert summary[2] == 16                                            # EMM
+    assert summary['transition'] is None                               # no eval.csv
+    e6 = summary['e6']                                                 # 16: 128 of 128,
+    assert e6['emm'] == 16 and e6['num_samples'] == 128                # 64: 32 of 128
+    assert e6['pooled']['crossing']['separated'] == [16, 64]           # N* between them
     assert len(calls(fake)) == 3
 
     write_plan(fake, '16,64,256')                                      # the failure is fixed
