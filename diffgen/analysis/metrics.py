@@ -8,8 +8,8 @@ Distances are over √D (root-mean-square difference per coordinate, [-1, 1] uni
   exact copy iff d_1 < tol;
   novelty   d_1 to n training images against d_1 to n held-out images (the same n);
   gap       E‖ε_θ − ε*‖² / E‖ε*‖² over a set of points at one t.
-Bootstrap intervals (percentile): resample_counts, pair_mean_replicates (a two-way
-bootstrap over models and samples of similarities between pairs of models).
+Bootstrap intervals (percentile): resample_counts, novelty_replicates, pair_mean_replicates
+(a two-way bootstrap over models and samples of similarities between pairs of models).
 The metrics know nothing of how the samples were made.
 """
 from __future__ import annotations
@@ -66,6 +66,27 @@ def novelty(d1_train, d1_heldout):
     return {'d1_train': float(d1_train.mean()), 'd1_heldout': float(d1_heldout.mean()),
             'ratio': float(d1_train.mean() / d1_heldout.mean()),
             'closer_to_train': float(closer)}
+
+
+def novelty_replicates(d1_train, d1_heldout, counts):
+    """Bootstrap replicates of metrics.novelty's closer_to_train and ratio over the samples:
+    with counts c (B, n) (resample_counts),
+        closer*_b = Σ_i c_bi ([d_1^train < d_1^heldout] + [d_1^train = d_1^heldout]/2) / n,
+        ratio*_b  = Σ_i c_bi d_1^train / Σ_i c_bi d_1^heldout.
+    Returns (closer*, ratio*), each (B,)."""
+    d1_train, d1_heldout = np.asarray(d1_train, np.float64), np.asarray(d1_heldout, np.float64)
+    counts = np.asarray(counts, np.float64)
+    closer = (d1_train < d1_heldout) + 0.5 * (d1_train == d1_heldout)
+    return counts @ closer / len(closer), (counts @ d1_train) / (counts @ d1_heldout)
+
+
+def excess_fraction(value, null, copier):
+    """(value − null) / (copier − null), elementwise: where value lies from a reference that
+    does not depend on the training set (null: 0) to a copier of it (copier: 1); NaN where
+    the two ends coincide."""
+    value, null, copier = (np.asarray(x, np.float64) for x in (value, null, copier))
+    with np.errstate(divide='ignore', invalid='ignore'):
+        return np.where(copier != null, (value - null) / (copier - null), np.nan)
 
 
 def squared_errors(eps_model, eps_opt):
