@@ -329,7 +329,11 @@ def render(numbers, ctx):
         'Per model, against its own half (memorisation ratio: d_1/d_2 < 1/3; exact copy: '
         'd_1 < 1e-3; cosine to the nearest image: mean ± 1.96 standard errors over the '
         'samples) and sample quality against the held-out set:', '', models])
-    return Section(KEY, TITLE, markdown, numbers, [name])
+    summary = (f'Two models per disjoint half: their samples\' cross-half similarity '
+               f'{_interval(n["cross_similarity"])} against {_interval(n["seed_similarity"])} '
+               f'for two seeds on one half and {_interval(n["optimum_similarity"])} for the '
+               f'halves\' optima (intervals over models and x_T): {n["regime"]}.')
+    return Section(KEY, TITLE, markdown, numbers, [name], summary=summary)
 
 
 def check(config):
