@@ -146,6 +146,16 @@ def get_config(arg=None):
     analysis.e6 = e6 = ml_collections.ConfigDict()
     e6.sweep_dir = ''                       # sweep dir whose results.csv E6 reports ('' = none)
     e6.threshold = 0.9                      # EMM = the largest N with memorisation ratio >= this
+    # e8 (which theory explains the network): samples of the network and of reference
+    # denoisers from the same x_T (diffgen/analysis/theories.py), compared by r²
+    analysis.e8 = e8 = ml_collections.ConfigDict()
+    e8.references = ('optimum', 'gaussian', 'ls', 'els')   # theories.NAMES
+    e8.method = 'ddim'                      # the sampler of every sample
+    e8.sampler_steps = 50                   # its steps (DDPM: all T; 0 = analysis.sampler_steps)
+    e8.num_samples = 128                    # samples per denoiser (0 = analysis.num_samples)
+    e8.patch_sizes = (1, 3, 5, 7, 9, 11, 13, 15)  # candidates of the patch machines' P(t) (odd)
+    e8.calibration_times = 10               # t calibrated, log-spaced in [1, T]
+    e8.calibration_images = 128             # training images of the calibration's points
     # e7 (mutual information, toy2d): K models on K training sets S_k ~ P^N, trained with vmap
     analysis.e7 = e7 = ml_collections.ConfigDict()
     e7.num_sets = 16                        # K training sets (one model each)

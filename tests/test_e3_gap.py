@@ -141,5 +141,25 @@ def test_section_states_its_numbers(ctx):
     held_out = e3._informative(numbers, 'heldout')
     assert f'on held-out points {e3._where(t, held_out)}' in section.markdown
     rows = [r for r in section.markdown.splitlines() if r.startswith(f'| {t[-1]} |')]
-    ratio_cell = rows[0].split(' | ')[1 + 2 * len(e3.SETS) + 1]    # ε-ratio, held-out
+    # columns: t, x₀-gap per set, baselines' x₀-gap per set, cos per set, ε-ratio per set
+    ratio_cell = rows[0].split(' | ')[1 + 3 * len(e3.SETS) + 1]    # ε-ratio, held-out
     assert (ratio_cell == '–') == (not held_out[-1])
+    # the baselines: the identity denoiser outputs 0, so its x₀-gap on the forward points is
+    # the zero network's; the informative range is where the network's gap is more than
+    # BASELINE_FACTOR from the nearer baseline's, recomputed here in float64
+    assert numbers['baselines'] == ['identity', 'gaussian']
+    y = ctx.dataset.train[:32]
+    noise = np.asarray(jax.random.normal(jax.random.fold_in(ctx.rng, e3._NOISE_KEY),
+                                         (32,) + ctx.dataset.image_shape))
+    zero = jax.tree_util.Partial(lambda x, t: jnp.zeros_like(x))
+    data_range = (jnp.float32(-1.0), jnp.float32(1.0))
+    want = e3.summarise(e3.forward_gap(zero, ctx.train_rows, ctx.schedule, y, noise,
+                                       jnp.asarray(t), data_range), 64)['x0_gap']
+    np.testing.assert_allclose(numbers['x0_gap_train_identity'], want, rtol=1e-5, atol=1e-9)
+    for s in e3.SETS:
+        net = np.asarray(numbers[f'x0_gap_{s}'], np.float64)
+        base = np.stack([numbers[f'x0_gap_{s}_{b}'] for b in ('identity', 'gaussian')])
+        factor = np.exp(np.min(np.abs(np.log(net / base)), axis=0))
+        np.testing.assert_array_equal(e3.informative(numbers, s), factor > e3.BASELINE_FACTOR)
+        assert f'on {e3.SETS[s]} points {e3._where(t, e3.informative(numbers, s))}' in (
+            section.summary)

@@ -17,6 +17,7 @@ from diffgen.analysis import report
 from diffgen.diffusion import samplers
 from diffgen.diffusion.denoisers import hybrid_denoiser
 from diffgen.analysis.experiments import e1_optimum_copies as e1
+from diffgen.analysis.experiments import e4_hybrid as e4
 from diffgen.analysis.experiments import e6_emm as e6
 from diffgen.analysis.experiment import EXPERIMENTS
 from diffgen.training.loop import build
@@ -59,6 +60,10 @@ def test_e4_ends_are_e1_and_e2(sections):
         for key in ('memorisation_ratio', 'exact_copy_rate', 'median_d1', 'fd'):
             assert four[order][key][index] == pytest.approx(expected['ddim'][key], rel=1e-5,
                                                             abs=1e-6)
+    # the Gaussian arm at t_switch = 0 is ε* alone too; its text compares it with the network
+    arm = four[e4.GAUSSIAN_ARM]
+    assert arm['memorisation_ratio'][0] == pytest.approx(one['ddim']['memorisation_ratio'])
+    assert e4.gaussian_text(four['t_switch'], four, 64) in sections['e4'].summary
 
 
 def test_e2_reports_novelty(sections):

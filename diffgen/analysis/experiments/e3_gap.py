@@ -17,6 +17,13 @@ E‖ε*‖²/D ≤ INFORMATIVE: off the training set at small t, ε* ≈ ε + a_
 Along the trajectories also the entropy H(w) and the largest weight max_i w_i of the optimal
 posterior w_i(x_t, t) over the training images (optimal_stats): H = log N for a uniform
 posterior, 0 for a one-hot one. Each set is one jitted lax.scan over t.
+
+Baselines (BASELINES, diffgen/optimum/references.py): the same x₀-gap and cosine with the
+identity denoiser (ε̂ = 0, x̂₀ = x/a_t) and the Gaussian denoiser of the training set's mean
+and covariance in the network's place, at the same points. Where a trivial denoiser is as
+close to ε* as the network, the gap says nothing about the network: the text names the t
+where the network's x₀-gap differs from the nearer baseline's by more than a factor
+BASELINE_FACTOR (the informative range).
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from diffgen.analysis import metrics
 from diffgen import figures
 from diffgen.diffusion import samplers
 from diffgen.diffusion.conversions import diffuse, x0_from_eps
+from diffgen.optimum import references
 from diffgen.optimum.optimal import optimal_eps, optimal_stats
 from diffgen.analysis.experiment import Experiment, register
 from diffgen.analysis.report import Section, markdown_table, number
@@ -40,6 +48,9 @@ INFORMATIVE = 2.0  # the ε-ratio is shown where E‖ε*‖²/D ≤ this: the pu
                    # towards the nearest training image at most the noise's variance
 ONE_HOT = 0.9      # the text states the largest t where the posterior's largest weight exceeds this
 TERMS = ('sq_diff', 'sq_opt', 'sq_x0', 'dot', 'sq_model')   # point_terms, in order
+BASELINES = ('identity', 'gaussian')
+BASELINE_FACTOR = 2.0   # the network's x₀-gap is informative where it differs from the
+                        # nearer baseline's by more than this factor
 
 
 def point_terms(x, t, eps, eps_star, schedule, data_range):
@@ -55,9 +66,10 @@ def point_terms(x, t, eps, eps_star, schedule, data_range):
 
 
 @jax.jit
-def trajectory_gap(network, rows, schedule, x_T, pairs, data_range):
+def trajectory_gap(network, rows, schedule, x_T, pairs, data_range, baselines=()):
     """Runs DDIM (η = 0) with the network over pairs (t, t') and records, per step and
-    sample, the point_terms and (H(w), max_i w_i) at x_t: each (S, B); also returns x_0."""
+    sample, the point_terms and (H(w), max_i w_i) at x_t, then the point_terms of each
+    baseline denoiser in the network's place at the same x_t: each (S, B); also returns x_0."""
     def step(x, ts):
         t, t_next = ts
         tt = jnp.full((x.shape[0],), t, jnp.int32)
@@ -65,8 +77,10 @@ def trajectory_gap(network, rows, schedule, x_T, pairs, data_range):
         eps_star = optimal_eps(x, tt, rows=rows, schedule=schedule)
         entropy, max_weight = optimal_stats(x, tt, rows=rows, schedule=schedule)
         x_next = samplers.ddim_step(x, eps, t=t, t_next=t_next, schedule=schedule)  # eta = 0
+        more = [v for b in baselines
+                for v in point_terms(x, t, b(x, tt), eps_star, schedule, data_range)]
         return x_next, (*point_terms(x, t, eps, eps_star, schedule, data_range), entropy,
-                        max_weight)
+                        max_weight, *more)
 
     return jax.lax.scan(step, x_T, pairs)
 
@@ -116,10 +130,15 @@ def measure(ctx, cfg):
     lo, hi = float(train.min()), float(train.max())
     data_range = (jnp.float32(lo), jnp.float32(hi))
     dim = int(np.prod(ctx.dataset.image_shape))
-    *terms, entropy, max_weight = _batched(
-        lambda x: trajectory_gap(network, rows, ctx.schedule, x, pairs, data_range)[1],
-        [ctx.x_T], batch)
+    baselines = baseline_denoisers(ctx)
+    size = len(TERMS)
+    outs = _batched(lambda x: trajectory_gap(network, rows, ctx.schedule, x, pairs, data_range,
+                                             tuple(baselines.values()))[1], [ctx.x_T], batch)
+    terms, (entropy, max_weight) = outs[:size], outs[size:size + 2]
     measured = {'trajectory': summarise(terms, dim)}
+    for i, name in enumerate(baselines):
+        start = size + 2 + i * size
+        measured[f'trajectory_{name}'] = summarise(outs[start:start + size], dim)
     numbers = {'t': np.asarray(ts), 'entropy': entropy.mean(axis=1),
                'max_weight': max_weight.mean(axis=1),
                'log_num_train': float(np.log(rows.num_rows)), 'data_range': [lo, hi],
@@ -131,13 +150,39 @@ def measure(ctx, cfg):
     noise = np.asarray(jax.random.normal(jax.random.fold_in(ctx.rng, _NOISE_KEY),
                                          (n,) + ctx.dataset.image_shape))
     for name, y in sets.items():
-        measured[name] = summarise(_batched(
-            lambda y, e: forward_gap(network, rows, ctx.schedule, y, e, ts, data_range),
-            [y[:n], noise], batch), dim)
+        for who, denoiser in {'': network, **baselines}.items():
+            measured[f'{name}_{who}' if who else name] = summarise(_batched(
+                lambda y, e: forward_gap(denoiser, rows, ctx.schedule, y, e, ts, data_range),
+                [y[:n], noise], batch), dim)
     for name in SETS:
         for measure_name, values in measured.get(name, {}).items():
             numbers[f'{measure_name}_{name}'] = values
+        for b in baselines:
+            for measure_name in ('x0_gap', 'cosine'):
+                if f'{name}_{b}' in measured:
+                    numbers[f'{measure_name}_{name}_{b}'] = measured[f'{name}_{b}'][measure_name]
+    numbers['baselines'] = list(baselines)
     return numbers
+
+
+def baseline_denoisers(ctx):
+    """{name: denoiser} of BASELINES on ctx's training set."""
+    return {'identity': references.identity_denoiser(),
+            'gaussian': references.gaussian_denoiser(ctx.dataset.train, ctx.schedule,
+                                                     mesh=ctx.mesh)}
+
+
+def informative(numbers, name):
+    """Per t, whether the network's x₀-gap on set `name` differs from the nearer
+    baseline's by more than BASELINE_FACTOR (either way)."""
+    net = np.asarray(numbers[f'x0_gap_{name}'], np.float64)
+    base = [np.asarray(numbers[f'x0_gap_{name}_{b}'], np.float64)
+            for b in numbers.get('baselines', ()) if f'x0_gap_{name}_{b}' in numbers]
+    if not base:
+        return np.ones_like(net, bool)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        nearest = np.min(np.abs(np.log(net[None] / np.stack(base))), axis=0)
+    return np.nan_to_num(nearest, nan=0.0) > np.log(BASELINE_FACTOR)
 
 
 def _sets(numbers):
@@ -155,9 +200,18 @@ def _figure(ctx, numbers):
     labels = {'train': 'forward process, training images',
               'heldout': 'forward process, held-out images',
               'trajectory': "the model's own DDIM trajectories"}
-    for name in _sets(numbers):
-        ax_x0.plot(t, numbers[f'x0_gap_{name}'], label=labels[name], marker='.', markersize=3)
-        ax_cos.plot(t, numbers[f'cosine_{name}'], label=labels[name], marker='.', markersize=3)
+    styles = {'identity': ':', 'gaussian': '--'}
+    for i, name in enumerate(_sets(numbers)):
+        color = f'C{i}'
+        ax_x0.plot(t, numbers[f'x0_gap_{name}'], label=labels[name], marker='.', markersize=3,
+                   color=color)
+        ax_cos.plot(t, numbers[f'cosine_{name}'], label=labels[name], marker='.', markersize=3,
+                    color=color)
+        for b in numbers.get('baselines', ()):
+            for ax, key in ((ax_x0, 'x0_gap'), (ax_cos, 'cosine')):
+                if f'{key}_{name}_{b}' in numbers and not (key == 'cosine' and b == 'identity'):
+                    ax.plot(t, numbers[f'{key}_{name}_{b}'], linestyle=styles[b], color=color,
+                            label=f'{b} baseline, {SETS[name]}', linewidth=1)
         ratio = np.where(_informative(numbers, name), numbers[f'gap_{name}'], np.nan)
         ax_ratio.plot(t, ratio, label=labels[name], marker='.', markersize=3)
     ax_x0.axhline(numbers['x0_gap_bound'], color='gray', linestyle=':',
@@ -200,10 +254,15 @@ def _table(numbers, T):
     rows = sorted({int(np.argmin(np.abs(t - max(1, round(s * T / 1000))))) for s in TABLE_TIMES},
                   key=lambda i: t[i])
     informative = {s: _informative(numbers, s) for s in sets}
-    header = ['t', *(f'x₀-gap, {SETS[s]}' for s in sets), *(f'cos, {SETS[s]}' for s in sets),
+    base = numbers.get('baselines', ())
+    header = ['t', *(f'x₀-gap, {SETS[s]}' for s in sets),
+              *(f'x₀-gap {" / ".join(base)}, {SETS[s]}' for s in sets if base),
+              *(f'cos, {SETS[s]}' for s in sets),
               *(f'ε-ratio, {SETS[s]}' for s in sets), 'H(w)', 'max w']
     return markdown_table(header, [
         [t[i], *(number(numbers[f'x0_gap_{s}'][i], '.3g') for s in sets),
+         *(' / '.join(number(numbers[f'x0_gap_{s}_{b}'][i], '.3g') for b in base)
+           for s in sets if base),
          *(number(numbers[f'cosine_{s}'][i]) for s in sets),
          *(number(numbers[f'gap_{s}'][i] if informative[s][i] else None, '.3g') for s in sets),
          number(numbers['entropy'][i]), number(numbers['max_weight'][i])] for i in rows])
@@ -251,7 +310,21 @@ def render(numbers, ctx):
              f'{ONE_HOT:g} along the trajectories is {one_hot.max()}.' if len(one_hot) else
              f' The optimal posterior\'s largest weight exceeds {ONE_HOT:g} at no t along the '
              'trajectories.')
-    return Section(KEY, TITLE, text, numbers, [name])
+    if numbers.get('baselines'):
+        text += (f' Baselines: the same x₀-gap with the {" and the ".join(numbers["baselines"])} '
+                 f'denoiser in the network\'s place (dotted / dashed in the figure). The '
+                 f'network\'s x₀-gap differs from the nearer baseline\'s by more than a factor '
+                 f'{BASELINE_FACTOR:g} (where the gap says something about the network) ' +
+                 '; '.join(f'on {SETS[s]} points {_where(t, informative(numbers, s))}'
+                           for s in sets) + '; elsewhere a trivial denoiser is as close to ε*.')
+    summary = ''
+    if numbers.get('baselines'):
+        summary = ('The network\'s x₀-gap to ε* says something about the network (it differs by '
+                   f'more than {BASELINE_FACTOR:g}× from the nearer of the identity and Gaussian '
+                   'baselines) ' + '; '.join(f'on {SETS[s]} points {_where(t, informative(numbers, s))}'
+                                             for s in sets) +
+                   '; elsewhere a trivial denoiser is as close to ε* as the network.')
+    return Section(KEY, TITLE, text, numbers, [name], summary=summary)
 
 
 register(Experiment(KEY, TITLE, measure, render))

@@ -5,6 +5,14 @@ same x_T as E1/E2 with a denoiser that switches at t_switch:
     network first:  ε_θ(x, t) for t > t_switch, ε*(x, t) for t <= t_switch,
 
 for t_switch = round(f T), f in analysis.e4.switch_fractions (0 and T are always included).
+A second arm puts the Gaussian denoiser of the training set's mean and covariance
+(diffgen/optimum/references.py), which keeps no individual image, in the network's place:
+
+    Gaussian arm:   ε*(x, t) for t > t_switch, ε_G(x, t) for t <= t_switch.
+
+Where the network's curve follows the Gaussian arm's, the curve marks the noise level below
+which ε* has settled the copy whatever denoiser finishes, not a property of the network; the
+text names the t_switch where the two differ by more than twice their standard error.
 Per run: memorisation ratio, exact-copy rate and FD / precision / recall. At the ends the
 hybrid is one denoiser alone, so its samples are E1's (ε*) or E2's (ε_θ) DDIM samples; the
 largest difference from those, recomputed here, is reported.
@@ -20,11 +28,14 @@ from diffgen.analysis.experiments import e2_model_novelty as e2
 from diffgen.analysis.report import Section, markdown_table, number
 from diffgen.diffusion.denoisers import hybrid_denoiser
 from diffgen.errors import require
+from diffgen.optimum import references
 
 KEY, TITLE = 'e4', 'E4: hybrid sampling locates where the model stops copying'
 ORDERS = ('optimum_first', 'network_first')
+GAUSSIAN_ARM = 'optimum_then_gaussian'
 LABELS = {'optimum_first': 'ε* for t > t_switch, then ε_θ',
-          'network_first': 'ε_θ for t > t_switch, then ε*'}
+          'network_first': 'ε_θ for t > t_switch, then ε*',
+          GAUSSIAN_ARM: 'ε* for t > t_switch, then the Gaussian denoiser'}
 _SAMPLE_KEY = 31   # ctx.rng fold_in constant of E4 (DDIM with eta = 0 draws no noise)
 
 
@@ -33,9 +44,12 @@ def switch_times(fractions, T):
     return sorted({0, T} | {int(round(f * T)) for f in fractions})
 
 
-def hybrid(ctx, order, t_switch):
-    """The hybrid denoiser of one order (ORDERS) and t_switch."""
+def hybrid(ctx, order, t_switch, gaussian=None):
+    """The hybrid denoiser of one order (ORDERS, or GAUSSIAN_ARM with the Gaussian denoiser
+    given) and t_switch."""
     optimum, network = ctx.optimum(), ctx.network()
+    if order == GAUSSIAN_ARM:
+        return hybrid_denoiser(optimum, gaussian, t_switch)
     if order == 'optimum_first':
         return hybrid_denoiser(optimum, network, t_switch)
     return hybrid_denoiser(network, optimum, t_switch)
@@ -48,10 +62,11 @@ def measure(ctx, cfg):
     times = switch_times(cfg.switch_fractions, T)
     numbers = {'t_switch': times}
     ends = {}
-    for order in ORDERS:
+    gaussian = references.gaussian_denoiser(ctx.dataset.train, ctx.schedule, mesh=ctx.mesh)
+    for order in (*ORDERS, GAUSSIAN_ARM):
         rows = []
         for t_switch in times:
-            x = ctx.sample(hybrid(ctx, order, t_switch), 'ddim', key=_SAMPLE_KEY)
+            x = ctx.sample(hybrid(ctx, order, t_switch, gaussian), 'ddim', key=_SAMPLE_KEY)
             rows.append(ctx.copy_metrics(x)[0])
             if t_switch in (0, T):
                 ends[(order, t_switch)] = x
@@ -71,9 +86,11 @@ def measure(ctx, cfg):
 def _figure(ctx, numbers):
     fig, (ax_mem, ax_fd) = figures.subplots(2, width=5.0)
     t = numbers['t_switch']
-    for order in ORDERS:
-        ax_mem.plot(t, numbers[order]['memorisation_ratio'], marker='o', label=LABELS[order])
-        ax_fd.plot(t, numbers[order]['fd'], marker='o', label=LABELS[order])
+    for order in (*ORDERS, GAUSSIAN_ARM):
+        if order in numbers:
+            style = {'linestyle': '--', 'marker': 's'} if order == GAUSSIAN_ARM else {'marker': 'o'}
+            ax_mem.plot(t, numbers[order]['memorisation_ratio'], label=LABELS[order], **style)
+            ax_fd.plot(t, numbers[order]['fd'], label=LABELS[order], **style)
     ax_mem.set_ylim(-0.02, 1.02)
     ax_mem.set_ylabel('memorisation ratio (d₁/d₂ < 1/3)')
     ax_fd.set_ylabel('FD to held-out images (classifier features) ↓')
@@ -100,11 +117,12 @@ def _first(times, ratios, condition):
 def render(numbers, ctx):
     name = _figure(ctx, numbers)
     t = numbers['t_switch']
+    arms = [o for o in (*ORDERS, GAUSSIAN_ARM) if o in numbers]
     table = markdown_table(
-        ['t_switch', *(f'{LABELS[o]}: memorised' for o in ORDERS),
-         *(f'{LABELS[o]}: FD' for o in ORDERS)],
-        [[ts, *(number(numbers[o]['memorisation_ratio'][i]) for o in ORDERS),
-          *(number(numbers[o]['fd'][i], '.2f') for o in ORDERS)] for i, ts in enumerate(t)])
+        ['t_switch', *(f'{LABELS[o]}: memorised' for o in arms),
+         *(f'{LABELS[o]}: FD' for o in arms)],
+        [[ts, *(number(numbers[o]['memorisation_ratio'][i]) for o in arms),
+          *(number(numbers[o]['fd'][i], '.2f') for o in arms)] for i, ts in enumerate(t)])
     diff = numbers['ends_max_abs_diff']
     text = ('DDIM samples from the same x_T as E1/E2 with the denoiser switched at t_switch. '
             f'Memorised: d₁/d₂ < 1/3.\n\n{table}\n\n'
@@ -116,7 +134,34 @@ def render(numbers, ctx):
         found = _first(t, numbers[order]['memorisation_ratio'], condition)
         text += (f' {LABELS[order]}: the smallest t_switch with a memorisation ratio {below} '
                  + (f'0.5 is {found[0]} ({found[1]:.3f}).' if found else '0.5: none.'))
-    return Section(KEY, TITLE, text, numbers, [name])
+    summary = ''
+    if GAUSSIAN_ARM in numbers:
+        summary = 'Hybrid sampling (ε* first, then another denoiser). ' + gaussian_text(
+            t, numbers, len(ctx.x_T))
+        text += ' ' + gaussian_text(t, numbers, len(ctx.x_T))
+    return Section(KEY, TITLE, text, numbers, [name], summary=summary)
+
+
+def gaussian_text(t, numbers, n):
+    """Where the network's optimum-first curve differs from the Gaussian arm's: |p_θ − p_G|
+    > 2 √(p_θ(1 − p_θ)/n + p_G(1 − p_G)/n) (two binomial standard errors of the difference
+    of two ratios over n samples each)."""
+    net = np.asarray(numbers['optimum_first']['memorisation_ratio'], np.float64)
+    lin = np.asarray(numbers[GAUSSIAN_ARM]['memorisation_ratio'], np.float64)
+    se = np.sqrt(net * (1 - net) / n + lin * (1 - lin) / n)
+    differs = [(ts, a, b) for ts, a, b, e in zip(t, net, lin, se) if abs(a - b) > 2 * e]
+    found = _first(t, lin, lambda r: r < 0.5)
+    text = (f'With the Gaussian denoiser in the network\'s place the smallest t_switch with a '
+            f'memorisation ratio below 0.5 is ' + (f'{found[0]} ({found[1]:.3f})' if found
+                                                   else 'none'))
+    if not differs:
+        return text + ('; the network\'s curve does not differ from it at any t_switch (by more '
+                       'than two standard errors): the curve locates where ε* settles a copy, '
+                       'not a property of the network.')
+    return text + ('; the network differs from it (by more than two standard errors) at '
+                   't_switch = ' + ', '.join(f'{ts} ({a:.3f} against {b:.3f})'
+                                             for ts, a, b in differs) +
+                   ', and follows it elsewhere.')
 
 
 def check(config):
