@@ -30,8 +30,11 @@ changed) is run again and resumes from its checkpoints. Only finished runs
 contribute a row to D/results.csv (written atomically); where the rows carry E6 numbers
 D/emm.png plots the memorisation ratio against N with the EMM marked
 (diffgen/analysis/experiments/e6_emm.py), and from the finished runs' eval.csv
-D/transition_ratio.png (ratio against N per sampler at the last step, Wilson intervals, EMM)
-and D/transition_curves.png (ratio against training step per N; diffgen/analysis/transition.py). SIGTERM or SIGINT to the sweep passes SIGTERM to
+D/transition.json, D/transition_ratio.png (both memorisation criteria against N per sampler
+at the last step, pooled over seeds with a 95 % bootstrap over models and samples, and the
+EMM as the logistic crossing N* with its interval) and D/transition_curves.png (rate against
+training step per N, the mean over seeds with their range; diffgen/analysis/transition.py).
+SIGTERM or SIGINT to the sweep passes SIGTERM to
 every running child (which saves a checkpoint and stops), waits for them, and exits 143:
 every run stays resumable and no child outlives the sweep. Exit status 1 if a run failed.
 

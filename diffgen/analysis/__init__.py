@@ -55,3 +55,6 @@ def check_evaluator(key, entry, config):
     if 'sampler_steps' in options and options.get('method') != 'ddpm':
         T = config.diffusion.num_timesteps
         require(1 <= options['sampler_steps'] <= T, f'{key}.sampler_steps must be in 1..{T}')
+    for count in ('t_strata', 'eps_per_image'):
+        if count in options:
+            require(options[count] >= 1, f'{key}.{count}={options[count]!r} must be at least 1')
