@@ -56,7 +56,7 @@ def get_config(arg=None):
 
     config.sampling.method = 'ddpm'
     config.sampling.num_samples = 100
-    config.analysis.experiments = ('e5',) if arg.e5 else ('e1', 'e2', 'e3', 'e4')
+    config.analysis.experiments = ('e5',) if arg.e5 else ('e1', 'e2', 'e3', 'e4', 'e8')
 
     if arg.smoke:
         config.model.ch = 16
