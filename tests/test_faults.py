@@ -559,18 +559,19 @@ def test_sweep_rerun_appends_the_log_and_never_counts_a_failed_runs_old_report(f
 # --- SIGKILL at random moments (acceptance: nothing is lost, the end is the same) ----------
 
 # A smoke-sized --mode=all: 16 training steps, the final sampling, and three experiments: E1,
-# E2 and E5 (which trains three models of its own, resumable like the run, of
+# E2 and E5 (which trains four models of its own, resumable like the run, of
 # analysis.e5.num_steps steps: by default training.num_steps).
 CRASH = {'training.num_steps': 16, 'training.checkpoint_every': 4, 'data.num_train': 64,
          'diffusion.num_timesteps': 100, 'analysis.num_samples': 16, 'analysis.batch_size': 16,
          'analysis.sampler_steps': 5, 'analysis.quality.classifier_steps': 20}
 CRASH_FLAGS = ["--config.analysis.experiments=('e1','e2','e5')"]
 CRASH_EXPERIMENTS = {'e1', 'e2', 'e5'}
-# The phases a kill lands in, by the line that starts each: training (three times), the
-# final sampling, each experiment, and each of E5's three trainings (seeds 1, 2, 3).
-PHASES = ('train step 4/16', 'train step 10/16', 'train step 14/16', 'sampling ',
+# The phases a kill lands in, by the line that starts each: training (twice), the
+# final sampling, each experiment, and each of E5's four trainings (seeds 1, 2, 3, 4).
+PHASES = ('train step 4/16', 'train step 14/16', 'sampling ',
           'analysis 1/3: e1 ...', 'analysis 2/3: e2 ...', 'analysis 3/3: e5 ...',
-          'e5: half a, seed 1', 'e5: half b, seed 2', 'e5: half a, seed 3')
+          'e5: half a, seed 1', 'e5: half b, seed 2', 'e5: half a, seed 3',
+          'e5: half b, seed 4')
 
 
 def run_logged(args, log_path, kill_at=None):
