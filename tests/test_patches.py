@@ -33,6 +33,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 U32 = 2.0 ** -24
 TIMES = [1, 10, 100, 300, 600, 1000]
 NUM_TRAIN, CHUNK = 12, 8          # two chunks of 8 images, the last with 4 padding rows
+# Logits per block of keys: blocks of 12 interior keys at P = 3 (16 blocks), of 5 keys for
+# the LS machine (16 keys padded to 20), one block for small groups (patches.key_block)
+BLOCK_LOGITS = 1800
 SCHEDULE = make_schedule('linear', 1000)
 
 
@@ -111,7 +114,7 @@ def assert_within(value, expected, bound):
 
 def machine_for(y, patch_size, equivariant):
     return patches.patch_machine(y, SCHEDULE, patch_size, equivariant=equivariant,
-                                 chunk_size=CHUNK)
+                                 chunk_size=CHUNK, block_logits=BLOCK_LOGITS)
 
 
 def num_chunks(machine, shards=1):
@@ -139,7 +142,7 @@ def test_matches_float64_brute_force(shape, equivariant, patch_size):
     assert_within(patches.patch_x0(x, t, machine=machine, schedule=SCHEDULE), ref['x0'],
                   ref['x0_bound'])
     denoiser = patches.patch_denoiser(y, SCHEDULE, patch_size, equivariant=equivariant,
-                                      chunk_size=CHUNK)
+                                      chunk_size=CHUNK, block_logits=BLOCK_LOGITS)
     assert_within(denoiser(x, jnp.asarray(t)), ref['eps'], ref['eps_bound'])
 
 
@@ -270,11 +273,12 @@ def test_calibration_recovers_the_target_patch_size():
     its error is the round trip x̂₀ → ε̂ → x̂₀ of the target's own output, below the other
     candidate's."""
     y = training_set((5, 6, 1))
-    target = patches.patch_denoiser(y, SCHEDULE, 3, equivariant=False, chunk_size=CHUNK)
+    target = patches.patch_denoiser(y, SCHEDULE, 3, equivariant=False, chunk_size=CHUNK,
+                                    block_logits=BLOCK_LOGITS)
     ts = [100, 400, 800]
     calibration = patches.calibrate_patch_sizes(
         target, y, y, SCHEDULE, ts, [1, 3], equivariant=False,
-        rng=jax.random.key(0), chunk_size=CHUNK)
+        rng=jax.random.key(0), chunk_size=CHUNK, block_logits=BLOCK_LOGITS)
     np.testing.assert_array_equal(calibration['t'], ts)
     np.testing.assert_array_equal(calibration['patch_size'], [3, 3, 3])
     assert calibration['error'].shape == (3, 2)

@@ -39,17 +39,23 @@ diffgen.optimum.optimal. Expanding the square (‖Π_p(x)‖² cancels) the logi
 
 The pixels are grouped into classes of equal size n (patch_classes; LS: HW classes of one
 pixel). For a group of G classes the queries are the B·n patches of the batch at each
-class's pixels, (G, B·n, P²C), and the keys the N·n training patches at the same pixels;
-the training images are streamed in chunks of C_N images (patches extracted per chunk), and
-per chunk and group
+class's pixels, (G, B·n, P²C), and the keys the N·n training patches at the same pixels.
+The training images are streamed in chunks of C_N images (cut into patches per chunk), and
+each chunk's keys in blocks of at most b keys (key_block: G·B·n·b ≈ block_logits floats,
+chosen at trace time from the batch); per block
 
-    logits = keys · queriesᵀ   (G, C_N·n, B·n), one batched GEMM,
+    logits = queries · keysᵀ   (G, B·n, b), one batched GEMM,
     running max m, l = Σ e^{s − m}, acc = Σ e^{s − m} y_i(q)  (a second GEMM, (G, B·n, C)),
 
-rescaled when m grows, as in optimal.py; shards of the training set (along N over the mesh's
-data axis) are merged by pmax of m and psum of the rescaled (l, acc). Working memory is
-O(B · C_N · Σ_classes n²) ≤ O(B·HW · C_N·HW) floats, never O(B·HW · N·HW); the flops are
-2 B N (P²C + C) Σ_classes n² (the ELS interior class dominates: n = (H − 2r)(W − 2r)).
+rescaled when m grows, as in optimal.py; padding images get ‖k‖² = +inf, so logit −inf
+(λ = a²/(2σ²) > 0 at every t ≥ 1: a_T is 6.4e-3 (linear) and 4.9e-5 (cosine, T = 1000)).
+The logits' float32 round-off is that of optimal.py with D = P²C (tests/test_patches.py
+bounds it).
+Shards of the training set (along N over the mesh's data axis) are merged by pmax of m and
+psum of the rescaled (l, acc). Working memory is O(B·H·W·(P²C + C) + C_N·H·W·P²C +
+block_logits) floats, whatever N: never O(B·HW · N·HW). The flops are 2 B N (P²C + C) Σ n²
+over the classes (the ELS interior class dominates: n = (H − 2r)(W − 2r)); ‖Π_p(x)‖² is never
+formed.
 
 A time-dependent patch size P(t) (the paper's single calibrated hyperparameter, App. C.2) is
 a table of length T + 1. Inside jit each distinct P is run under lax.cond on whether any
@@ -73,12 +79,14 @@ from diffgen.diffusion import conversions
 from diffgen.errors import ConfigError
 from diffgen.optimum import chunked
 
-# Training images per chunk where none is given: the chunk whose logits, for B = 256
-# queries, fill about DEFAULT_CHUNK_LOGITS floats at the largest class structure (the LS
-# machine, or the ELS machine at P = 1: Σ n² = (HW)² for ELS, HW for LS).
-# benchmarks/bench_patches.py measured the chunk sizes on the digits shape.
-DEFAULT_CHUNK_LOGITS = 2 ** 24
-DEFAULT_CHUNK_BATCH = 256
+# Working sets where none is given. A chunk of training images is cut into its patches at
+# once: C_N images with at most DEFAULT_CHUNK_FLOATS floats of patches (C_N·H·W·P²·C at the
+# machine's largest P; at least 8 images). Within a chunk each class group's keys are taken
+# in blocks whose logits (G, B·n, block) hold about DEFAULT_BLOCK_LOGITS floats (4 MiB),
+# the block chosen at trace time from the batch. benchmarks/bench_patches.py measured block
+# sizes at the digits shape (ELS, P = 5, B = 256) on this project's 2-core CPU.
+DEFAULT_CHUNK_FLOATS = 2 ** 22
+DEFAULT_BLOCK_LOGITS = 2 ** 20
 
 
 def check_patch_size(patch_size, image_shape):
@@ -181,29 +189,54 @@ def _rescale(state, new_max):
     return PatchSoftmax(new_max, scale * state.total, scale[..., None] * state.weighted)
 
 
-def _patch_step(states, chunk, aux, *, patch_size, classes, image_shape):
-    """Adds one chunk of training images to every group's sums. aux holds, per group, the
-    queries (a/σ²) Π_p(x) (G, Q, P²C) and λ = a²/(2σ²) per query (Q,). chunk.gram (the
-    whole-image products, unused) is dead code to XLA."""
+def key_block(num_classes, num_queries, num_keys, block_logits):
+    """Keys per block: at most num_keys, and at most block_logits / (G·Q) so that a block's
+    logits (G, Q, block) hold about block_logits floats; at least 1."""
+    return max(1, min(num_keys, block_logits // (num_classes * num_queries)))
+
+
+def _softmax_block(state, queries, norm_scale, keys, values, norms):
+    """Adds one block of keys (G, K, P²C) with values (G, K, C) and norms ‖k‖² (G, K)
+    (+inf on padding) to one group's sums; logits (G, Q, K)."""
+    gram = jax.lax.dot_general(queries, keys, (((2,), (2,)), ((0,), (0,))),
+                               preferred_element_type=jnp.float32)
+    logits = gram - norm_scale[None, :, None] * norms[:, None, :]
+    new_max = jnp.maximum(state.max, jnp.max(logits, axis=2))
+    state = _rescale(state, new_max)
+    p = jnp.exp(logits - _reference(new_max)[:, :, None])
+    weighted = jax.lax.dot_general(p, values, (((2,), (1,)), ((0,), (0,))),
+                                   preferred_element_type=jnp.float32)
+    return PatchSoftmax(new_max, state.total + jnp.sum(p, axis=2), state.weighted + weighted)
+
+
+def _patch_step(states, chunk, aux, *, patch_size, classes, image_shape, block_logits):
+    """Adds one chunk of training images to every group's sums, in blocks of keys of at most
+    key_block(...) (a lax.scan over blocks when the chunk has more). aux holds, per group,
+    the queries (a/σ²) Π_p(x) (G, Q, P²C) and λ = a²/(2σ²) per query (Q,). Padding rows
+    (zero images) get ‖k‖² = +inf, hence logit −inf (λ > 0). chunk.gram (the whole-image
+    products, unused) is dead code to XLA."""
     images = chunk.rows.astype(jnp.float32).reshape((-1,) + image_shape)
     new_states = []
     for state, pixels, (queries, norm_scale) in zip(states, classes, aux):
-        n = pixels.shape[1]
         keys = class_patches(images, pixels, patch_size)         # (G, K, P²C)
         values = class_patches(images, pixels, 1)                # (G, K, C)
-        norms = jnp.sum(keys * keys, axis=-1)                    # (G, K)
-        gram = jax.lax.dot_general(keys, queries, (((2,), (2,)), ((0,), (0,))),
-                                   preferred_element_type=jnp.float32)   # (G, K, Q)
-        valid = jnp.repeat(chunk.valid, n)[None, :, None]
-        logits = jnp.where(valid, gram - norms[:, :, None] * norm_scale[None, None, :],
-                           -jnp.inf)
-        new_max = jnp.maximum(state.max, jnp.max(logits, axis=1))
-        state = _rescale(state, new_max)
-        p = jnp.exp(logits - _reference(new_max)[:, None, :])
-        weighted = jax.lax.dot_general(p, values, (((1,), (1,)), ((0,), (0,))),
-                                       preferred_element_type=jnp.float32)   # (G, Q, C)
-        new_states.append(PatchSoftmax(new_max, state.total + jnp.sum(p, axis=1),
-                                       state.weighted + weighted))
+        norms = jnp.where(jnp.repeat(chunk.valid, pixels.shape[1]),
+                          jnp.sum(keys * keys, axis=-1), jnp.inf)
+        num_classes, num_keys = norms.shape
+        block = key_block(num_classes, queries.shape[1], num_keys, block_logits)
+        if block == num_keys:
+            new_states.append(_softmax_block(state, queries, norm_scale, keys, values, norms))
+            continue
+        blocks = -(-num_keys // block)
+        pad = ((0, 0), (0, blocks * block - num_keys))
+        split = lambda v: jnp.moveaxis(v.reshape((num_classes, blocks, block) + v.shape[2:]),
+                                       1, 0)
+        xs = (split(jnp.pad(keys, pad + ((0, 0),))), split(jnp.pad(values, pad + ((0, 0),))),
+              split(jnp.pad(norms, pad, constant_values=jnp.inf)))
+        state, _ = jax.lax.scan(
+            lambda state, kvn: (_softmax_block(state, queries, norm_scale, *kvn), None),
+            state, xs)
+        new_states.append(state)
     return tuple(new_states)
 
 
@@ -217,7 +250,7 @@ def _combine_shards(states):
     return tuple(merged)
 
 
-def _x0_one_size(x, a, sigma2, *, rows, image_shape, patch_size, equivariant):
+def _x0_one_size(x, a, sigma2, *, rows, image_shape, patch_size, equivariant, block_logits):
     """x̂₀ (B, H, W, C) of the machine with one patch size for every example."""
     batch = x.shape[0]
     height, width, channels = image_shape
@@ -230,7 +263,7 @@ def _x0_one_size(x, a, sigma2, *, rows, image_shape, patch_size, equivariant):
                               jnp.zeros((g, batch * n, channels)))
                  for g, n in (pixels.shape for pixels in classes))
     step = functools.partial(_patch_step, patch_size=patch_size, classes=classes,
-                             image_shape=image_shape)
+                             image_shape=image_shape, block_logits=block_logits)
     states = chunked.reduce_rows(rows, step, _combine_shards, state=init,
                                  queries=x.reshape(batch, -1), aux=aux)
     x0 = jnp.zeros((batch, height * width, channels))
@@ -251,6 +284,7 @@ class PatchMachine:
     sizes: tuple = flax.struct.field(pytree_node=False)         # the distinct P of table
     image_shape: tuple = flax.struct.field(pytree_node=False)   # (H, W, C)
     equivariant: bool = flax.struct.field(pytree_node=False)    # ELS (True) or LS
+    block_logits: int = flax.struct.field(pytree_node=False, default=DEFAULT_BLOCK_LOGITS)
 
 
 @jax.jit
@@ -264,7 +298,7 @@ def patch_x0(x, t, *, machine, schedule):
     x = x.astype(jnp.float32)
     run = functools.partial(_x0_one_size, x, schedule.a[t], schedule.sigma2[t],
                             rows=machine.rows, image_shape=machine.image_shape,
-                            equivariant=machine.equivariant)
+                            equivariant=machine.equivariant, block_logits=machine.block_logits)
     if len(machine.sizes) == 1:
         return run(patch_size=machine.sizes[0])
     size_of_t = machine.table[t]
@@ -286,11 +320,11 @@ def patch_eps(x, t, *, machine, schedule):
     return conversions.eps_from_x0(x, x0=x0, a=schedule.a[t], sigma=schedule.sigma[t])
 
 
-def default_chunk_size(image_shape, batch=DEFAULT_CHUNK_BATCH, logits=DEFAULT_CHUNK_LOGITS):
-    """Training images per chunk where none is given: batch × chunk × (H·W)² ≈ logits (the
-    ELS machine at P = 1, its largest working set), at least 8."""
-    pixels = image_shape[0] * image_shape[1]
-    return max(8, logits // (batch * pixels * pixels))
+def default_chunk_size(image_shape, patch_size):
+    """Training images per chunk where none is given: DEFAULT_CHUNK_FLOATS floats of P × P
+    patches (all channels) at every pixel, at least 8 images."""
+    height, width, channels = image_shape
+    return max(8, DEFAULT_CHUNK_FLOATS // (height * width * patch_size ** 2 * channels))
 
 
 def _training_images(train_set):
@@ -303,29 +337,33 @@ def _training_images(train_set):
 
 
 def patch_machine(train_set, schedule, patch_size, *, equivariant, chunk_size=None, mesh=None,
-                  rows=None):
+                  rows=None, block_logits=DEFAULT_BLOCK_LOGITS):
     """The PatchMachine of a training set (N, H, W, C) in [-1, 1] with P(t) = patch_size (an
     int, or T+1 of them). rows: the training set already as chunked.ChunkedRows (shared
-    between machines)."""
+    between machines); chunk_size: training images per chunk (None: default_chunk_size);
+    block_logits: floats of logits per block of keys."""
     images = _training_images(train_set)
     table = patch_size_array(patch_size, schedule.num_timesteps, images.shape[1:])
     if rows is None:
-        rows = chunked.prepare_rows(images, chunk_size or default_chunk_size(images.shape[1:]),
-                                    jnp.float32, mesh=mesh)
+        rows = chunked.prepare_rows(
+            images, chunk_size or default_chunk_size(images.shape[1:], int(table.max())),
+            jnp.float32, mesh=mesh)
+    sizes = tuple(sorted({int(p) for p in table}))
     table = jnp.asarray(table) if mesh is None else parallel.replicate(jnp.asarray(table), mesh)
-    return PatchMachine(rows, table, tuple(sorted({int(p) for p in np.asarray(table)})),
-                        tuple(images.shape[1:]), bool(equivariant))
+    return PatchMachine(rows, table, sizes, tuple(images.shape[1:]), bool(equivariant),
+                        int(block_logits))
 
 
-def patch_denoiser(train_set, schedule, patch_size, *, equivariant, chunk_size=None, mesh=None):
+def patch_denoiser(train_set, schedule, patch_size, *, equivariant, chunk_size=None, mesh=None,
+                   block_logits=DEFAULT_BLOCK_LOGITS):
     """The denoiser (x, t) -> ε̂(x, t) of the LS (equivariant=False) or ELS (True) machine of a
     training set (N, H, W, C) in [-1, 1], with P(t) = patch_size: an odd int for every t, or
     a sequence of T+1 of them (entry t for step t). A jax.tree_util.Partial of patch_eps whose
     leaves are the training images (sharded along N over the mesh's data axis when a mesh is
     given), P(t) and the schedule. chunk_size: training images per chunk (None:
-    default_chunk_size)."""
+    default_chunk_size); block_logits: floats of logits per block of keys (module docstring)."""
     machine = patch_machine(train_set, schedule, patch_size, equivariant=equivariant,
-                            chunk_size=chunk_size, mesh=mesh)
+                            chunk_size=chunk_size, mesh=mesh, block_logits=block_logits)
     return jax.tree_util.Partial(patch_eps, machine=machine, schedule=schedule)
 
 
@@ -335,7 +373,8 @@ def _apply(denoiser, x, t):
 
 
 def calibrate_patch_sizes(target, train_set, images, schedule, ts, candidates, *, equivariant,
-                          rng, mesh=None, chunk_size=None, batch_size=256):
+                          rng, mesh=None, chunk_size=None, batch_size=256,
+                          block_logits=DEFAULT_BLOCK_LOGITS):
     """The patch size that makes the machine closest to a target denoiser, per t.
 
     For each t in ts: x_t = a_t y + σ_t ε for every y of images (ε from fold_in(rng, t)), the
@@ -345,16 +384,18 @@ def calibrate_patch_sizes(target, train_set, images, schedule, ts, candidates, *
     best P minimises it (ties: the first candidate). Kamb & Ganguli (App. C.2) rank by the
     cosine of ε along the network's own trajectories; this is the forward-process variant.
 
-    Returns {'t': ts, 'patch_size': best P per t, 'error': (len(ts), len(candidates)),
-    'candidates'}; patch_size_table expands it to P(t) for every t."""
+    The images go through in batches of batch_size; chunk_size and block_logits are
+    patch_machine's. Returns {'t': ts, 'patch_size': best P per t, 'error': (len(ts),
+    len(candidates)), 'candidates'}; patch_size_table expands it to P(t) for every t."""
     train = _training_images(train_set)
     images = _training_images(images)
     candidates = [int(p) for p in candidates]
     check_patch_size(candidates, train.shape[1:])
-    rows = chunked.prepare_rows(train, chunk_size or default_chunk_size(train.shape[1:]),
-                                jnp.float32, mesh=mesh)
-    machines = [patch_machine(train, schedule, p, equivariant=equivariant, mesh=mesh, rows=rows)
-                for p in candidates]
+    rows = chunked.prepare_rows(
+        train, chunk_size or default_chunk_size(train.shape[1:], max(candidates)), jnp.float32,
+        mesh=mesh)
+    machines = [patch_machine(train, schedule, p, equivariant=equivariant, mesh=mesh, rows=rows,
+                              block_logits=block_logits) for p in candidates]
     target = target if isinstance(target, jax.tree_util.Partial) else \
         jax.tree_util.Partial(target)
     ts = [int(t) for t in ts]
