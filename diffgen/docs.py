@@ -51,7 +51,7 @@ from etils import epath  # noqa: E402
 
 from diffgen import figures, files  # noqa: E402
 from diffgen.analysis import report, transition  # noqa: E402
-from diffgen.analysis.experiments import e6_emm  # noqa: E402
+from diffgen.analysis.experiments import e6_emm, e8_theories  # noqa: E402
 from diffgen.errors import CorruptFileError, UserError, WorkdirError  # noqa: E402
 from diffgen.training.csv_log import read_csv  # noqa: E402
 
@@ -70,9 +70,13 @@ TRANSITION_JSON = 'transition.json'   # the sweep's summary (diffgen/analysis/tr
 MAKE = {
     'digits': 'python -m diffgen.main --config=configs/digits.py --workdir={path} --mode=all',
     'toy2d': 'python -m diffgen.main --config=configs/toy2d.py --workdir={path} --mode=all',
-    'sweep': ('python -m launch.sweep --config=configs/digits.py --sweep_dir={path} '
-              '--sweep_arg=16,32,64,128,256,512,1541 --parallel=2'),
+    'sweep': 'python -m launch.sweep --config=configs/digits.py --sweep_dir={path} --seeds=3',
 }
+# E8 across a sweep: analyse every run of a sweep with E8 (its checkpoints are kept)
+MAKE_THEORIES = ('python -m launch.sweep --config=configs/digits.py[:conv_only] --sweep_dir={path}'
+                 ' --seeds=3 --mode=analyze --override="analysis.experiments=(\'e6\',\'e8\')"')
+THEORIES_HEADING = 'Which theory explains the network, across N (E8 over a sweep)'
+THEORIES_FIGURE = 'e8_against_n.png'
 MAKE_OTHER = 'python -m diffgen.main --config=<its config> --workdir={path} --mode=all'
 DEFAULT_PATH = {'digits': 'runs/digits', 'toy2d': 'runs/toy2d', 'sweep': 'runs/transition'}
 WORKDIR_MARKS = ('checkpoints', 'report', transition.EVAL_CSV, 'samples')
@@ -86,6 +90,8 @@ _DIGITS = flags.DEFINE_string('digits', None, 'Workdir of the digits run (config
 _TOY2D = flags.DEFINE_string('toy2d', None, 'Workdir of the toy2d run (configs/toy2d.py).')
 _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep dir of the transition over N (launch.sweep).')
 _RUN = flags.DEFINE_multi_string('run', [], 'NAME=WORKDIR: a further run on the page.')
+_THEORIES = flags.DEFINE_multi_string('theories', [], 'LABEL=SWEEP_DIR: a sweep whose runs '
+                                      'have E8 sections, drawn as median r² against N.')
 _OUT = flags.DEFINE_string('out', 'docs', 'Directory of results.md and results.json (figures '
                            'in images/results/).')
 _README = flags.DEFINE_string('readme', 'README.md', 'The README whose generated block is '
@@ -315,14 +321,35 @@ def collect_sweep(sweep_dir, out):
     return stamp, sweep
 
 
-def command(out, digits=None, toy2d=None, sweep=None, others=()):
+def collect_theories(theories, out):
+    """E8 across the sweeps of theories ((label, sweep dir) pairs): {'variants': [{label,
+    dir, points: {reference: [[N, median, low, high], ...]}}], 'figure': its path or None}."""
+    variants = []
+    for label, sweep_dir in theories:
+        runs = []
+        if files.exists(sweep_dir):
+            for p in sorted(epath.Path(sweep_dir).iterdir(), key=lambda p: natural(p.name)):
+                stored = p / 'config.json'
+                if p.is_dir() and stored.exists():
+                    runs.append((p.name, json.loads(stored.read_text())['data']['num_train']))
+        points = e8_theories.read_sweep(sweep_dir, runs)
+        variants.append({'label': label, 'dir': sweep_dir,
+                         'points': {r: [list(v) for v in p] for r, p in points.items()}})
+    relative = posixpath.join(IMAGES, 'sweep', THEORIES_FIGURE)
+    made = e8_theories.plot_against_n({v['label']: v['points'] for v in variants},
+                                      os.path.join(out, relative))
+    return {'variants': variants, 'figure': relative if made else None}
+
+
+def command(out, digits=None, toy2d=None, sweep=None, others=(), theories=()):
     """The command line that makes this page."""
     given = [('digits', digits), ('toy2d', toy2d), ('sweep', sweep),
-             *(('run', f'{n}={p}') for n, p in others), ('out', out)]
+             *(('run', f'{n}={p}') for n, p in others),
+             *(('theories', f'"{n}={p}"') for n, p in theories), ('out', out)]
     return ' '.join(['python -m diffgen.docs', *(f'--{k}={v}' for k, v in given if v)])
 
 
-def collect(out, digits=None, toy2d=None, sweep=None, others=(), readme=None):
+def collect(out, digits=None, toy2d=None, sweep=None, others=(), readme=None, theories=()):
     """The snapshot of the runs (a JSON-able dict; others: (name, workdir) pairs), their
     figures copied under OUT/images/results/. Layout:
       format: SNAPSHOT_FORMAT;  command: the command line;  commit: commit(out, readme);
@@ -334,7 +361,8 @@ def collect(out, digits=None, toy2d=None, sweep=None, others=(), readme=None):
               last: [[column, step, value]], figure}}]  (digits, toy2d, then the others);
       sweep: {dir, path, command, exists, results: {csv, exists, columns, rows},
               evaluations: [{run, step, last: {column: [step, value]}}],
-              figures: [{name, source, path}], transition: {path, data}}.
+              figures: [{name, source, path}], transition: {path, data}};
+      theories: collect_theories' (E8 across the --theories sweeps).
     A figure's path is relative to OUT (None: it does not exist); values are the files'
     text, formatted only when rendered."""
     stamp, runs = [], []
@@ -344,8 +372,10 @@ def collect(out, digits=None, toy2d=None, sweep=None, others=(), readme=None):
         rows, run = collect_workdir(name, workdir, out, make)
         stamp, runs = stamp + rows, runs + [run]
     rows, swept = collect_sweep(sweep, out)
-    return {'format': SNAPSHOT_FORMAT, 'command': command(out, digits, toy2d, sweep, others),
-            'commit': commit(out, readme), 'stamp': stamp + rows, 'runs': runs, 'sweep': swept}
+    return {'format': SNAPSHOT_FORMAT,
+            'command': command(out, digits, toy2d, sweep, others, theories),
+            'commit': commit(out, readme), 'stamp': stamp + rows, 'runs': runs, 'sweep': swept,
+            'theories': collect_theories(theories, out)}
 
 
 def figure_paths(snapshot):
@@ -353,6 +383,7 @@ def figure_paths(snapshot):
     runs = [f for r in snapshot['runs'] for s in r['sections'] or [] for f in s['figures']]
     paths = {f['path'] for f in runs + snapshot['sweep'].get('figures', [])}
     paths |= {r['evaluation']['figure'] for r in snapshot['runs'] if r['evaluation']}
+    paths.add((snapshot.get('theories') or {}).get('figure'))
     return paths - {None}
 
 
@@ -449,12 +480,68 @@ def render_sweep(sweep):
     return lines
 
 
+def mean_by_n(rows):
+    """[(N, mean of the runs' median r² at N, runs)] of read_sweep's rows, N ascending."""
+    sizes = sorted({r[0] for r in rows})
+    return [(n, sum(r[1] for r in rows if r[0] == n) / sum(r[0] == n for r in rows),
+             sum(r[0] == n for r in rows)) for n in sizes]
+
+
+def render_theories(theories):
+    """Markdown lines of E8 across the sweeps: median r² by N per reference and variant."""
+    lines = [f'## {THEORIES_HEADING}', '']
+    if not theories or not theories['variants']:
+        return lines + [f'- no `--theories=LABEL=SWEEP_DIR` was given: made by '
+                        f'`{MAKE_THEORIES.format(path="runs/transition")}`']
+    for v in theories['variants']:
+        if not v['points']:
+            lines += [f'- {v["label"]}: no run of `{v["dir"]}` has an E8 section yet: made by '
+                      f'`{MAKE_THEORIES.format(path=v["dir"])}`', '']
+            continue
+        sizes = sorted({r[0] for rows in v['points'].values() for r in rows})
+        table = [[theories_label(ref), *(_cell_at(rows, n) for n in sizes)]
+                 for ref, rows in sorted(v['points'].items())]
+        lines += [f'{v["label"]} (`{v["dir"]}`): median r² of each reference\'s samples against '
+                  'the network\'s, the mean over the runs (seeds) at each N:', '',
+                  report.markdown_table(['reference', *(f'N = {n}' for n in sizes)], table), '']
+    if theories['figure']:
+        lines += [f'![E8 across N]({theories["figure"]})', '']
+    return lines
+
+
+def theories_label(ref):
+    return e8_theories.theories.LABELS.get(ref, ref)
+
+
+def _cell_at(rows, n):
+    at = [(m, k) for size, m, k in mean_by_n(rows) if size == n]
+    return '–' if not at else f'{report.number(at[0][0])} ({at[0][1]} run{"s" * (at[0][1] > 1)})'
+
+
+def theories_sentence(theories):
+    """Per variant: the best reference at the smallest and the largest N, or None."""
+    parts = []
+    for v in (theories or {}).get('variants', []):
+        if not v['points']:
+            continue
+        means = {ref: dict((n, m) for n, m, _ in mean_by_n(rows)) for ref, rows in v['points'].items()}
+        sizes = sorted({n for m in means.values() for n in m})
+        best = lambda n: max((r for r in means if n in means[r]), key=lambda r: means[r][n])
+        ends = [sizes[0], sizes[-1]] if len(sizes) > 1 else sizes
+        parts.append(f'{v["label"]}: ' + '; '.join(
+            f'at N = {n} {theories_label(best(n))} explains the network best (median r² '
+            f'{report.number(means[best(n)][n])})' for n in ends))
+    return '. '.join(parts) + '.' if parts else None
+
+
 def render_page(snapshot):
     """The text of results.md."""
     body = []
     for run in snapshot['runs']:
         body += render_run(run) + ['']
     body += render_sweep(snapshot['sweep'])
+    if snapshot.get('theories') is not None:
+        body += [''] + render_theories(snapshot['theories'])
     stamp = snapshot['stamp']
     page = [STAMP, '# Results', '',
             f'Made by `{snapshot["command"]}` at commit `{snapshot["commit"]}`; every number '
@@ -560,6 +647,12 @@ def render_block(snapshot, page_link='docs/results.md'):
     else:
         lines.append(f'- **{SWEEP_HEADING}**: no results yet; made by `{sweep["command"]}`, '
                      f'then `{docs_command} --sweep={sweep["path"]}`.')
+    if snapshot.get('theories') is not None:
+        said = theories_sentence(snapshot['theories'])
+        lines.append(f'- **{THEORIES_HEADING}**: ' + (
+            f'{said} ([more]({page_link}#{slug(THEORIES_HEADING)}))' if said else
+            f'no E8 over a sweep yet; made by `{MAKE_THEORIES.format(path="runs/transition")}`, '
+            f'then `{docs_command} --theories=LABEL=runs/transition`.'))
     return '\n'.join(lines + [END])
 
 
@@ -621,13 +714,13 @@ def read_snapshot(out):
     return snapshot
 
 
-def write_page(out, digits=None, toy2d=None, sweep=None, others=(), readme=None):
+def write_page(out, digits=None, toy2d=None, sweep=None, others=(), readme=None, theories=()):
     """Collects the runs (others: (name, workdir) pairs) into OUT/results.json with their
     figures and renders OUT/results.md (and, with readme, its generated block). Returns the
     page's path."""
     if readme:
         replace_block(files.read_text(readme), '', readme)   # checked before any work
-    snapshot = collect(out, digits, toy2d, sweep, others, readme)
+    snapshot = collect(out, digits, toy2d, sweep, others, readme, theories)
     remove_stale_figures(out, snapshot)
     files.write_text(os.path.join(out, SNAPSHOT),
                      json.dumps(snapshot, indent=1, ensure_ascii=False) + '\n')
@@ -647,17 +740,30 @@ def parse_runs(values):
 
 
 def run_command(out='docs', digits=None, toy2d=None, sweep=None, runs=(), readme=None,
-                render_only=False):
+                render_only=False, theories=()):
     """What the command line does (runs: its --run=NAME=WORKDIR values); the page's path.
     UserError for bad input."""
     if render_only:
         given = [f'--{name}' for name, value in [('digits', digits), ('toy2d', toy2d),
-                                                 ('sweep', sweep), ('run', runs)] if value]
+                                                 ('sweep', sweep), ('run', runs),
+                                                 ('theories', theories)] if value]
         if given:
             raise UserError(f'--render_only reads {out}/{SNAPSHOT}, not runs: drop '
                             f'{", ".join(given)}')
         return write_pages(out, read_snapshot(out), readme)
-    return write_page(out, digits, toy2d, sweep, parse_runs(runs), readme)
+    return write_page(out, digits, toy2d, sweep, parse_runs(runs), readme,
+                      parse_theories(theories))
+
+
+def parse_theories(values):
+    """[(label, sweep dir)] of --theories=LABEL=SWEEP_DIR values."""
+    out = []
+    for value in values:
+        label, _, path = value.partition('=')
+        if not label.strip() or not path:
+            raise UserError(f'--theories={value!r} is not LABEL=SWEEP_DIR')
+        out.append((label.strip(), path))
+    return out
 
 
 def main(argv):
@@ -667,7 +773,7 @@ def main(argv):
     readme = _README.value or None
     try:
         path = run_command(_OUT.value, _DIGITS.value, _TOY2D.value, _SWEEP.value, _RUN.value,
-                           readme, _RENDER_ONLY.value)
+                           readme, _RENDER_ONLY.value, _THEORIES.value)
     except UserError as e:
         print(f'diffgen: error: {e}', file=sys.stderr)
         sys.exit(2)

@@ -351,3 +351,24 @@ def test_the_machine_is_recorded_not_compared(tmp_path):
     report.write_report([report.Section('new', 'New', 'later', {'provenance': other})],
                         str(tmp_path), 'report')
     assert set(json.loads((tmp_path / 'report.json').read_text())) == {'new'}
+
+
+def test_e8_across_sweeps_is_a_table_a_figure_and_a_sentence(tmp_path):
+    """--theories=LABEL=SWEEP_DIR: each run's E8 medians by N (the mean over the runs at an
+    N), the figure, and the README's sentence naming the best reference at each end."""
+    sweep = tmp_path / 'sweep'
+    medians = {('a', 16): {'optimum': 0.9, 'gaussian': 0.2}, ('b', 16): {'optimum': 0.7,
+               'gaussian': 0.4}, ('c', 256): {'optimum': 0.1, 'gaussian': 0.6}}
+    for (name, n), refs in medians.items():
+        (sweep / name / 'report').mkdir(parents=True)
+        (sweep / name / 'config.json').write_text(json.dumps({'data': {'num_train': n}}))
+        (sweep / name / 'report' / 'report.json').write_text(json.dumps({'e8': {'r2': {
+            r: {'median': m, 'low': m - 0.05, 'high': m + 0.05} for r, m in refs.items()}}}))
+    out, readme = tmp_path / 'out', readme_copy(tmp_path)
+    docs.run_command(str(out), readme=str(readme), theories=[f'conv-only={sweep}'])
+    page = (out / 'results.md').read_text()
+    assert '| optimum ε* | 0.800 (2 runs) | 0.100 (1 run) |' in page
+    assert (out / 'images' / 'results' / 'sweep' / 'e8_against_n.png').stat().st_size > 0
+    block = docs.readme_block(readme.read_text())
+    assert ('conv-only: at N = 16 optimum ε* explains the network best (median r² 0.800); at '
+            'N = 256 Gaussian (μ, Σ) explains the network best (median r² 0.600).') in block
