@@ -8,11 +8,16 @@ roofline of their GEMMs, and memory against a naive all-patches softmax.
 2. Speed, on the digits shape: N = 1541 training images of 8 × 8 × 1 (scikit-learn's
    digits, scaled to [-1, 1]), B = 256 queries, ELS with P = 5 at t = 500. The machine's
    work is, per class group (G classes of n pixels), two batched GEMMs over all N·n keys:
-   logits keys·queriesᵀ (G, N·n, B·n) with P²C-long rows, and weights·values (G, B·n, C):
-   2 B N (P²C + C) Σ n² flops. The roofline is the time of those GEMMs as plain matmuls
-   over the whole training set (no chunks, no softmax), as benchmarks/bench_optimal.py
-   measures its own; the target is one ELS call ≤ 1.5 × roofline. Rates are also printed
-   against the machine's GEMM peak (the best float32 1024 × 1024 matmul).
+   logits queries·keysᵀ (G, B·n, N·n) with P²C-long rows, and weights·values (G, B·n, C):
+   2 B N (P²C + C) Σ n² flops. Two references: (a) the roofline as bench_optimal.py
+   measures its own, the time of those GEMMs as plain matmuls over the whole training set
+   (no chunks, no softmax); the target is one ELS call ≤ 1.5 × that. With rows of only
+   P²C = 25 those matmuls are bound by writing and reading the (G, B·n, N·n) arrays, like
+   bench_optimal's 'large' shape, so also (b) the engine's own GEMMs at its block shapes
+   (one block's two matmuls, hot in cache, times the number of blocks): the engine over
+   (b) is the cost of its softmax (max, exp, sums) and patch cutting. Each is swept over
+   block_logits (patches.DEFAULT_BLOCK_LOGITS marked), and rates are printed against the
+   machine's GEMM peak (the best float32 1024 × 1024 matmul).
 3. Memory: the peak rise of resident memory during three calls, in a fresh subprocess per
    (method, N), for the chunked machine and for a naive softmax that holds every key patch
    and the whole (G, N·n, B·n) logit array, at N = 385, 770, 1541; and XLA's temporary
