@@ -158,11 +158,13 @@ def get_config(arg=None):
     e8.calibration_images = 128             # training images of the calibration's points
     # e7 (mutual information, toy2d): K models on K training sets S_k ~ P^N, trained with vmap
     analysis.e7 = e7 = ml_collections.ConfigDict()
-    e7.num_sets = 16                        # K training sets (one model each)
+    e7.num_sets = 16                        # K training sets (seeds_per_set models each)
     e7.num_train = 32                       # N points per training set
     e7.num_samples = 512                    # M samples per model
     e7.train_steps = (200, 1000, 3000)      # estimate I(z; S) after these steps (x steps_per_call)
     e7.knn_k = 3                            # k of the Kozachenko-Leonenko estimator
     e7.seeds_per_set = 2                    # R models (seeds) per set: Q(z|S) marginalises the seed
-    e7.validation_num_sets = 64             # K of the closed-form case (it also runs at num_sets)
+    e7.validation_num_sets = 64             # K of the validation cases (they also run at num_sets)
+    e7.validation_seed_share = 0.25         # Gaussian case: b²/(s² + b²), its seed-dependent noise
+    e7.validation_atomic_widths = (0.1, 0.2, 0.5)  # h of the atomic case (1/N) Σ_i N(y_i, h² I)
     return config

@@ -10,15 +10,17 @@ analysis.sampler_steps) from x_T drawn independently for every model (shared x_T
 the samples of identical models coincide, and the pooled k-NN distances vanish). With the
 Kozachenko–Leonenko estimator (diffgen.analysis.mutual_information, k = analysis.e7.knn_k):
 
-    Î(z; S)      the RM samples of set k pooled over its seeds as the sample of Q(z | S_k)
-                 (the seed marginalised), K sets; jackknife over the sets: Î ± t se
-                 (targets the K-set divergence E JS_K) and the bias-corrected Ĩ ± t se
-                 (targets I(z; S));
+    Î(z; S)      the RM samples of set k pooled over its seeds as the sample of Q(z | S_k),
+                 K sets: Î ± t se (targets the K-set divergence of the R-seed mixtures), and
+                 Ĩ ± t se_Ĩ, corrected by jackknives over the sets (the 1/K bias) and over the
+                 seeds (the part of the seed dependence R seeds leave in the pooled sample),
+                 se_Ĩ the jackknife of Ĩ itself (targets I(z; S));
     Î(z; ω | S)  the seed-only dependence: the same estimator applied to the R seeds of one
                  set, averaged over the K sets, x̄ ± t s/√K (targets the R-seed divergence,
-                 at most log R); Î(z; S) + Î(z; ω | S) is exactly the estimate that
-                 treats every model as its own set, of I(z; S, ω) = I(z; S) + I(z; ω | S)
-                 (what one model per set measures),
+                 at most log R), and its jackknife over the seeds Ĩ(z; ω | S) (targets
+                 I(z; ω | S)); Î(z; S) + Î(z; ω | S) is exactly the estimate that treats every
+                 model as its own set, of I(z; S, ω) = I(z; S) + I(z; ω | S) (what one model
+                 per set measures),
 
 for:
   - the empirical optimum ε* of each S_k with the same deterministic sampler (no seed): its
@@ -26,12 +28,17 @@ for:
     as ∞ with the measured exact-copy rate (the estimator returns ∞ once two samples of a set
     coincide);
   - the trained models after each of analysis.e7.train_steps steps;
-  - a validation case with the same N, RM points per set and a closed form: y ~ N(0, I_2),
-    z | S ~ N(ȳ_S, I_2 / N), for which I(z; S) = (d/2) log(1 + τ²/(N s²)) = log 2
-    (mutual_information.gaussian_mean_mi) and E JS_K is known by Monte Carlo
-    (mutual_information.gaussian_mean_js), at the models' K and at
-    analysis.e7.validation_num_sets (no training there, so a large K is cheap). Coverage is
-    judged against both: the corrected interval against I, the plain one against E JS_K.
+  - validation cases with the same N, R and M, and a known I (no training, so a large K is
+    cheap; each at the models' K and at analysis.e7.validation_num_sets), y ~ N(0, I_2):
+      Gaussian: z | S, ω ~ N(ȳ_S + b ω, s² I), s² + b² = 1/N, b² = analysis.e7.
+        validation_seed_share/N: I(z; S) = log 2 and I(z; ω | S) = log(1/(1 − share)) in
+        closed form (mutual_information.gaussian_case; share 0 is the seedless case);
+      atomic: z | S ~ (1/N) Σ_i N(y_i, h² I), h in analysis.e7.validation_atomic_widths (the
+        optimum's atoms smoothed by h): I(z; S) by Monte Carlo (mutual_information.atomic_mi,
+        with its standard error), I(z; ω | S) = 0;
+    and E JS_K by Monte Carlo (mutual_information.expected_js). Coverage is judged per case:
+    the corrected interval against I(z; S), the plain one against E JS_K, the seed-only
+    corrected interval against I(z; ω | S).
 """
 from __future__ import annotations
 
@@ -73,11 +80,11 @@ def _copy_stats(samples, sets):
 
 
 def _row(label, samples, sets, k, seeds=True):
-    """Î(z; S) (seed marginalised), Î(z; ω | S) (if seeds) and the copy numbers of samples
-    (K, R, M, d) of models fitted to sets (K, N, d)."""
+    """Î(z; S) and Ĩ(z; S) (seeds marginalised), Î(z; ω | S) and Ĩ(z; ω | S) (if seeds) and
+    the copy numbers of samples (K, R, M, d) of models fitted to sets (K, N, d)."""
     num_sets, num_seeds, num_samples, dim = samples.shape
     pooled = samples.reshape(num_sets, num_seeds * num_samples, dim)
-    row = {'case': label, **mi.mutual_information(pooled, k).as_dict()}
+    row = {'case': label, **mi.mutual_information(samples, k).as_dict()}
     if seeds:
         row['seed_only'] = mi.seed_dependence(samples, k).as_dict()
     copy_rate, mem_ratio = _copy_stats(pooled, sets)
@@ -94,28 +101,41 @@ def _optimum_samples(sets, x_T, schedule, sampler_steps):
                      for s, x in zip(sets, x_T)])
 
 
-def _validation(num_sets, num_train, num_samples, dim, k, seed, index):
-    """Î of the closed-form case y ~ N(0, I), z | S ~ N(ȳ, I/N) with K = num_sets: its
-    corrected interval against the analytic I = log(1 + 1)·d/2, its plain interval against
-    E JS_K (Monte Carlo, with its standard error)."""
-    noise_std = VALIDATION_DATA_STD / np.sqrt(num_train)
-    truth = mi.gaussian_mean_mi(dim, num_train, VALIDATION_DATA_STD, noise_std)
+def validation_cases(cfg, seed):
+    """The validation cases of cfg (analysis.e7): the Gaussian case with seed share 0 and with
+    cfg.validation_seed_share, and the atomic case at each of cfg.validation_atomic_widths
+    (its I(z; S) by Monte Carlo from the stream of seed)."""
+    n, tau = cfg.num_train, VALIDATION_DATA_STD
+    rng = np.random.default_rng([seed, _SETS_STREAM, 0])
+    shares = sorted({0.0, float(cfg.validation_seed_share)})
+    return ([mi.gaussian_case(2, n, tau, tau * np.sqrt((1 - f) / n), tau * np.sqrt(f / n))
+             for f in shares]
+            + [mi.atomic_case(rng, 2, n, tau, h) for h in cfg.validation_atomic_widths])
+
+
+def _validation(case, num_sets, num_seeds, num_samples, k, seed, index):
+    """One validation case at K = num_sets: Î(z; S), Ĩ(z; S) and the seed-only estimates of
+    samples (K, R, M, 2), E JS_K (Monte Carlo, with its standard error), and whether each
+    interval covers its target: the corrected one I(z; S), the plain one E JS_K, the
+    seed-only corrected one I(z; ω | S)."""
     rng = np.random.default_rng([seed, _SETS_STREAM, 1 + index])
-    z = mi.sample_gaussian_mean_case(rng, num_sets, num_train, num_samples, dim,
-                                     VALIDATION_DATA_STD, noise_std)
-    js, js_se = mi.gaussian_mean_js(rng, num_sets, num_train, dim, VALIDATION_DATA_STD,
-                                    noise_std)
-    est = mi.mutual_information(z, k)
-    return {'num_sets': num_sets, 'analytic': float(truth), 'expected_js': js,
-            'expected_js_se': js_se, **est.as_dict(),
-            'covered': bool(est.corrected_low <= truth <= est.corrected_high),
-            'covered_js': bool(est.low <= js <= est.high)}
+    z = mi.sample_case(rng, case, num_sets, num_seeds, num_samples)
+    js, js_se = mi.expected_js(rng, case, num_sets, num_seeds,
+                               num_draws=max(10, 1600 // num_sets))   # K·draws ≈ 1600 sets
+    est, seed_est = mi.mutual_information(z, k), mi.seed_dependence(z, k)
+    return {'case': case.name, 'num_sets': num_sets, 'truth': case.mi, 'truth_se': case.mi_se,
+            'seed_truth': case.seed_mi, 'expected_js': js, 'expected_js_se': js_se,
+            **est.as_dict(), 'seed_only': seed_est.as_dict(),
+            'covered': bool(est.corrected_low <= case.mi <= est.corrected_high),
+            'covered_js': bool(est.low <= js <= est.high),
+            'covered_seed': bool(seed_est.corrected_low <= case.seed_mi
+                                 <= seed_est.corrected_high)}
 
 
 def measure(ctx, cfg):
-    """Î(z; S) and Î(z; ω | S) with their intervals, exact-copy rate and memorisation ratio
-    of the empirical optimum and of the trained models at each of cfg.train_steps; the
-    closed-form validation case; model 0's last samples and S_0 for the figure."""
+    """Î(z; S), Ĩ(z; S) and the seed-only estimates with their intervals, exact-copy rate
+    and memorisation ratio of the empirical optimum and of the trained models at each of
+    cfg.train_steps; the validation cases; model 0's last samples and S_0 for the figure."""
     config = ctx.config
     _, name = parse_source(config.data.source)
     num_sets, num_seeds = cfg.num_sets, cfg.seeds_per_set
@@ -152,9 +172,11 @@ def measure(ctx, cfg):
                                       ctx.schedule, 'ddim', steps))
         trained.append(_row(f'trained, {length} steps', z, sets, k))
 
-    validation = [_validation(num_val, num_train, num_seeds * num_samples, dim, k,
-                              config.seed, i)
-                  for i, num_val in enumerate(sorted({num_sets, cfg.validation_num_sets}))]
+    sizes = sorted({num_sets, cfg.validation_num_sets})
+    validation = [_validation(case, size, num_seeds, num_samples, k, config.seed,
+                              i * len(sizes) + j)
+                  for i, case in enumerate(validation_cases(cfg, config.seed))
+                  for j, size in enumerate(sizes)]
     return {
         'num_sets': num_sets, 'seeds_per_set': num_seeds, 'num_train': num_train,
         'num_samples': num_samples, 'knn_k': k,
@@ -168,19 +190,18 @@ def measure(ctx, cfg):
 
 
 def _plot(numbers, path):
-    """Î(z; S) (bias-corrected, with its interval) and the seed-only Î(z; ω | S) against
+    """Ĩ(z; S) and the seed-only Ĩ(z; ω | S) (bias-corrected, with their intervals) against
     training steps, the log K bound and the optimum's Î."""
     rows, optimum = numbers['trained'], numbers['optimum']
     steps = [r['steps'] for r in rows]
     fig, (ax,) = figures.subplots(width=5.5, height=4)
-    for label, get in (('Î(z; S), jackknife-corrected', lambda r: (
-            r['corrected'], r['corrected_low'], r['corrected_high'])),
-                       ('Î(z; ω | S), seed only', lambda r: (
-            r['seed_only']['value'], r['seed_only']['low'], r['seed_only']['high']))):
-        value, low, high = np.array([get(r) for r in rows]).T
+    for label, get in (('Ĩ(z; S), bias-corrected', lambda r: r),
+                       ('Ĩ(z; ω | S), seed only, bias-corrected', lambda r: r['seed_only'])):
+        value, low, high = np.array([[get(r)[key] for key in (
+            'corrected', 'corrected_low', 'corrected_high')] for r in rows]).T
         ax.errorbar(steps, value, yerr=[value - low, high - value], marker='o', capsize=3,
                     label=label)
-    ax.axhline(numbers['log_num_sets'], ls=':', c='gray', label='log K (estimator bound)')
+    ax.axhline(numbers['log_num_sets'], ls=':', c='gray', label='log K (bound of Î)')
     ax.set_xscale('log')
     ax.minorticks_off()
     ax.set_xticks(steps, [str(n) for n in steps])
@@ -196,31 +217,38 @@ def _interval(value, low, high):
     return f'{number(value)} [{number(low)}, {number(high)}]'
 
 
+def _corrected(r):
+    return _interval(r['corrected'], r['corrected_low'], r['corrected_high'])
+
+
 def _seed_sentence(n):
-    """The seed-only dependence against Î(z; S) at the longest training, from the numbers."""
+    """The seed-only dependence against Ĩ(z; S) at the longest training, from the numbers."""
     last = n['trained'][-1]
-    seed, value = last['seed_only'], last['corrected']
-    relation = ('their intervals overlap' if seed['high'] >= last['corrected_low']
-                and seed['low'] <= last['corrected_high'] else
-                'the seed-only interval lies below' if seed['high'] < last['corrected_low']
+    seed = last['seed_only']
+    relation = ('their intervals overlap' if seed['corrected_high'] >= last['corrected_low']
+                and seed['corrected_low'] <= last['corrected_high'] else
+                'the seed-only interval lies below'
+                if seed['corrected_high'] < last['corrected_low']
                 else 'the seed-only interval lies above')
-    return (f'After {last["steps"]} steps the seed alone gives Î(z; ω | S) = '
-            f'{_interval(seed["value"], seed["low"], seed["high"])} between {n["seeds_per_set"]} '
-            f'seeds of one set, against the corrected Ĩ(z; S) = '
-            f'{_interval(value, last["corrected_low"], last["corrected_high"])} between sets '
-            f'({relation}). Treating each of the {n["num_sets"] * n["seeds_per_set"]} models as '
-            f'its own set, as one model per set does, measures I(z; S, ω), estimated by their '
-            f'sum: {number(last["value"] + seed["value"])} (Î uncorrected).')
+    return (f'After {last["steps"]} steps the seed alone gives Ĩ(z; ω | S) = {_corrected(seed)} '
+            f'(Î(z; ω | S) = {_interval(seed["value"], seed["low"], seed["high"])} between '
+            f'{n["seeds_per_set"]} seeds of one set, before its jackknife over the seeds), '
+            f'against Ĩ(z; S) = {_corrected(last)} between sets ({relation}). Treating each of '
+            f'the {n["num_sets"] * n["seeds_per_set"]} models as its own set, as one model per '
+            f'set does, measures I(z; S, ω), estimated (uncorrected) by the sum of the two Î: '
+            f'{number(last["value"] + seed["value"])}.')
 
 
 def _validation_sentence(v):
     """One validation case: its estimates and whether each interval covers its target."""
     said = lambda covered: 'covered' if covered else 'not covered'
-    return (f'K = {v["num_sets"]}: Î = {_interval(v["value"], v["low"], v["high"])} against '
-            f'E JS_K = {v["expected_js"]:.3f} ± {v["expected_js_se"]:.3f} (Monte Carlo, '
-            f'{said(v["covered_js"])}); corrected Ĩ = '
-            f'{_interval(v["corrected"], v["corrected_low"], v["corrected_high"])} against '
-            f'I = {v["analytic"]:.3f} ({said(v["covered"])})')
+    truth_se = f' ± {v["truth_se"]:.3f}' if v['truth_se'] else ''
+    return (f'{v["case"]}, K = {v["num_sets"]}: Ĩ(z; S) = {_corrected(v)} against '
+            f'I = {v["truth"]:.3f}{truth_se} ({said(v["covered"])}); Î = '
+            f'{_interval(v["value"], v["low"], v["high"])} against E JS_K = '
+            f'{v["expected_js"]:.3f} ± {v["expected_js_se"]:.3f} ({said(v["covered_js"])}); '
+            f'Ĩ(z; ω | S) = {_corrected(v["seed_only"])} against {v["seed_truth"]:.3f} '
+            f'({said(v["covered_seed"])})')
 
 
 def render(numbers, ctx):
@@ -233,15 +261,15 @@ def render(numbers, ctx):
                          title=f'model 0 after {n["trained"][-1]["steps"]} steps, S_0 '
                                f'(N = {n["num_train"]})')
     rows = [optimum, *n['trained']] + [
-        {'case': f'validation, K = {v["num_sets"]}: z\\|S ~ N(mean S, I/N)', **v}
+        {**v, 'case': f'validation, K = {v["num_sets"]}: {v["case"]} (I = {v["truth"]:.3f})'}
         for v in validation]
-    seed_cell = lambda r: (_interval(r['seed_only']['value'], r['seed_only']['low'],
-                                     r['seed_only']['high']) if 'seed_only' in r else '–')
+    seed_cell = lambda r: (f'{_corrected(r["seed_only"])}; Î '
+                           f'{_interval(*(r["seed_only"][key] for key in ("value", "low", "high")))}'
+                           if 'seed_only' in r else '–')
     table = markdown_table(
-        ['case', 'Î(z; S) (K-set divergence)', 'jackknife-corrected Ĩ (→ I)',
-         'seed only Î(z; ω \\| S)', 'exact-copy rate', 'memorisation ratio'],
-        [[r['case'], _interval(r['value'], r['low'], r['high']),
-          _interval(r['corrected'], r['corrected_low'], r['corrected_high']), seed_cell(r),
+        ['case', 'Î(z; S) (K-set divergence)', 'corrected Ĩ(z; S) (→ I)',
+         'seed only Ĩ(z; ω \\| S); Î', 'exact-copy rate', 'memorisation ratio'],
+        [[r['case'], _interval(r['value'], r['low'], r['high']), _corrected(r), seed_cell(r),
           number(r.get('exact_copy_rate')), number(r.get('memorisation_ratio'))]
          for r in rows])
     infinite = np.isinf(float(optimum['value']))
@@ -251,16 +279,19 @@ def render(numbers, ctx):
         f'pooled as the sample of Q(z | S_k), {n["num_samples"]} DDIM samples per model, '
         f'Kozachenko–Leonenko k = {n["knn_k"]}. 95% intervals: jackknife over the sets with '
         f't quantiles ({n["num_sets"] - 1} degrees of freedom). Î estimates the K-set '
-        f'divergence (at most log K = {n["log_num_sets"]:.3f}); Ĩ is its jackknife '
-        'bias correction towards I(z; S); the seed-only Î(z; ω | S) applies the same '
-        f'estimator to the seeds of one set (at most log R = {n["log_seeds"]:.3f}).', '',
+        f'divergence (at most log K = {n["log_num_sets"]:.3f}); Ĩ corrects it towards I(z; S) '
+        'by jackknives over the sets and over the seeds (the seed dependence R seeds leave '
+        'unmarginalised), its interval from the jackknife of Ĩ itself; the seed-only '
+        f'Î(z; ω | S) applies the same estimator to the seeds of one set (at most log R = '
+        f'{n["log_seeds"]:.3f}) and Ĩ(z; ω | S) is its jackknife over the seeds '
+        '(docs/math.md §9).', '',
         table, '',
         f'Empirical optimum: exact-copy rate {number(optimum["exact_copy_rate"])}, Î = '
         f'{number(optimum["value"])}'
         + (' (two samples of a set coincide, so the set\'s entropy estimate is −∞).'
            if infinite else '.'),
         _seed_sentence(n),
-        f'Validation (analytic I = {validation[0]["analytic"]:.3f} nats): '
+        'Validation (known I(z; S) and I(z; ω | S); the atomic case\'s I by Monte Carlo): '
         + '; '.join(_validation_sentence(v) for v in validation) + '.'])
     return Section(KEY, TITLE, markdown, numbers, [plot, scatter])
 
@@ -277,6 +308,10 @@ def check(config):
             and an.num_samples > an.knn_k >= 1 and an.seeds_per_set >= 2,
             'analysis.e7 sizes out of range (num_sets, validation_num_sets >= 3 for the '
             'jackknife, num_train >= 1, num_samples > knn_k >= 1, seeds_per_set >= 2)')
+    require(0.0 <= an.validation_seed_share < 1.0
+            and all(h > 0 for h in an.validation_atomic_widths),
+            'analysis.e7.validation_seed_share must be in [0, 1) and '
+            'analysis.e7.validation_atomic_widths positive')
 
 
 register(Experiment(KEY, TITLE, measure, render, check, trains=True))
