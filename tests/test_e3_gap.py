@@ -161,5 +161,8 @@ def test_section_states_its_numbers(ctx):
         base = np.stack([numbers[f'x0_gap_{s}_{b}'] for b in ('identity', 'gaussian')])
         factor = np.exp(np.min(np.abs(np.log(net / base)), axis=0))
         np.testing.assert_array_equal(e3.informative(numbers, s), factor > e3.BASELINE_FACTOR)
-        assert f'on {e3.SETS[s]} points {e3._where(t, e3.informative(numbers, s))}' in (
+        closer, farther = e3.closer_farther(numbers, s)
+        np.testing.assert_array_equal(closer, net * e3.BASELINE_FACTOR < base.min(axis=0))
+        np.testing.assert_array_equal(farther, net > e3.BASELINE_FACTOR * base.min(axis=0))
+        assert f'{e3._where(t, closer)} and more than 2× farther {e3._where(t, farther)}' in (
             section.summary)
