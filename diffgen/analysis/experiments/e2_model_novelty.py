@@ -231,9 +231,12 @@ def render(numbers, ctx):
         names += _novelty_figures(ctx, numbers['_samples'], numbers['_distances'],
                                   numbers['novelty_sizes'])
         markdown += f'\n{novelty_text(numbers, labels)}\n'
-        ddim = numbers['ddim']['novelty']['excess']['closer_to_train']
-        summary += (f' Against all N training images its DDIM samples lie {_share(ddim)} of the '
-                    'way from a fresh draw of the source to a perfect copier (closer-to-train).')
+        excess = numbers['ddim']['novelty']['excess']
+        summary += (f' Against all N training images its DDIM samples lie '
+                    f'{_share(excess["closer_to_train"])} (closer-to-train) and '
+                    f'{_share(excess["ratio"])} (d₁ ratio; negative: farther from the training '
+                    'set than fresh images of the source are) of the way from a fresh draw of the '
+                    'source to a perfect copier.')
     return Section(KEY, TITLE, markdown, numbers, names, summary=summary)
 
 
