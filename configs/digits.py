@@ -6,7 +6,7 @@
     --config=configs/digits.py:e5                  E5 alone (--mode=analyze on the same workdir)
 
 Arguments: smoke (the reduced run), num_train=N (the training-set size; -1 = all 1541), e5
-(only E5: its three models of the run's full length take longer than the rest of the run, so
+(only E5: its four models of the run's full length take longer than the rest of the run, so
 the default run leaves E5 to this variant; the smoke run keeps it), conv_only (the UNet
 without self-attention, model.attn_resolutions=(): the convolution-only network of Kamb &
 Ganguli's patch-machine theory).
