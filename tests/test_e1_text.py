@@ -75,8 +75,8 @@ def test_e2_sets_the_optimums_ratios_from_e1_of_the_same_checkpoint(ctx):
     assert numbers['e1_memorisation_ratio'] == ratios
     markdown = e2.render(numbers, ctx).markdown
     for m in e1.METHODS:
-        assert (f'{m} {numbers[m]["memorisation_ratio"]:.1%} (ε* in E1: {ratios[m]:.1%})'
-                in markdown)
+        assert (f'{m} {numbers[m]["memorisation_ratio"]:.1%} (d₁ < δ: '
+                f'{numbers[m]["near_copy_rate"]:.1%}) (ε* in E1: {ratios[m]:.1%})' in markdown)
     assert f'of 8 real training images: {report.number(numbers[e1.REAL]["fd"], ".2f")}' in (
         markdown)
 
