@@ -26,8 +26,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import threading
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -37,7 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 from diffgen.optimum import chunked
 from diffgen.optimum import optimal  # noqa: E402
 from diffgen.diffusion.schedules import make_schedule  # noqa: E402
-from benchmarks.timing import best_of  # noqa: E402
+from benchmarks.timing import best_of, gemm_peak, peak_rss_rise  # noqa: E402
 
 BATCH = 64
 SHAPES = {'cifar': (50_000, 3072), 'large': (4_194_304, 16)}
@@ -104,15 +102,6 @@ def method_call(method, y, rows, x, t, schedule):
     return values_matmul, (jnp.full((x.shape[0], n), 1.0 / n), y)
 
 
-def gemm_peak(repeats=10, size=1024):
-    """The machine's GEMM rate in GFLOP/s: the best of `repeats` float32 size² matmuls."""
-    a = jax.random.normal(jax.random.key(2), (size, size))
-    matmul = jax.jit(lambda a, b: a @ b)
-    jax.block_until_ready(matmul(a, a))
-    best = best_of(repeats, {'matmul': lambda: jax.block_until_ready(matmul(a, a))})['matmul']
-    return 2 * size ** 3 / best / 1e9
-
-
 def temp_mib(fn, args):
     """XLA's temporary buffers for one call, in MiB (arguments and outputs excluded)."""
     return fn.lower(*args).compile().memory_analysis().temp_size_in_bytes / MIB
@@ -127,10 +116,6 @@ def best_times(calls, repeats):
                              for name, (fn, args) in calls.items()})
 
 
-def resident_mib():
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / MIB
-
 
 def child(shape_name, method, chunk_size):
     """In a fresh process: the peak rise of resident memory over three calls, in MiB."""
@@ -141,20 +126,8 @@ def child(shape_name, method, chunk_size):
     jax.block_until_ready(args)
     del y, rows
     gc.collect()
-    before, peak, done = resident_mib(), [0.0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], resident_mib())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    for _ in range(3):
-        jax.block_until_ready(compiled(*args))
-    done.set()
-    sampler.join()
-    print(json.dumps({'rss_rise_mib': max(peak[0], resident_mib()) - before}))
+    rise = peak_rss_rise(lambda: jax.block_until_ready(compiled(*args)))
+    print(json.dumps({'rss_rise_mib': rise}))
 
 
 def rss_rise(shape_name, method, chunk_size):

@@ -32,8 +32,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import threading
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -42,7 +40,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
-from benchmarks.timing import best_of  # noqa: E402
+from benchmarks.timing import best_of, gemm_peak, peak_rss_rise  # noqa: E402
 from diffgen.diffusion.schedules import make_schedule  # noqa: E402
 from diffgen.optimum import patches  # noqa: E402
 
@@ -170,14 +168,6 @@ def engine_call(machine, x):
     return patches.patch_x0(x, TIMESTEP, machine=machine, schedule=SCHEDULE)
 
 
-def gemm_peak(repeats=10, size=1024):
-    a = jax.random.normal(jax.random.key(2), (size, size))
-    matmul = jax.jit(lambda a, b: a @ b)
-    jax.block_until_ready(matmul(a, a))
-    best = best_of(repeats, {'matmul': lambda: jax.block_until_ready(matmul(a, a))})['matmul']
-    return 2 * size ** 3 / best / 1e9
-
-
 def temp_mib(fn, *args, **kwargs):
     return fn.lower(*args, **kwargs).compile().memory_analysis().temp_size_in_bytes / MIB
 
@@ -248,10 +238,6 @@ def speed(repeats):
 
 # ---------------------------------------------------------------- memory
 
-def resident_mib():
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / MIB
-
 
 def child(method, num):
     """In a fresh process: XLA's temp buffers and the peak rise of resident memory over three
@@ -270,20 +256,8 @@ def child(method, num):
     temp = temp_mib(fn, *args, **kwargs)
     jax.block_until_ready(fn(*args, **kwargs))
     gc.collect()
-    before, peak, done = resident_mib(), [0.0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], resident_mib())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    for _ in range(3):
-        jax.block_until_ready(fn(*args, **kwargs))
-    done.set()
-    sampler.join()
-    print(json.dumps({'temp_mib': temp, 'rss_rise_mib': max(peak[0], resident_mib()) - before}))
+    rise = peak_rss_rise(lambda: jax.block_until_ready(fn(*args, **kwargs)))
+    print(json.dumps({'temp_mib': temp, 'rss_rise_mib': rise}))
 
 
 def measure_child(method, num):
