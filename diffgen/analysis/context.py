@@ -13,7 +13,7 @@ import os
 import jax
 import numpy as np
 
-from diffgen.optimum import chunked
+from diffgen.optimum import chunked, references
 from diffgen.analysis import copies, metrics, quality, report
 from diffgen.analysis.provenance import provenance
 from diffgen.diffusion import samplers
@@ -42,6 +42,15 @@ class Context:
     provenance: dict = dataclasses.field(default_factory=dict)  # what the sections are made
                               # from: analysis.provenance.provenance(config, step, training set)
     _copy_threshold: float | None = dataclasses.field(default=None, repr=False)
+    _gaussian: object = dataclasses.field(default=None, repr=False)
+
+    def gaussian(self):
+        """The Gaussian denoiser of the training set's mean and covariance
+        (optimum.references; its eigendecomposition made once and shared by E3, E4, E8)."""
+        if self._gaussian is None:
+            self._gaussian = references.gaussian_denoiser(self.dataset.train, self.schedule,
+                                                          mesh=self.mesh)
+        return self._gaussian
 
     def copy_threshold(self):
         """δ of the distance criterion d_1 < δ (analysis.copies; computed on first use)."""
@@ -99,7 +108,7 @@ class Context:
         and FD / precision / recall against the held-out set (diffgen.analysis.quality)."""
         d1, d2, _ = metrics.nearest_two(samples, self.distance_rows)
         numbers = {'memorisation_ratio': metrics.memorisation_ratio(d1, d2),
-                   'near_copy_rate': float(np.mean(d1 < self.copy_threshold())),
+                   'near_copy_rate': copies.rates(d1, d2, self.copy_threshold())['distance'],
                    'exact_copy_rate': metrics.exact_copy_rate(d1),
                    'median_d1': float(np.median(d1))}
         numbers.update(quality.quality_metrics(samples, self))

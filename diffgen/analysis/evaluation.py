@@ -224,7 +224,7 @@ def memorisation(inputs, options, denoiser, draw):
         return bad
     d1, d2, _ = metrics.nearest_two(samples, inputs.train_rows)
     out = {'memorisation_ratio': metrics.memorisation_ratio(d1, d2),
-           'near_copy_rate': float(np.mean(d1 < inputs.copy_threshold())),
+           'near_copy_rate': copies.rates(d1, d2, inputs.copy_threshold())['distance'],
            'exact_copy_rate': metrics.exact_copy_rate(d1), 'novelty_ratio': float('nan')}
     if inputs.novelty_rows is not None:
         d_train = metrics.nearest_distance(samples, inputs.novelty_rows[0])

@@ -50,7 +50,7 @@ def denoiser(ctx, name, patch_table=None):
     if name == 'mean':
         return references.mean_denoiser(train, schedule, mesh=mesh)
     if name == 'gaussian':
-        return references.gaussian_denoiser(train, schedule, mesh=mesh)
+        return ctx.gaussian()
     if name in PATCH_MACHINES:
         if patch_table is None:
             raise ValueError(f'the {name} machine needs its patch sizes P(t) (calibrate)')

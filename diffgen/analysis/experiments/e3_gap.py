@@ -168,8 +168,7 @@ def measure(ctx, cfg):
 def baseline_denoisers(ctx):
     """{name: denoiser} of BASELINES on ctx's training set."""
     return {'identity': references.identity_denoiser(),
-            'gaussian': references.gaussian_denoiser(ctx.dataset.train, ctx.schedule,
-                                                     mesh=ctx.mesh)}
+            'gaussian': ctx.gaussian()}
 
 
 def informative(numbers, name):

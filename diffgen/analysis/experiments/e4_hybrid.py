@@ -28,7 +28,6 @@ from diffgen.analysis.experiments import e2_model_novelty as e2
 from diffgen.analysis.report import Section, markdown_table, number
 from diffgen.diffusion.denoisers import hybrid_denoiser
 from diffgen.errors import require
-from diffgen.optimum import references
 
 KEY, TITLE = 'e4', 'E4: hybrid sampling locates where the model stops copying'
 ORDERS = ('optimum_first', 'network_first')
@@ -62,7 +61,7 @@ def measure(ctx, cfg):
     times = switch_times(cfg.switch_fractions, T)
     numbers = {'t_switch': times}
     ends = {}
-    gaussian = references.gaussian_denoiser(ctx.dataset.train, ctx.schedule, mesh=ctx.mesh)
+    gaussian = ctx.gaussian()
     for order in (*ORDERS, GAUSSIAN_ARM):
         rows = []
         for t_switch in times:
@@ -136,9 +135,9 @@ def render(numbers, ctx):
                  + (f'0.5 is {found[0]} ({found[1]:.3f}).' if found else '0.5: none.'))
     summary = ''
     if GAUSSIAN_ARM in numbers:
-        summary = 'Hybrid sampling (ε* first, then another denoiser). ' + gaussian_text(
-            t, numbers, len(ctx.x_T))
-        text += ' ' + gaussian_text(t, numbers, len(ctx.x_T))
+        compared = gaussian_text(t, numbers, len(ctx.x_T))
+        summary = 'Hybrid sampling (ε* first, then another denoiser). ' + compared
+        text += ' ' + compared
     return Section(KEY, TITLE, text, numbers, [name], summary=summary)
 
 
