@@ -91,10 +91,12 @@ SWEEP_EVALUATION = {**{f'evaluation.evals.{name}.every': 1000
 
 def get_sweep(arg=None):
     """The E6 sweep: one run per training-set size N, each reporting E6 (its own
-    memorisation ratio) and evaluating every sampler during training (eval.csv). arg: the Ns
+    memorisation ratio) and E8 (which theory explains its network: made while its
+    checkpoints are at hand, so that the sweep's record in sweeps/ suffices afterwards) and
+    evaluating every sampler during training (eval.csv). arg: the Ns
     as a comma-separated list (e.g. '16,64,256'), default SWEEP_NUM_TRAIN. Used as
         python -m launch.sweep --config=configs/digits.py[:variant] --sweep_dir=D [--sweep_arg=...]
     """
     sizes = SWEEP_NUM_TRAIN if arg is None else tuple(int(n) for n in str(arg).split(','))
-    return [{'data.num_train': n, 'analysis.experiments': ('e6',), **SWEEP_EVALUATION}
+    return [{'data.num_train': n, 'analysis.experiments': ('e6', 'e8'), **SWEEP_EVALUATION}
             for n in sizes]

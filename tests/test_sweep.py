@@ -16,7 +16,7 @@ from tests.tiny import REPO, TINY_OVERRIDES
 def test_digits_sweep_declaration():
     runs = digits.get_sweep()
     assert [r['data.num_train'] for r in runs] == list(digits.SWEEP_NUM_TRAIN)
-    assert all(r['analysis.experiments'] == ('e6',) for r in runs)
+    assert all(r['analysis.experiments'] == ('e6', 'e8') for r in runs)
     assert [r['data.num_train'] for r in digits.get_sweep('16,64,256')] == [16, 64, 256]
     get_config, loaded = sweep.load_sweep('configs/digits.py:smoke', '8,9')
     assert loaded == digits.get_sweep('8,9') and get_config('smoke').training.num_steps == 600

@@ -10,7 +10,7 @@ its binomial standard error √(p(1 − p)/n). The sweep over N is one command,
         [--sweep_arg=16,64,256] [--seeds=3]
 
 which runs each N of configs/digits.py's get_sweep() (each --seeds times, with its own
-config.seed) in D/num_train_<N>[_seed_<s>] (with analysis.experiments = ('e6',)), then
+config.seed) in D/num_train_<N>[_seed_<s>] (with analysis.experiments = ('e6', 'e8')), then
 collects every run's report.json into D/results.csv (columns 'seed', 'e6.num_train',
 'e6.memorisation_ratio', 'e6.num_samples', ...) and draws D/emm.png (sweep_summary, plot_emm
 below). To put the sweep into a run's report, point the run at it:
