@@ -1,7 +1,7 @@
 """The results pages, made from the runs' files (no number on them is typed by hand):
 
     python -m diffgen.docs [--digits=runs/digits] [--toy2d=runs/toy2d]
-        [--sweep=runs/transition] [--run=NAME=WORKDIR ...] [--out=docs] [--readme=README.md]
+        [--sweep=sweeps/digits] [--run=NAME=WORKDIR ...] [--out=docs] [--readme=README.md]
     python -m diffgen.docs --render_only [--out=docs] [--readme=README.md]
 
 works in two stages:
@@ -72,13 +72,13 @@ MAKE = {
     'toy2d': 'python -m diffgen.main --config=configs/toy2d.py --workdir={path} --mode=all',
     'sweep': 'python -m launch.sweep --config=configs/digits.py --sweep_dir={path} --seeds=3',
 }
-# E8 across a sweep: analyse every run of a sweep with E8 (its checkpoints are kept)
+# E8 across a sweep: the digits sweep makes E8 in every run (configs/digits.py get_sweep)
 MAKE_THEORIES = ('python -m launch.sweep --config=configs/digits.py[:conv_only] --sweep_dir={path}'
-                 ' --seeds=3 --mode=analyze --override="analysis.experiments=(\'e6\',\'e8\')"')
+                 ' --seeds=3')
 THEORIES_HEADING = 'Which theory explains the network, across N (E8 over a sweep)'
 THEORIES_FIGURE = 'e8_against_n.png'
 MAKE_OTHER = 'python -m diffgen.main --config=<its config> --workdir={path} --mode=all'
-DEFAULT_PATH = {'digits': 'runs/digits', 'toy2d': 'runs/toy2d', 'sweep': 'runs/transition'}
+DEFAULT_PATH = {'digits': 'runs/digits', 'toy2d': 'runs/toy2d', 'sweep': 'sweeps/digits'}
 WORKDIR_MARKS = ('checkpoints', 'report', transition.EVAL_CSV, 'samples')
 SWEEP_FIGURES = ('transition_ratio.png', 'transition_curves.png', e6_emm.FIGURE)
 SWEEP_HEADING = 'Transition from copying to creating (sweep over N)'
@@ -492,7 +492,7 @@ def render_theories(theories):
     lines = [f'## {THEORIES_HEADING}', '']
     if not theories or not theories['variants']:
         return lines + [f'- no `--theories=LABEL=SWEEP_DIR` was given: made by '
-                        f'`{MAKE_THEORIES.format(path="runs/transition")}`']
+                        f'`{MAKE_THEORIES.format(path=DEFAULT_PATH["sweep"])}`']
     for v in theories['variants']:
         if not v['points']:
             lines += [f'- {v["label"]}: no run of `{v["dir"]}` has an E8 section yet: made by '
@@ -651,8 +651,8 @@ def render_block(snapshot, page_link='docs/results.md'):
         said = theories_sentence(snapshot['theories'])
         lines.append(f'- **{THEORIES_HEADING}**: ' + (
             f'{said} ([more]({page_link}#{slug(THEORIES_HEADING)}))' if said else
-            f'no E8 over a sweep yet; made by `{MAKE_THEORIES.format(path="runs/transition")}`, '
-            f'then `{docs_command} --theories=LABEL=runs/transition`.'))
+            f'no E8 over a sweep yet; made by `{MAKE_THEORIES.format(path=DEFAULT_PATH["sweep"])}`, '
+            f'then `{docs_command} --theories=LABEL=sweeps/digits`.'))
     return '\n'.join(lines + [END])
 
 
