@@ -359,7 +359,8 @@ def collect_script(argv, sweep_dir, after, options, index=0):
                               job_name=f'{options.job_name or "diffgen-sweep"}-collect',
                               cpu_devices=None)
     lines = _header(f'Collects the results of {sweep_dir} after job {after} has ended', path,
-                    'launch/slurm.py submit_after()')
+                    'launch/slurm.py submit_after()',
+                    resubmit=f'it collects again once job {after} has ended')
     lines += _sbatch_lines(one, one.job_name, os.path.join(slurm_dir, f'collect_{index}.out'))
     lines += [f'#SBATCH --dependency=afterany:{after}', '#SBATCH --kill-on-invalid-dep=yes',
               '', 'set -euo pipefail', _job_start_line(), quote_argv(argv)]

@@ -255,12 +255,24 @@ def test_two_srun_tasks_train_like_one_process_with_as_many_devices(cluster, dig
     # the rare near-zero gradient) — bounded overall here by 8 steps x 16 ulps x the
     # parameters' scale (max |p|, about 1) plus the same for the rare flipped sign, i.e.
     # tol = 8 x 16 x 2^-23 x max(1, max|p|) + 8 x lr.
-    lr = float(config.optim.lr)
-    for a, b in zip(one, two):
-        a, b = np.asarray(a), np.asarray(b)
-        scale = max(1.0, float(np.max(np.abs(a))))
-        tol = 8 * 16 * 2.0 ** -23 * scale + 8 * lr * 1e-3
-        assert np.max(np.abs(a - b)) <= tol, (np.max(np.abs(a - b)), tol)
+    # Tolerance. Both runs do the same 8-device computation from the same initialisation on
+    # the same batches; only the gradient all-reduce's summation order differs (gloo between
+    # the two processes, XLA within one), by a few float32 ulps (2^-23 relative) of the
+    # summed terms. For most parameters Adam turns that into a few ulps of the parameters'
+    # scale (max |p|, about 1) per step, adding up over the steps: bulk tolerance
+    # STEPS x 4 ulps x scale. Components whose gradient is near Adam's eps (1e-8) are the
+    # exception: there u = lr g / (|g| + eps) and a round-off dg moves u by lr dg / eps, up
+    # to Adam's whole step (|u| <= lr): for those the bound is 2 lr per step. Measured on
+    # this config (8 steps): the bulk differed by at most 4.6e-7 (4 ulps of 1), a few
+    # eps-regime components of leaves of size ~1e-5 by 1.3e-5. So: at least 99 % of the
+    # elements within the bulk tolerance, every element within the eps-regime bound.
+    num_steps = config.training.num_steps
+    bulk = num_steps * 4 * 2.0 ** -23 * max(float(np.max(np.abs(a))) for a in one)
+    worst = num_steps * 2 * float(config.optim.learning_rate)
+    diffs = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel()
+                            for a, b in zip(one, two)])
+    assert np.all(np.isfinite(diffs)) and diffs.max() <= worst, diffs.max()
+    assert np.mean(diffs <= bulk) >= 0.99, (np.mean(diffs <= bulk), np.sort(diffs)[-20:])
 
 
 @pytest.mark.slow
