@@ -3,7 +3,8 @@
 pid, CUDA_VISIBLE_DEVICES, start and end times), sleeps, then exits 1 where the plan says
 fail, else writes what diffgen.main writes: config.json (its --config flags parsed by
 ml_collections' config_flags, as diffgen.main parses them) and report.json with the planned
-ratio and that config's provenance (its training.num_steps and digest). SIGTERM ends it with
+ratio (and every other experiment of its config.analysis.experiments, each with only its
+provenance) and that config's provenance (its training.num_steps and digest). SIGTERM ends it with
 status 0 and no report (as diffgen.main saves a checkpoint and stops)."""
 import json
 import os
@@ -49,6 +50,8 @@ with open(os.path.join(workdir, 'config.json'), 'w') as f:   # as checkpoints.wr
 provenance = {'step': config.training.num_steps, 'config_digest': config_digest(config),
               'data_fingerprint': 'x'}
 with open(os.path.join(workdir, 'report', 'report.json'), 'w') as f:
-    json.dump({'e6': {'num_train': plan['n'], 'memorisation_ratio': plan['ratio'],
-                      'num_samples': 128, 'provenance': provenance}}, f)
+    report = {key: {'provenance': provenance} for key in config.analysis.experiments}
+    report['e6'] = {'num_train': plan['n'], 'memorisation_ratio': plan['ratio'],
+                    'num_samples': 128, 'provenance': provenance}
+    json.dump(report, f)
 print('fake run: done', flush=True)
