@@ -155,6 +155,21 @@ def _create_exclusive(path, text):
     return read_text(path) == text
 
 
+def lock_holder(workdir):
+    """Who holds workdir's lock (workdir_lock): None if nobody (no lock file, or one that
+    cannot be read: diffgen.main reports that itself), else {'host', 'pid', 'since', 'path',
+    'alive'}, alive being whether that pid still runs if it is of this host (None for another
+    host's, which cannot be asked)."""
+    path = os.path.join(workdir, LOCK)
+    try:
+        holder = json.loads(read_text(path))
+        host, pid = str(holder['host']), int(holder['pid'])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {'host': host, 'pid': pid, 'since': holder.get('since', '?'), 'path': path,
+            'alive': _pid_running(pid) if host == _host() else None}
+
+
 @contextlib.contextmanager
 def workdir_lock(workdir):
     """Holds workdir/LOCK (JSON: the holder's host, pid and start time) while the block runs,

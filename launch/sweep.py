@@ -3,7 +3,7 @@ has room for, and collects the finished runs' results.
 
     python -m launch.sweep --config=configs/digits.py[:arg] --sweep_dir=D \
         [--sweep_arg=A] [--mode=all] [--launcher=local] [--override=key=value ...] \
-        [--parallel=K] [--devices=0,1,...] [--seeds=K]
+        [--parallel=K] [--devices=0,1,...] [--seeds=K] [--wait_for_orphans=600]
 
 The config file's get_sweep(A) returns a list of override dicts ({'data.num_train': 64,
 ...}). Run i is `python -m diffgen.main --config=<config> --workdir=D/<name_i> --mode=<mode>
@@ -38,13 +38,29 @@ SIGTERM or SIGINT to the sweep passes SIGTERM to
 every running child (which saves a checkpoint and stops), waits for them, and exits 143:
 every run stays resumable and no child outlives the sweep. Exit status 1 if a run failed.
 
+A sweep killed outright (SIGKILL: the OOM killer, a node going away) takes its children
+with it too: each child starts through CHILD_GUARD, which on Linux sets
+prctl(PR_SET_PDEATHSIG, SIGTERM), so the child gets SIGTERM (saves a checkpoint and stops)
+when the sweep dies, and exits at once if the sweep died before the guard ran; elsewhere the
+guard stays as the child's parent and watches the sweep (its pid is in every child's
+$DIFFGEN_PARENT_PID), sending SIGTERM when it is gone. With --launcher=tpu_pod the signal
+reaches the local process only (launch/tpu_pod.sh and its gcloud ssh), not the pod's
+workers. Every line a child prints is flushed to its log at once, so a killed sweep loses
+none. A rerun started while a child of the killed sweep still holds its workdir's lock
+(diffgen.lock: saving, compiling) waits for it: a lock held by a live process of this host
+is waited for, with a line naming the pid, polled every second, up to --wait_for_orphans
+seconds (default 600), after which that run fails with a status naming the pid and the lock
+file; a lock held on another host, or by a pid that is gone, is not waited for.
+
 A launcher is a function main_args -> argv that runs diffgen.main with those arguments;
 LAUNCHERS maps --launcher names to them.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import errno
 import importlib.util
 import io
 import json
@@ -52,6 +68,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -68,6 +85,7 @@ from diffgen import files  # noqa: E402
 from diffgen.analysis import transition  # noqa: E402
 from diffgen.analysis.experiments import e6_emm  # noqa: E402
 from diffgen.analysis.provenance import config_digest  # noqa: E402
+from diffgen.errors import WorkdirError  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,6 +102,9 @@ _SEEDS = flags.DEFINE_integer('seeds', None, 'Replicates of every run, each with
                                'named <name>).')
 _DEVICES = flags.DEFINE_string('devices', None, 'GPU ids, one run on each at a time (default: '
                                '$CUDA_VISIBLE_DEVICES, else what nvidia-smi lists).')
+_WAIT_FOR_ORPHANS = flags.DEFINE_integer(
+    'wait_for_orphans', 600, 'Seconds a run waits for a live process of this host that holds '
+    'its workdir lock (a child left behind by an earlier, killed sweep) before it fails.')
 
 
 def run_local(main_args):
@@ -100,6 +121,62 @@ def run_tpu_pod(main_args):
 
 
 LAUNCHERS = {'local': run_local, 'tpu_pod': run_tpu_pod}
+
+PARENT_PID = 'DIFFGEN_PARENT_PID'  # the sweep's pid, in every child's environment
+
+# Every child starts as `python -I -S -c CHILD_GUARD MODE ARGV...` (stdlib only: no imports
+# of the sweep's): with $DIFFGEN_PARENT_PID the sweep's pid, it makes sure the child dies
+# with the sweep, even by SIGKILL. MODE 'auto', on Linux: prctl(PR_SET_PDEATHSIG, SIGTERM),
+# then, if the sweep already died before that (its parent is no longer the sweep), exit 143;
+# else exec ARGV, which keeps the setting: the child gets SIGTERM when the thread that
+# started it ends (Runner.run_one's, which waits for the child) -- that is, when the sweep
+# dies. MODE 'watch', or 'auto' without prctl (not Linux): the guard stays, as the child's
+# parent in its process group, runs ARGV, polls every second whether the sweep still is its
+# parent, and sends ARGV SIGTERM (then waits for it) when it is not; it ignores SIGTERM and
+# SIGINT itself (the sweep's stop() sends them to the whole group, ARGV included) and exits
+# with ARGV's status (128 + N for a signal N). Status 127 if ARGV cannot be started.
+CHILD_GUARD = r'''
+import os, signal, subprocess, sys, time
+mode, argv = sys.argv[1], sys.argv[2:]
+parent = int(os.environ['DIFFGEN_PARENT_PID'])
+if mode == 'auto' and sys.platform.startswith('linux'):
+    try:
+        import ctypes
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        PR_SET_PDEATHSIG = 1
+        mode = 'exec' if prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0 else 'watch'
+    except (ImportError, OSError, AttributeError):
+        mode = 'watch'
+if os.getppid() != parent:
+    sys.exit(143)    # the sweep died before the guard ran: it never sends the signal
+if mode == 'exec':
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as e:
+        print(f'sweep: cannot start {argv[0]}: {e}', file=sys.stderr, flush=True)
+        sys.exit(127)
+for s in (signal.SIGTERM, signal.SIGINT):   # a handler (not SIG_IGN): ARGV gets the default
+    signal.signal(s, lambda *_: None)
+try:
+    child = subprocess.Popen(argv)
+except OSError as e:
+    print(f'sweep: cannot start {argv[0]}: {e}', file=sys.stderr, flush=True)
+    sys.exit(127)
+while child.poll() is None:
+    if os.getppid() != parent:
+        child.terminate()
+        child.wait()
+        break
+    time.sleep(1.0)
+rc = child.returncode
+sys.exit(128 - rc if rc < 0 else rc)
+'''
+
+
+def guarded(argv, mode='auto'):
+    """argv started through CHILD_GUARD (the child dies with the sweep): the command to run
+    with $DIFFGEN_PARENT_PID set to this process's pid."""
+    return [sys.executable, '-I', '-S', '-c', CHILD_GUARD, mode, *argv]
 
 
 def load_sweep(config_flag, sweep_arg):
@@ -250,36 +327,91 @@ class Run:
 
 class Runner:
     """Runs the runs in the free slots, children in their own process groups; stop() sends
-    them SIGTERM and waits."""
+    them SIGTERM and waits. Each child starts through CHILD_GUARD (guard: its MODE) from the
+    thread that waits for it, and so dies (SIGTERM) with the sweep, even a SIGKILLed one.
+    Before a run starts, a lock on its workdir held by a live process of this host (a child
+    an earlier, killed sweep left behind, still saving its checkpoint) is waited for, up to
+    wait_for_orphans seconds (wait_for_release)."""
 
-    def __init__(self, launch, sweep_dir, slots):
+    def __init__(self, launch, sweep_dir, slots, wait_for_orphans=600, guard='auto'):
         self.launch, self.sweep_dir, self.slots = launch, sweep_dir, slots
+        self.wait_for_orphans, self.guard = wait_for_orphans, guard
         self.children = {}
         self.lock = threading.Lock()
         self.stopping = False
 
+    def wait_for_release(self, run):
+        """Waits while the lock of run's workdir (diffgen.files.workdir_lock) is held by a live
+        process of this host, polling every second, with a line saying so; a lock held on
+        another host, or by a process that is gone (diffgen.main takes it over), is not waited
+        for. Returns False if the sweep is stopped meanwhile, True once the lock is free;
+        WorkdirError naming the holder's pid and the lock file if it is still held after
+        wait_for_orphans seconds."""
+        workdir = os.path.join(self.sweep_dir, run.name)
+        start, announced = time.monotonic(), None
+        while not self.stopping:
+            holder = files.lock_holder(workdir)
+            if holder is None or not holder['alive'] or holder['host'] != socket.gethostname():
+                return True
+            pid, path = holder['pid'], holder['path']
+            if time.monotonic() - start >= self.wait_for_orphans:
+                raise WorkdirError(
+                    f'{workdir} is still in use by pid {pid} on this host (since '
+                    f'{holder.get("since", "?")}, lock {path}) after waiting '
+                    f'{self.wait_for_orphans}s (--wait_for_orphans): end that process or wait '
+                    'for it, then rerun the same command')
+            if announced != pid:
+                print(f'sweep: {run.name}: waiting for pid {pid}, left by an earlier sweep, to '
+                      f'release {workdir} (lock {path}, since {holder.get("since", "?")}; up to '
+                      f'{self.wait_for_orphans}s)', flush=True)
+                announced = pid
+            time.sleep(1.0)
+        return False
+
     def run_one(self, run, env):
-        """Runs one run to completion in env; returns its exit status."""
+        """Runs one run to completion in env; returns its exit status (None: the sweep was
+        stopped before it started). Every line the child prints goes to <sweep_dir>/<run>.log
+        and is flushed at once (every 10 s on a bucket), so that a killed sweep loses none."""
         log_path = os.path.join(self.sweep_dir, f'{run.name}.log')
+        if not self.wait_for_release(run):
+            return None
+        argv = self.launch(run.args)
+        if shutil.which(os.path.join(REPO, argv[0]) if '/' in argv[0] else argv[0]) is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
         with self.lock:
             if self.stopping:
                 return None
             process = subprocess.Popen(
-                self.launch(run.args), cwd=REPO, env={**os.environ, 'PYTHONUNBUFFERED': '1',
-                                                      **env},
+                guarded(argv, self.guard), cwd=REPO,
+                env={**os.environ, 'PYTHONUNBUFFERED': '1', PARENT_PID: str(os.getpid()), **env},
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                 start_new_session=True)
             self.children[run.name] = process
-        with files.open_file(log_path, 'a') as log:
-            log.write(f'--- sweep: start {time.strftime("%Y-%m-%d %H:%M:%S")} '
+        try:
+            with files.open_file(log_path, 'a') as log:
+                local, flushed = '://' not in str(log_path), time.monotonic()
+
+                def write(text):
+                    nonlocal flushed
+                    log.write(text)
+                    if local or time.monotonic() - flushed >= 10:
+                        log.flush()
+                        flushed = time.monotonic()
+
+                write(f'--- sweep: start {time.strftime("%Y-%m-%d %H:%M:%S")} '
                       f'{" ".join(env_text(env))}\n')
-            for line in process.stdout:
-                log.write(line)
-                print(f'  [{run.name}] {line}', end='', flush=True)
-            rc = process.wait()
-            log.write(f'--- sweep: exit {rc}\n')
-        with self.lock:
-            del self.children[run.name]
+                for line in process.stdout:
+                    write(line)
+                    print(f'  [{run.name}] {line}', end='', flush=True)
+                rc = process.wait()
+                write(f'--- sweep: exit {rc}\n')
+        finally:
+            if process.poll() is None:  # this thread fails (the log cannot be written): stop it
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+                process.communicate()
+            with self.lock:
+                del self.children[run.name]
         return rc
 
     def stop(self, *_):
@@ -353,9 +485,11 @@ def replicate(overrides_list, seeds, first_seed):
 
 
 def sweep(config_flag, sweep_dir, sweep_arg=None, mode='all', launcher='local', extra=(),
-          slots=None, seeds=None):
+          slots=None, seeds=None, wait_for_orphans=600):
     """Runs the unfinished runs of the sweep (each seeds times: replicate()), writes
-    results.csv (finished runs only) and emm.png; returns (runs, EMM summary or None)."""
+    results.csv (finished runs only) and emm.png; returns (runs, EMM summary or None). A run
+    whose workdir is still locked by a live process of this host waits for it up to
+    wait_for_orphans seconds (Runner.wait_for_release), then fails."""
     get_config, overrides_list = load_sweep(config_flag, sweep_arg)
     files.makedirs(sweep_dir)
     first_seed = run_config(config_flag, {}, extra).seed
@@ -371,7 +505,7 @@ def sweep(config_flag, sweep_dir, sweep_arg=None, mode='all', launcher='local', 
     todo = [r for r in runs if r.status == 'pending']
     print(f'sweep: {len(runs)} runs, {len(runs) - len(todo)} finished before, '
           f'{len(todo)} to run', flush=True)
-    runner = Runner(LAUNCHERS[launcher], sweep_dir, slots or default_slots())
+    runner = Runner(LAUNCHERS[launcher], sweep_dir, slots or default_slots(), wait_for_orphans)
     previous = {s: signal.signal(s, runner.stop) for s in (signal.SIGTERM, signal.SIGINT)} \
         if threading.current_thread() is threading.main_thread() else {}
     try:
@@ -448,7 +582,8 @@ def main(argv):
         raise app.UsageError(f'--launcher={_LAUNCHER.value!r} is not one of {tuple(LAUNCHERS)}')
     slots = default_slots(_DEVICES.value, _PARALLEL.value)
     runs, _ = sweep(_CONFIG.value, _SWEEP_DIR.value, _SWEEP_ARG.value, _MODE.value,
-                    _LAUNCHER.value, _OVERRIDE.value, slots, _SEEDS.value)
+                    _LAUNCHER.value, _OVERRIDE.value, slots, _SEEDS.value,
+                    _WAIT_FOR_ORPHANS.value)
     if any(r.status == 'interrupted' for r in runs):
         return 143
     return 1 if any(not r.status.startswith('ok') for r in runs) else 0

@@ -268,6 +268,22 @@ def test_a_lock_held_on_another_host_names_it(tmp_path):
             pass
 
 
+def test_lock_holder_names_the_holder_and_whether_it_runs(tmp_path):
+    assert files.lock_holder(str(tmp_path)) is None                      # no lock
+    with files.workdir_lock(str(tmp_path)):
+        held = files.lock_holder(str(tmp_path))
+    assert (held['host'], held['pid'], held['alive']) == (socket.gethostname(), os.getpid(), True)
+    assert held['path'] == str(tmp_path / files.LOCK)
+    gone = subprocess.Popen([sys.executable, '-c', 'pass'])
+    gone.wait()
+    (tmp_path / files.LOCK).write_text(json.dumps({'host': socket.gethostname(), 'pid': gone.pid}))
+    assert files.lock_holder(str(tmp_path))['alive'] is False             # killed: stale
+    (tmp_path / files.LOCK).write_text(json.dumps({'host': 'node-7', 'pid': 1, 'since': 'x'}))
+    assert files.lock_holder(str(tmp_path))['alive'] is None              # cannot be asked
+    (tmp_path / files.LOCK).write_text('{"host": "node-7", "pi')
+    assert files.lock_holder(str(tmp_path)) is None                       # diffgen.main says
+
+
 def test_a_failed_run_leaves_no_workdir_behind(data_dir, tmp_path):
     workdir = tmp_path / 'new'
     with pytest.raises(DataError):
