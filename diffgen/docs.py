@@ -3,6 +3,7 @@
     python -m diffgen.docs [--digits=runs/digits] [--toy2d=runs/toy2d]
         [--sweep=sweeps/digits] [--run=NAME=WORKDIR ...] [--out=docs] [--readme=README.md]
     python -m diffgen.docs --render_only [--out=docs] [--readme=README.md]
+    python -m diffgen.docs --keep=digits [--sweep=...] ...   (digits' part kept as committed)
 
 works in two stages:
   collect: reads the runs and writes the snapshot OUT/results.json, which holds everything the
@@ -11,7 +12,8 @@ works in two stages:
     removed);
   render: a pure function of the snapshot (`render`) gives the text of OUT/results.md and of
     README.md's generated block (between BEGIN and END under '## What diffgen finds').
-The command does both; --render_only renders the committed OUT/results.json again without
+The command does both; --keep=NAME takes run NAME's part as the committed OUT/results.json
+holds it (for a run whose workdir is not on this machine; the page says so); --render_only renders the committed OUT/results.json again without
 runs (tests/test_docs.py renders it and compares with the committed pages, so a number edited
 by hand fails). --readme= (empty) leaves the README alone.
 
@@ -96,6 +98,9 @@ _OUT = flags.DEFINE_string('out', 'docs', 'Directory of results.md and results.j
                            'in images/results/).')
 _README = flags.DEFINE_string('readme', 'README.md', 'The README whose generated block is '
                               'rewritten (empty: none).')
+_KEEP = flags.DEFINE_multi_string('keep', [], 'NAME: keep run NAME\'s part of OUT/results.json '
+                                  'as it is (its sections, figures and stamp rows), marked as '
+                                  'kept, for a run whose workdir is not on this machine.')
 _RENDER_ONLY = flags.DEFINE_bool('render_only', False, 'Render OUT/results.json again (no runs '
                                  'read, no figures copied).')
 
@@ -341,15 +346,40 @@ def collect_theories(theories, out):
     return {'variants': variants, 'figure': relative if made else None}
 
 
-def command(out, digits=None, toy2d=None, sweep=None, others=(), theories=()):
+def command(out, digits=None, toy2d=None, sweep=None, others=(), theories=(), keep=()):
     """The command line that makes this page."""
     given = [('digits', digits), ('toy2d', toy2d), ('sweep', sweep),
-             *(('run', f'{n}={p}') for n, p in others),
+             *(('run', f'{n}={p}') for n, p in others), *(('keep', n) for n in keep),
              *(('theories', f'"{n}={p}"') for n, p in theories), ('out', out)]
     return ' '.join(['python -m diffgen.docs', *(f'--{k}={v}' for k, v in given if v)])
 
 
-def collect(out, digits=None, toy2d=None, sweep=None, others=(), readme=None, theories=()):
+def kept_parts(out, keep, given):
+    """{name: (stamp rows, run)} of the runs keep names, taken as they are from the committed
+    OUT/results.json, each run marked 'kept_from': the commit of the snapshot that first read
+    its workdir. UserError for a name also given as a workdir (given: those names) or not in
+    that snapshot with a report."""
+    if not keep:
+        return {}
+    both = sorted(set(keep) & set(given))
+    if both:
+        raise UserError(f'--keep={both[0]} and a workdir for {both[0]} were both given: keep '
+                        'the committed part or read the workdir, not both')
+    previous = read_snapshot(out)
+    runs = {r.get('name'): r for r in previous.get('runs', []) if isinstance(r, dict)}
+    parts = {}
+    for name in keep:
+        run = runs.get(name)
+        if not run or not run.get('exists') or run.get('sections') is None:
+            raise UserError(f'--keep={name}: {out}/{SNAPSHOT} has no run {name!r} with a report '
+                            f'to keep; give its workdir instead')
+        rows = [row for row in previous.get('stamp', []) if row and row[0] == name]
+        parts[name] = (rows, {**run, 'kept_from': run.get('kept_from') or previous['commit']})
+    return parts
+
+
+def collect(out, digits=None, toy2d=None, sweep=None, others=(), readme=None, theories=(),
+            keep=()):
     """The snapshot of the runs (a JSON-able dict; others: (name, workdir) pairs), their
     figures copied under OUT/images/results/. Layout:
       format: SNAPSHOT_FORMAT;  command: the command line;  commit: commit(out, readme);
@@ -363,17 +393,21 @@ def collect(out, digits=None, toy2d=None, sweep=None, others=(), readme=None, th
               evaluations: [{run, step, last: {column: [step, value]}}],
               figures: [{name, source, path}], transition: {path, data}};
       theories: collect_theories' (E8 across the --theories sweeps).
+    A run named in keep is taken from the committed OUT/results.json (kept_parts), with
+    'kept_from' (that snapshot's commit) added; its figures stay where they are.
     A figure's path is relative to OUT (None: it does not exist); values are the files'
     text, formatted only when rendered."""
+    named = [('digits', digits, MAKE['digits']), ('toy2d', toy2d, MAKE['toy2d']),
+             *((n, p, MAKE_OTHER) for n, p in others)]
+    kept = kept_parts(out, keep, [n for n, p, _ in named if p])
+    named += [(n, None, MAKE_OTHER) for n in keep if n not in [m for m, _, _ in named]]
     stamp, runs = [], []
-    for name, workdir, make in [('digits', digits, MAKE['digits']),
-                                ('toy2d', toy2d, MAKE['toy2d']),
-                                *((n, p, MAKE_OTHER) for n, p in others)]:
-        rows, run = collect_workdir(name, workdir, out, make)
+    for name, workdir, make in named:
+        rows, run = kept[name] if name in kept else collect_workdir(name, workdir, out, make)
         stamp, runs = stamp + rows, runs + [run]
     rows, swept = collect_sweep(sweep, out)
     return {'format': SNAPSHOT_FORMAT,
-            'command': command(out, digits, toy2d, sweep, others, theories),
+            'command': command(out, digits, toy2d, sweep, others, theories, keep),
             'commit': commit(out, readme), 'stamp': stamp + rows, 'runs': runs, 'sweep': swept,
             'theories': collect_theories(theories, out)}
 
@@ -419,7 +453,10 @@ def render_run(run):
                         f'  (then add `--{name}={path}` to this page\'s command)']
     if not run['exists']:
         return lines + [f'- `{run["workdir"]}` does not exist: made by `{run["command"]}`']
-    lines += [f'From `{run["workdir"]}`.', '']
+    lines += [f'From `{run["workdir"]}`' + (
+        f', kept as the snapshot of commit `{run["kept_from"]}` read it (`--keep={run["name"]}`:'
+        ' the workdir is not on the machine that made this page).' if run.get('kept_from')
+        else '.'), '']
     if run['sections'] is None:
         lines += [f'- no report: `{run["workdir"]}/report/report.json` does not exist: made by '
                   f'`{run["command"]}`', '']
@@ -714,13 +751,14 @@ def read_snapshot(out):
     return snapshot
 
 
-def write_page(out, digits=None, toy2d=None, sweep=None, others=(), readme=None, theories=()):
+def write_page(out, digits=None, toy2d=None, sweep=None, others=(), readme=None, theories=(),
+               keep=()):
     """Collects the runs (others: (name, workdir) pairs) into OUT/results.json with their
     figures and renders OUT/results.md (and, with readme, its generated block). Returns the
     page's path."""
     if readme:
         replace_block(files.read_text(readme), '', readme)   # checked before any work
-    snapshot = collect(out, digits, toy2d, sweep, others, readme, theories)
+    snapshot = collect(out, digits, toy2d, sweep, others, readme, theories, keep)
     remove_stale_figures(out, snapshot)
     files.write_text(os.path.join(out, SNAPSHOT),
                      json.dumps(snapshot, indent=1, ensure_ascii=False) + '\n')
@@ -740,19 +778,20 @@ def parse_runs(values):
 
 
 def run_command(out='docs', digits=None, toy2d=None, sweep=None, runs=(), readme=None,
-                render_only=False, theories=()):
+                render_only=False, theories=(), keep=()):
     """What the command line does (runs: its --run=NAME=WORKDIR values); the page's path.
     UserError for bad input."""
     if render_only:
         given = [f'--{name}' for name, value in [('digits', digits), ('toy2d', toy2d),
                                                  ('sweep', sweep), ('run', runs),
-                                                 ('theories', theories)] if value]
+                                                 ('theories', theories), ('keep', keep)]
+                 if value]
         if given:
             raise UserError(f'--render_only reads {out}/{SNAPSHOT}, not runs: drop '
                             f'{", ".join(given)}')
         return write_pages(out, read_snapshot(out), readme)
     return write_page(out, digits, toy2d, sweep, parse_runs(runs), readme,
-                      parse_theories(theories))
+                      parse_theories(theories), tuple(dict.fromkeys(keep)))
 
 
 def parse_theories(values):
@@ -773,7 +812,7 @@ def main(argv):
     readme = _README.value or None
     try:
         path = run_command(_OUT.value, _DIGITS.value, _TOY2D.value, _SWEEP.value, _RUN.value,
-                           readme, _RENDER_ONLY.value, _THEORIES.value)
+                           readme, _RENDER_ONLY.value, _THEORIES.value, _KEEP.value)
     except UserError as e:
         print(f'diffgen: error: {e}', file=sys.stderr)
         sys.exit(2)

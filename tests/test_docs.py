@@ -308,6 +308,32 @@ def test_figures_of_runs_no_longer_given_are_removed(runs):
     assert (out / docs.IMAGES / 'sweep' / 'emm.png').is_file()
 
 
+def test_keep_takes_a_runs_part_from_the_committed_snapshot(runs, tmp_path):
+    """--keep=digits: digits' sections, figures and stamp rows as the snapshot holds them
+    (its workdir gone), marked as kept from that snapshot's commit; the sweep read anew."""
+    kwargs, out = runs
+    docs.write_page(str(out), **kwargs)
+    made = json.loads((out / docs.SNAPSHOT).read_text())
+    shutil.rmtree(kwargs['digits'])                                    # the workdir is gone
+    page = open(docs.write_page(str(out), sweep=kwargs['sweep'], keep=('digits',))).read()
+    kept = json.loads((out / docs.SNAPSHOT).read_text())
+    digits = lambda snapshot: next(r for r in snapshot['runs'] if r['name'] == 'digits')
+    assert digits(kept) == {**digits(made), 'kept_from': made['commit']}
+    assert [r for r in kept['stamp'] if r[0] == 'digits'] == \
+        [r for r in made['stamp'] if r[0] == 'digits']
+    assert f'kept as the snapshot of commit `{made["commit"]}` read it' in page
+    for title, text, _, _ in SECTIONS.values():
+        assert f'### {title}\n\n{text}\n' in page
+    assert (out / docs.IMAGES / 'digits' / 'e1_nearest.png').is_file()  # its figures stay
+    assert '--keep=digits' in kept['command']
+    docs.write_page(str(out), sweep=kwargs['sweep'], keep=('digits',))   # kept again
+    assert digits(json.loads((out / docs.SNAPSHOT).read_text()))['kept_from'] == made['commit']
+    with pytest.raises(UserError, match='--keep=toy2d: .* has no run'):
+        docs.write_page(str(out), keep=('toy2d',))
+    with pytest.raises(UserError, match='both given'):
+        docs.write_page(str(out), digits=str(tmp_path), keep=('digits',))
+
+
 def test_the_checked_in_page_is_the_generators():
     path = os.path.join(REPO, 'docs', docs.PAGE)
     if not os.path.exists(path):
