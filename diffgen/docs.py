@@ -328,7 +328,8 @@ def collect_sweep(sweep_dir, out):
 
 def collect_theories(theories, out):
     """E8 across the sweeps of theories ((label, sweep dir) pairs): {'variants': [{label,
-    dir, points: {reference: [[N, median, low, high], ...]}}], 'figure': its path or None}."""
+    dir, points: {reference: [[N, median, low, high], ...]}, leads: [[N, best, over,
+    difference, low, high], ...]}], 'figure': its path or None}."""
     variants = []
     for label, sweep_dir in theories:
         runs = []
@@ -339,7 +340,8 @@ def collect_theories(theories, out):
                     runs.append((p.name, json.loads(stored.read_text())['data']['num_train']))
         points = e8_theories.read_sweep(sweep_dir, runs)
         variants.append({'label': label, 'dir': sweep_dir,
-                         'points': {r: [list(v) for v in p] for r, p in points.items()}})
+                         'points': {r: [list(v) for v in p] for r, p in points.items()},
+                         'leads': [list(v) for v in e8_theories.read_leads(sweep_dir, runs)]})
     relative = posixpath.join(IMAGES, 'sweep', THEORIES_FIGURE)
     made = e8_theories.plot_against_n({v['label']: v['points'] for v in variants},
                                       os.path.join(out, relative))
@@ -555,8 +557,29 @@ def _cell_at(rows, n):
     return '–' if not at else f'{report.number(at[0][0])} ({at[0][1]} run{"s" * (at[0][1] > 1)})'
 
 
+def lead_text(top, mean, leads):
+    """What the runs at one N say of the reference top (the highest mean median r², mean):
+    with one run, whether its lead over the second reference is separated from 0 by the
+    paired bootstrap interval; with several, in how many runs it is best and separated."""
+    mine = [l for l in leads if l[1] == top]
+    separated = [l for l in mine if l[4] > 0]
+    head = f'{theories_label(top)} has the highest median r² ({report.number(mean)})'
+    if len(leads) == 1 and mine:
+        _, _, over, difference, low, high = mine[0]
+        span = (f'{report.number(difference, "+.3f")}, paired 95% interval '
+                f'[{report.number(low, "+.3f")}, {report.number(high, "+.3f")}]')
+        return (f'{head}, ahead of {theories_label(over)} ({span})' if separated else
+                f'{head} but is not told apart from {theories_label(over)} ({span})')
+    if leads:
+        return (f'{head}, best and separated from the second in {len(separated)} of '
+                f'{len(leads)} runs')
+    return head
+
+
 def theories_sentence(theories):
-    """Per variant: the best reference at the smallest and the largest N, or None."""
+    """Per variant: at the smallest and the largest N, the reference with the highest mean
+    median r² and whether the runs tell it apart from the second (lead_text); None if no
+    variant has points."""
     parts = []
     for v in (theories or {}).get('variants', []):
         if not v['points']:
@@ -566,9 +589,16 @@ def theories_sentence(theories):
         best = lambda n: max((r for r in means if n in means[r]), key=lambda r: means[r][n])
         ends = [sizes[0], sizes[-1]] if len(sizes) > 1 else sizes
         parts.append(f'{v["label"]}: ' + '; '.join(
-            f'at N = {n} {theories_label(best(n))} explains the network best (median r² '
-            f'{report.number(means[best(n)][n])})' for n in ends))
-    return '. '.join(parts) + '.' if parts else None
+            f'at N = {n} ' + lead_text(best(n), means[best(n)][n],
+                                       [l for l in v.get('leads', []) if l[0] == n])
+            for n in ends))
+    if not parts:
+        return None
+    paper = e8_theories.PAPER_MEDIAN_R2
+    return ('. '.join(parts) + f'. For comparison (a citation, not a result), Kamb & Ganguli '
+            f'report median r² {paper["MNIST"]:.2f} for their ELS machine against '
+            f'convolution-only networks on MNIST and {paper["CIFAR-10 with self-attention"]:.2f} '
+            'against a UNet with self-attention on CIFAR-10.')
 
 
 def render_page(snapshot):

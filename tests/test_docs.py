@@ -385,16 +385,24 @@ def test_e8_across_sweeps_is_a_table_a_figure_and_a_sentence(tmp_path):
     sweep = tmp_path / 'sweep'
     medians = {('a', 16): {'optimum': 0.9, 'gaussian': 0.2}, ('b', 16): {'optimum': 0.7,
                'gaussian': 0.4}, ('c', 256): {'optimum': 0.1, 'gaussian': 0.6}}
+    leads = {'a': (0.7, 0.6, 0.8), 'b': (0.3, 0.1, 0.5), 'c': (0.5, -0.1, 0.9)}  # c: not apart
     for (name, n), refs in medians.items():
         (sweep / name / 'report').mkdir(parents=True)
         (sweep / name / 'config.json').write_text(json.dumps({'data': {'num_train': n}}))
+        best, over = sorted(refs, key=refs.get, reverse=True)
+        difference, low, high = leads[name]
         (sweep / name / 'report' / 'report.json').write_text(json.dumps({'e8': {'r2': {
-            r: {'median': m, 'low': m - 0.05, 'high': m + 0.05} for r, m in refs.items()}}}))
+            r: {'median': m, 'low': m - 0.05, 'high': m + 0.05} for r, m in refs.items()},
+            'best': best, 'lead': {'over': over, 'difference': difference, 'low': low,
+                                   'high': high}}}))
     out, readme = tmp_path / 'out', readme_copy(tmp_path)
     docs.run_command(str(out), readme=str(readme), theories=[f'conv-only={sweep}'])
     page = (out / 'results.md').read_text()
     assert '| optimum ε* | 0.800 (2 runs) | 0.100 (1 run) |' in page
     assert (out / 'images' / 'results' / 'sweep' / 'e8_against_n.png').stat().st_size > 0
     block = docs.readme_block(readme.read_text())
-    assert ('conv-only: at N = 16 optimum ε* explains the network best (median r² 0.800); at '
-            'N = 256 Gaussian (μ, Σ) explains the network best (median r² 0.600).') in block
+    assert ('conv-only: at N = 16 optimum ε* has the highest median r² (0.800), best and '
+            'separated from the second in 2 of 2 runs; at N = 256 Gaussian (μ, Σ) has the '
+            'highest median r² (0.600) but is not told apart from optimum ε* (+0.500, paired '
+            '95% interval [-0.100, +0.900]). For comparison (a citation, not a result), Kamb & '
+            'Ganguli report median r² 0.94') in block

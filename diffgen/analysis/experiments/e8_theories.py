@@ -230,6 +230,23 @@ def read_sweep(sweep_dir, runs):
     return {ref: sorted(p) for ref, p in points.items()}
 
 
+def read_leads(sweep_dir, runs):
+    """[(N, best, over, difference, low, high), ...] sorted by N: each run's best reference by
+    median r² and its lead over the second (paired bootstrap 95% interval), from the E8
+    sections of a sweep's runs (runs: (run name, N) pairs; a run without a lead left out)."""
+    leads = []
+    for name, n in runs:
+        path = os.path.join(sweep_dir, name, 'report', 'report.json')
+        if not files.exists(path):
+            continue
+        section = json.loads(files.read_text(path)).get(KEY) or {}
+        lead = section.get('lead')
+        if section.get('best') and isinstance(lead, dict):
+            leads.append((n, section['best'], lead['over'], lead['difference'], lead['low'],
+                          lead['high']))
+    return sorted(leads)
+
+
 def plot_against_n(variants, path):
     """Median r² against N (log axis) per reference, one panel per variant ({label:
     read_sweep's points}); each run a point with its bootstrap interval, the mean over runs
