@@ -566,8 +566,8 @@ def lead_text(top, mean, leads):
     head = f'{theories_label(top)} has the highest median r² ({report.number(mean)})'
     if len(leads) == 1 and mine:
         _, _, over, difference, low, high = mine[0]
-        span = (f'{report.number(difference, "+.3f")}, paired 95% interval '
-                f'[{report.number(low, "+.3f")}, {report.number(high, "+.3f")}]')
+        span = (f'{report.number(difference, "+.3g")}, paired 95% interval '
+                f'[{report.number(low, "+.3g")}, {report.number(high, "+.3g")}]')
         return (f'{head}, ahead of {theories_label(over)} ({span})' if separated else
                 f'{head} but is not told apart from {theories_label(over)} ({span})')
     if leads:

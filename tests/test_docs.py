@@ -403,6 +403,6 @@ def test_e8_across_sweeps_is_a_table_a_figure_and_a_sentence(tmp_path):
     block = docs.readme_block(readme.read_text())
     assert ('conv-only: at N = 16 optimum ε* has the highest median r² (0.800), best and '
             'separated from the second in 2 of 2 runs; at N = 256 Gaussian (μ, Σ) has the '
-            'highest median r² (0.600) but is not told apart from optimum ε* (+0.500, paired '
-            '95% interval [-0.100, +0.900]). For comparison (a citation, not a result), Kamb & '
+            'highest median r² (0.600) but is not told apart from optimum ε* (+0.5, paired '
+            '95% interval [-0.1, +0.9]). For comparison (a citation, not a result), Kamb & '
             'Ganguli report median r² 0.94') in block
