@@ -12,11 +12,14 @@ Prints and writes (JSON) each as the best and the worst of `repeats` interleaved
                bench_patches.py (P = 5, N = 1541 of 8 × 8 × 1, B = 64): 2 B N (P²C + C) Σ n²
                flops per call (bench_patches.speed's count)
   train        the train step of configs/digits.py and configs/cifar10.py at a small batch
-               (one step per call, unrolled): seconds per step and XLA's cost analysis
-               flops of that step (its rate / the GEMM peak: the efficiency); the flops and
-               bytes at the config's own batch and one network forward of one image from
-               the lowered computation's cost analysis (nothing run); configs/celeba64.py's
-               64 × 64 UNet (the ImageNet-64 stand-in) only so, not timed
+               (one step per call, unrolled): seconds per step and the compiled step's
+               flops and bytes accessed (XLA's cost analysis; its rate / the GEMM peak: the
+               efficiency; its flops / bytes: the arithmetic intensity); the flops of a step
+               at the config's own batch and of one network forward of one image from the
+               lowered computation's cost analysis (nothing run: flops do not depend on
+               fusion, the bytes of an unfused computation would be meaningless);
+               configs/celeba64.py's 64 × 64 UNet (the ImageNet-64 stand-in) only so, not
+               timed
   sharded      the ε* engine on 1, 2, 4 and 8 simulated CPU devices (a child process with
                XLA_FLAGS=--xla_force_host_platform_device_count=8), the training set
                sharded by rows, N = 8 chunks of 2048 rows, D = 3072: seconds per call and
@@ -151,24 +154,23 @@ def measure_train(name, repeats):
         IMAGE_SHAPE[name]
     batch = TRAIN_BATCH[name]
     run, calls, train_set = train_parts(config, shape, (full_batch, batch or full_batch))
-    full_flops, full_bytes = cost(calls[full_batch].lower(run.state, train_set))
+    full_flops, _ = cost(calls[full_batch].lower(run.state, train_set))
     forward = jax.jit(network_denoiser(run.model, run.state.params)).lower(
         jnp.zeros((1,) + shape), jnp.zeros((1,), jnp.int32))
-    fwd_flops, fwd_bytes = cost(forward)
+    fwd_flops, _ = cost(forward)
     out = {'config_batch': full_batch, 'config_steps': steps, 'config_flops_per_step': full_flops,
-           'config_bytes_per_step': full_bytes, 'forward_flops_per_image': fwd_flops,
-           'forward_bytes_per_image': fwd_bytes, 'image_shape': list(shape)}
+           'forward_flops_per_image': fwd_flops, 'image_shape': list(shape)}
     if batch is None:
         return out
     compiled = calls[batch].lower(run.state, train_set).compile()
-    flops, _ = cost(compiled)
+    flops, compiled_bytes = cost(compiled)
     state = jax.block_until_ready(compiled(run.state, train_set))[0]
     times = []
     for _ in range(repeats):
         seconds, state = time_train_calls(compiled, state, train_set, 1)
         times.append(seconds)
     return dict(out, batch=batch, seconds_per_step=span(times), flops_per_step=flops,
-                gflops=rate_range(flops, times))
+                bytes_per_step=compiled_bytes, gflops=rate_range(flops, times))
 
 
 def sharded_child(repeats):
