@@ -14,7 +14,8 @@ Prints and writes (JSON) each as the best and the worst of `repeats` interleaved
   train        the train step of configs/digits.py and configs/cifar10.py at a small batch
                (one step per call, unrolled): seconds per step and the compiled step's
                flops and bytes accessed (XLA's cost analysis; its rate / the GEMM peak: the
-               efficiency; its flops / bytes: the arithmetic intensity); the flops of a step
+               efficiency), and the bytes one more example adds (compiled at twice the
+               batch, not run: the parameters' and optimiser's traffic is the rest); the flops of a step
                at the config's own batch and of one network forward of one image from the
                lowered computation's cost analysis (nothing run: flops do not depend on
                fusion, the bytes of an unfused computation would be meaningless);
@@ -153,24 +154,28 @@ def measure_train(name, repeats):
     full_batch, steps, shape = config.training.batch_size, config.training.num_steps, \
         IMAGE_SHAPE[name]
     batch = TRAIN_BATCH[name]
-    run, calls, train_set = train_parts(config, shape, (full_batch, batch or full_batch))
+    run, calls, train_set = train_parts(config, shape,
+                                        (full_batch, batch or full_batch, 2 * (batch or 1)))
     full_flops, _ = cost(calls[full_batch].lower(run.state, train_set))
     forward = jax.jit(network_denoiser(run.model, run.state.params)).lower(
         jnp.zeros((1,) + shape), jnp.zeros((1,), jnp.int32))
     fwd_flops, _ = cost(forward)
     out = {'config_batch': full_batch, 'config_steps': steps, 'config_flops_per_step': full_flops,
-           'forward_flops_per_image': fwd_flops, 'image_shape': list(shape)}
+           'forward_flops_per_image': fwd_flops, 'image_shape': list(shape),
+           'num_params': int(sum(x.size for x in jax.tree.leaves(run.state.params)))}
     if batch is None:
         return out
     compiled = calls[batch].lower(run.state, train_set).compile()
     flops, compiled_bytes = cost(compiled)
+    _, bytes_2b = cost(calls[2 * batch].lower(run.state, train_set).compile())
     state = jax.block_until_ready(compiled(run.state, train_set))[0]
     times = []
     for _ in range(repeats):
         seconds, state = time_train_calls(compiled, state, train_set, 1)
         times.append(seconds)
     return dict(out, batch=batch, seconds_per_step=span(times), flops_per_step=flops,
-                bytes_per_step=compiled_bytes, gflops=rate_range(flops, times))
+                bytes_per_step=compiled_bytes, bytes_per_example=(bytes_2b - compiled_bytes) / batch,
+                gflops=rate_range(flops, times))
 
 
 def sharded_child(repeats):

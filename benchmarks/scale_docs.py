@@ -66,25 +66,36 @@ def efficiencies(inputs):
 
 
 def intensity(inputs):
-    """Flops per byte of the compiled CIFAR-10 train step here (XLA's cost analysis): the
-    bytes of the network's work are its flops over this."""
+    """(flops per byte of one more example, bytes per parameter of the rest) of the compiled
+    CIFAR-10 train step here (XLA's cost analysis at two batches): a step's bytes are its
+    flops over the first plus the parameters times the second (their and the optimiser's
+    traffic, independent of the batch)."""
     c = inputs['train']['cifar10']
-    return c['flops_per_step'] / c['bytes_per_step']
+    per_example = c['flops_per_step'] / c['batch'] / c['bytes_per_example']
+    fixed = c['bytes_per_step'] - c['batch'] * c['bytes_per_example']
+    return per_example, max(fixed, 0.0) / c['num_params']
 
 
-def network_work(inputs, dataset, key):
-    """Work of one forward of one image ('forward_flops_per_image') or of one train step
-    at the config's batch ('config_flops_per_step') of the dataset's UNet."""
-    flops = inputs['train'][NETWORK[dataset.name]][key]
-    return model.Work(flops, flops / intensity(inputs))
+def forward_work(inputs, dataset):
+    """Work of one forward of one image by the dataset's UNet (in a batch: the parameters'
+    reads shared, left out)."""
+    flops = inputs['train'][NETWORK[dataset.name]]['forward_flops_per_image']
+    return model.Work(flops, flops / intensity(inputs)[0])
+
+
+def step_work(inputs, dataset):
+    """Work of one train step at the config's batch by the dataset's UNet."""
+    c = inputs['train'][NETWORK[dataset.name]]
+    per_example, per_param = intensity(inputs)
+    flops = c['config_flops_per_step']
+    return model.Work(flops, flops / per_example + per_param * c['num_params'])
 
 
 def works(inputs, analysis, dataset):
     """{row label: {kind: Work}}: E1–E4, their sum, and training."""
     counts = model.counts(analysis, dataset)
     rows = {e.upper(): model.experiment_work(counts[e], dataset, analysis.batch_size,
-                                             network_work(inputs, dataset,
-                                                          'forward_flops_per_image'))
+                                             forward_work(inputs, dataset))
             for e in EXPERIMENTS}
     total = {}
     for w in rows.values():
@@ -93,7 +104,7 @@ def works(inputs, analysis, dataset):
     rows['E1–E4'] = total
     c = inputs['train'][NETWORK[dataset.name]]
     rows['training'] = {'train': model.training_work(
-        c['config_steps'], network_work(inputs, dataset, 'config_flops_per_step'))}
+        c['config_steps'], step_work(inputs, dataset))}
     rows['_counts'] = counts
     return rows
 
@@ -127,19 +138,23 @@ def inputs_table(inputs):
             lines.append(
                 f'| train step, configs/{key}.py at batch {v["batch"]} '
                 f'({v["flops_per_step"] / 1e9:.3g} GFLOP, '
-                f'{v["flops_per_step"] / v["bytes_per_step"]:.3g} flop/byte, XLA cost analysis) | '
-                f'{span(*(1e3 * s for s in v["seconds_per_step"]))} ms, '
+                f'{v["bytes_per_step"] / 2 ** 20:.4g} MiB + {v["bytes_per_example"] / 2 ** 20:.3g} MiB '
+                f'per further example, XLA cost analysis) | '
+                f'{span(*(1e3 * s for s in v["seconds_per_step"]), "{:.4g}")} ms, '
                 f'{span(*v["gflops"])} GFLOP/s | '
                 f'{span(v["gflops"][0] / g[1], v["gflops"][1] / g[0], "{:.2f}")} |')
         lines.append(f'| configs/{key}.py at its batch {v["config_batch"]}, '
-                     f'{v["config_steps"]:,} steps: one step / one forward of one image | '
+                     f'{v["config_steps"]:,} steps, {v["num_params"]:,} parameters: one step / '
+                     'one forward of one image | '
                      f'{v["config_flops_per_step"] / 1e9:.4g} / '
                      f'{v["forward_flops_per_image"] / 1e9:.4g} GFLOP | |')
     for key, v in inputs['sharded'].items():
+        rate = [r / 1e9 for r in v['pairs_dim_per_s_per_device']]
         lines.append(f'| ε* sharded over {key} simulated CPU device(s), N = {v["num_rows"]:,}, '
-                     f'D = {v["dim"]}, B = {v["batch"]} | {span(*(1e3 * s for s in v["seconds"]))} '
-                     f'ms per call, {span(*(r / 1e9 for r in v["pairs_dim_per_s_per_device"]))} '
-                     f'G pairs·D/s per device | |')
+                     f'D = {v["dim"]}, B = {v["batch"]} | '
+                     f'{span(*(1e3 * s for s in v["seconds"]), "{:.4g}")} ms per call, '
+                     f'{span(*rate)} G pairs·D/s per device, {span(*(r * v["devices"] for r in rate))} '
+                     'in all | |')
     return lines
 
 
@@ -159,8 +174,8 @@ def render(inputs):
               f'here): ε* and kNN {e["slow"]["eps"]}–{e["fast"]["eps"]} (the engine at '
               f'D = 3072), network and training {e["slow"]["train"]}–{e["fast"]["train"]} '
               '(the CIFAR-10 train step). The simulated devices share the same cores, so the '
-              'sharded rows show the cost of the sharded path (per-device rate ×  devices '
-              'about constant), not a speed-up; the model assumes ε* splits evenly by rows '
+              'sharded rows show what the sharded path costs on them (the rate in all against '
+              'one device\'s), not a speed-up; the model assumes ε* splits evenly by rows '
               'over the devices with the cross-device combine free.', '']
     a = analysis
     lines += [f'Work of the report (configs/cifar10.py: S = {a.num_samples} samples, '
@@ -207,7 +222,12 @@ def render(inputs):
               'nothing; the ImageNet-64 training set (float32, '
               f'{DATASETS[1].num_train * DATASETS[1].dim * 4 / 2 ** 30:.0f} GiB) fits in the '
               'devices\' memory sharded (it does on 8 × 80 GB; on a v4-8\'s 4 × 32 GiB only in '
-              'bfloat16, optimal.storage_dtype); E1\'s copy threshold δ (every source image '
+              'bfloat16, optimal.storage_dtype); the network\'s bytes are its flops at the '
+              'flops per byte of one more example in the compiled CIFAR-10 train step here '
+              '(XLA:CPU\'s fusion, not a GPU\'s), plus per train step the parameters\' and '
+              'optimiser\'s traffic of that step per parameter (the ImageNet-64 UNet\'s flops '
+              'and parameters are configs/celeba64.py\'s, measured, its bytes so scaled); '
+              'E1\'s copy threshold δ (every source image '
               'against the others) is counted in its kNN; sample-quality features, E5–E8 '
               'and E2\'s bootstrap are left out.', END]
     return '\n'.join(lines)
