@@ -19,7 +19,8 @@ timesteps, H held-out images and t_1 > … > t_K the DDIM grid (samplers.step_pa
         kNN: 3 S against the N training rows, 3 S against H training and H held-out rows,
         the held-out references (H queries over N + H rows, N training images over H):
                                            kNN in N-row queries: 3 S + 6 S H / N + 2 H + H² / N
-    E3  trajectories (ε* and its posterior's stats are two passes) and forward points of
+    E3  trajectories (ε* and its posterior's stats are two passes: optimal_eps and
+        optimal_stats each reduce the set; one if XLA merged them) and forward points of
         the H training and H held-out images, each with ε_θ and the two baselines:
                                            ε*: 2 S K + 6 H K              net: S K + 2 H K
     E4  three arms, each a DDIM run per t_switch (ε* on the steps t > t_switch for
@@ -29,8 +30,10 @@ timesteps, H held-out images and t_1 > … > t_K the DDIM grid (samplers.step_pa
     E1 also pays once the copy threshold δ (analysis.copies): every one of the N + H source
     images against the others, a kNN pass of N + H queries over N + H rows.
 
-Training: steps × the train step's flops and bytes (XLA's cost analysis at the config's
-batch).
+Training: steps × one train step's Work at the config's batch (its flops from XLA's cost
+analysis; its bytes as step_work below estimates them: the flops over the
+flops per byte of one more example, plus the parameters' and optimiser's traffic per
+parameter, both from the compiled CIFAR-10 step at two batches).
 
 Time. On P devices of peak F flop/s and memory bandwidth W byte/s each, with the work split
 evenly (the training set sharded by rows, the batch by examples; the cross-device combine
@@ -48,6 +51,8 @@ import dataclasses
 import math
 
 FLOAT32 = 4   # bytes
+# whose measured UNet (bench_scale's train entries) stands for each data set's network
+NETWORK = {'CIFAR-10': 'cifar10', 'ImageNet-64': 'celeba64'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,3 +177,44 @@ def predict(works, hardware: Hardware, efficiency):
 def training_work(steps, step: Work):
     """steps × one train step's Work."""
     return step * steps
+
+
+# ------------------------------------------------ from bench_scale.py's measurements
+
+def efficiencies(inputs):
+    """{'fast' | 'slow': {kind: efficiency}}: ε* and kNN at the engine's D = 3072 rate, the
+    network and training at the CIFAR-10 train step's, each over the GEMM peak."""
+    lo_peak, hi_peak = inputs['gemm_gflops']
+    eps, train = inputs['eps']['D=3072']['gflops'], inputs['train']['cifar10']['gflops']
+    out = {}
+    for end, rate, peak in (('fast', 1, lo_peak), ('slow', 0, hi_peak)):
+        e = min(1.0, eps[rate] / peak)
+        t = min(1.0, train[rate] / peak)
+        out[end] = {'eps': e, 'knn': e, 'net': t, 'train': t}
+    return out
+
+
+def intensity(inputs):
+    """(flops per byte of one more example, bytes per parameter of the rest) of the compiled
+    CIFAR-10 train step here (XLA's cost analysis at two batches): a step's bytes are its
+    flops over the first plus the parameters times the second (their and the optimiser's
+    traffic, independent of the batch)."""
+    c = inputs['train']['cifar10']
+    per_example = c['flops_per_step'] / c['batch'] / c['bytes_per_example']
+    fixed = c['bytes_per_step'] - c['batch'] * c['bytes_per_example']
+    return per_example, max(fixed, 0.0) / c['num_params']
+
+
+def forward_work(inputs, dataset):
+    """Work of one forward of one image by the dataset's UNet (in a batch: the parameters'
+    reads shared, left out)."""
+    flops = inputs['train'][NETWORK[dataset.name]]['forward_flops_per_image']
+    return Work(flops, flops / intensity(inputs)[0])
+
+
+def step_work(inputs, dataset):
+    """Work of one train step at the config's batch by the dataset's UNet."""
+    c = inputs['train'][NETWORK[dataset.name]]
+    per_example, per_param = intensity(inputs)
+    flops = c['config_flops_per_step']
+    return Work(flops, flops / per_example + per_param * c['num_params'])

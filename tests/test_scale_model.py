@@ -47,6 +47,23 @@ def test_work_and_roofline_by_hand():
     assert model.training_work(3, model.Work(2.0, 1.0)) == model.Work(6.0, 3.0)
 
 
+def test_measured_inputs_by_hand():
+    cifar = {'flops_per_step': 100.0, 'batch': 2, 'bytes_per_step': 50.0,
+             'bytes_per_example': 10.0, 'num_params': 6, 'gflops': [3.0, 6.0],
+             'forward_flops_per_image': 20.0, 'config_flops_per_step': 400.0}
+    inputs = {'gemm_gflops': [10.0, 20.0], 'eps': {'D=3072': {'gflops': [4.0, 8.0]}},
+              'train': {'cifar10': cifar}}
+    # 100 / 2 / 10 = 5 flops per byte of an example; (50 − 2·10) / 6 = 5 bytes per parameter
+    assert model.intensity(inputs) == (5.0, 5.0)
+    cifar10 = model.Dataset('CIFAR-10', 1, (1,), 0)
+    assert model.forward_work(inputs, cifar10) == model.Work(20.0, 4.0)
+    assert model.step_work(inputs, cifar10) == model.Work(400.0, 400.0 / 5 + 5 * 6)
+    # fastest: the best rate over the lowest peak; slowest: the worst over the highest
+    assert model.efficiencies(inputs) == {
+        'fast': {'eps': 0.8, 'knn': 0.8, 'net': 0.6, 'train': 0.6},
+        'slow': {'eps': 0.2, 'knn': 0.2, 'net': 0.15, 'train': 0.15}}
+
+
 def test_analysis_settings_read_from_the_config():
     a = scale_docs.analysis_settings()
     assert len(a.grid) == a.sampler_steps and list(a.grid) == sorted(a.grid, reverse=True)
