@@ -142,7 +142,8 @@ def render(inputs):
               f'K = {a.sampler_steps} DDIM / Heun steps, T = {a.num_timesteps}, '
               f'{a.batch_size} queries per pass, t_switch ∈ {list(a.switch_times)}; '
               f'H = {DATASETS[0].num_heldout:,} held-out images for both sets):', '',
-              '| set | experiment | ε* evaluations | network evaluations | kNN queries | '
+              '| set | experiment | ε* evaluations | network evaluations | kNN queries (as '
+              'queries over N rows; E1: with the N + H of δ) | '
               'PFLOP | TB read |', '| --- | --- | --- | --- | --- | --- | --- |']
     tables = {}
     for d in DATASETS:
