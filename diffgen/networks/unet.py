@@ -19,6 +19,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from diffgen.errors import ConfigError
 from diffgen.networks.registry import NETWORKS
 
 # downsample_pad -> the padding of the stride-2 3x3 convolutions on an even side:
@@ -78,6 +79,9 @@ class AttnBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         b, hgt, wid, c = x.shape
+        if self.head_dim and c % self.head_dim:   # where the image side decides the level
+            raise ConfigError(f'model.attn_head_dim={self.head_dim} does not divide the {c} '
+                              f'channels of the attention at resolution {hgt}x{wid}')
         h = group_norm(c, self.num_groups, self.norm_eps)(x).reshape(b, hgt * wid, c)
         h = nn.SelfAttention(num_heads=c // self.head_dim if self.head_dim else 1,
                              qkv_features=c, out_features=c,
