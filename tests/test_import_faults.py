@@ -7,9 +7,11 @@ the file, the key and the value: in process a UserError of one line (what diffge
 as `diffgen: error: ...`, exit 2); through the CLI for a few, with the workdir untouched.
 Every model directory is written by diffusers itself (save_pretrained). Needs the import
 extra: skipped without PyTorch and diffusers."""
+import ast
 import inspect
 import json
 import os
+import re
 import shutil
 
 import jax
@@ -21,6 +23,7 @@ torch = pytest.importorskip('torch')
 diffusers = pytest.importorskip('diffusers')
 
 from configs import ddpm_cifar10_import, default  # noqa: E402
+from diffgen.diffusion.schedules import get_schedule  # noqa: E402
 from diffgen.errors import UserError  # noqa: E402
 from diffgen.networks import (check_config, diffusers_import,  # noqa: E402
                               diffusers_schedulers, get_network)
@@ -156,25 +159,57 @@ def test_scheduler_that_is_not_the_runs_process_is_refused(case, tiny_model, tmp
     assert message.startswith(f"{directory / 'scheduler_config.json'}: {named}"), message
 
 
-def test_following_the_hint_never_accepts_a_wrong_process(tiny_model, tmp_path):
-    """Each refusal that suggests a --config.diffusion setting, followed, either is accepted
-    for a scheduler whose process then is the run's, or is refused again: never a
-    ScoreSdeVe/EDM model accepted. The hint of a VP scheduler with other betas is followed
-    to acceptance; that of a σ-based one never appears."""
-    heun = model_dir(tiny_model[0], tmp_path / 'heun', scheduler=diffusers.HeunDiscreteScheduler())
-    first = refusal(heun)
-    assert '(set --config.diffusion.beta_start=0.00085)' in first
-    second = refusal(heun, beta_start=0.00085)
-    assert '(set --config.diffusion.beta_end=0.012)' in second
-    configured(heun, beta_start=0.00085, beta_end=0.012)   # linear 0.00085 .. 0.012: diffgen's
+HINT = re.compile(r'set --config\.diffusion\.(\w+)=(\S+?)\)')
 
-    for scheduler in (diffusers.ScoreSdeVeScheduler(), diffusers.EDMEulerScheduler()):
-        directory = model_dir(tiny_model[0], tmp_path / type(scheduler).__name__,
-                              scheduler=scheduler)
-        for diffusion in ({}, {'num_timesteps': scheduler.config.num_train_timesteps},
-                          {'schedule': 'cosine'}):
-            message = refusal(directory, **diffusion)
-            assert '_class_name=' in message and '--config.' not in message
+
+def follow_hints(directory):
+    """configured(directory), with each --config.diffusion setting a refusal suggests applied
+    until it is accepted: (the accepted config or None, the messages of the refusals)."""
+    diffusion, messages = {}, []
+    for _ in range(len(diffusers_schedulers.COMPARED) + 1):
+        try:
+            return configured(directory, **diffusion), messages
+        except UserError as e:
+            messages.append(str(e))
+            hint = HINT.search(str(e))
+            if hint is None:
+                return None, messages
+            diffusion[hint.group(1)] = ast.literal_eval(hint.group(2))
+    raise AssertionError(f'hints without end: {messages}')
+
+
+@pytest.mark.parametrize('make', [
+    lambda: diffusers.HeunDiscreteScheduler(),
+    lambda: diffusers.DDPMScheduler(beta_schedule='squaredcos_cap_v2', num_train_timesteps=50),
+    lambda: diffusers.DDIMScheduler(num_train_timesteps=200, beta_start=2e-4, beta_end=0.03),
+], ids=['heun', 'ddpm-cosine-T50', 'ddim-other-range'])
+def test_following_the_hints_gives_the_models_process(make, tiny_model, tmp_path):
+    """A VP scheduler with another schedule: its refusals' hints, followed, end in an
+    accepted run whose forward process is the model's: diffusers' alphas_cumprod of the
+    saved scheduler is diffgen's alphas_bar[1:] (float32 round-off: T factors, relative
+    error about T * 2**-24 < 1e-4)."""
+    scheduler = make()
+    directory = model_dir(tiny_model[0], tmp_path / 'model', scheduler=scheduler)
+    config, messages = follow_hints(directory)
+    assert config is not None and messages, messages
+    ours = np.asarray(get_schedule(config).alphas_bar, np.float64)[1:]
+    np.testing.assert_allclose(scheduler.alphas_cumprod.double().numpy(), ours, rtol=1e-4)
+
+
+@pytest.mark.parametrize('make', [lambda: diffusers.ScoreSdeVeScheduler(),
+                                  lambda: diffusers.ScoreSdeVeScheduler(num_train_timesteps=1000),
+                                  lambda: diffusers.EDMEulerScheduler()],
+                         ids=['score-sde-ve-T2000', 'score-sde-ve-T1000', 'edm-euler'])
+def test_no_hint_accepts_a_sigma_based_scheduler(make, tiny_model, tmp_path):
+    """A sigma-based or VE scheduler is refused by its class with no hint to follow, also
+    with the run's T set to the scheduler's own (the T = 2000 of ScoreSdeVe's default) or the
+    cosine schedule."""
+    scheduler = make()
+    directory = model_dir(tiny_model[0], tmp_path / 'model', scheduler=scheduler)
+    for diffusion in ({}, {'num_timesteps': scheduler.config.num_train_timesteps},
+                      {'schedule': 'cosine'}):
+        message = refusal(directory, **diffusion)
+        assert '_class_name=' in message and '--config.' not in message
 
 
 def test_missing_key_takes_the_classes_default_only_where_it_is_the_runs(tiny_model, tmp_path):
@@ -259,6 +294,12 @@ def test_malformed_value_is_one_line_naming_file_and_key(file, key, value, says,
     assert f'{key}={shown}' in message and says in message, message
 
 
+def test_unknown_config_json_key_names_the_file(tiny_model, tmp_path):
+    directory = model_dir(tiny_model[0], tmp_path / 'model', config={'conv_kernel': 5})
+    assert refusal(directory) == (f"{directory / 'config.json'}: keys diffgen cannot interpret: "
+                                  "['conv_kernel'] (not UNet2DModel keys)")
+
+
 def test_attention_head_size_is_checked_only_where_there_is_attention(tiny_model, tmp_path):
     """(16, 32) channels, attention (and so heads of attention_head_dim = 32) only at the
     32-channel level and in the middle block: accepted, and diffgen's eps is PyTorch's. The
@@ -276,7 +317,7 @@ def test_attention_head_size_is_checked_only_where_there_is_attention(tiny_model
     with torch.no_grad():
         expected = theirs(torch.from_numpy(x.transpose(0, 3, 1, 2)),
                           torch.from_numpy(t - 1)).sample.numpy().transpose(0, 2, 3, 1)
-    assert np.abs(np.asarray(model.apply(params, x, t)) - expected).max() <= TOLERANCE
+    assert np.abs(np.asarray(jax.jit(model.apply)(params, x, t)) - expected).max() <= TOLERANCE
 
     first_level = model_dir(directory, tmp_path / 'first_level', config={
         'down_block_types': ['AttnDownBlock2D', 'DownBlock2D'],

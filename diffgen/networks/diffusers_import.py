@@ -104,7 +104,8 @@ def read_unet_config(init_from):
         values.fail(path, '_class_name', raw['_class_name'], 'diffgen imports UNet2DModel only')
     unknown = sorted(k for k in raw if not k.startswith('_') and k not in UNET_DEFAULTS)
     if unknown:
-        raise _error(init_from, f'{CONFIG} has keys diffgen cannot interpret: {unknown}')
+        raise ConfigError(f'{path}: keys diffgen cannot interpret: {unknown} (not '
+                          'UNet2DModel keys)')
     return directory, {**UNET_DEFAULTS, **raw}
 
 
