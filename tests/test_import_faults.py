@@ -17,6 +17,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 torch = pytest.importorskip('torch')
@@ -27,6 +28,7 @@ from diffgen.diffusion.schedules import get_schedule  # noqa: E402
 from diffgen.errors import UserError  # noqa: E402
 from diffgen.networks import (check_config, diffusers_import,  # noqa: E402
                               diffusers_schedulers, get_network)
+from diffgen.training.state import create_train_state  # noqa: E402
 from tests.tiny import run_main  # noqa: E402
 
 # a digits-shaped UNet2DModel (8x8, one channel): two levels of 16 and 32 channels, attention
@@ -326,6 +328,26 @@ def test_attention_head_size_is_checked_only_where_there_is_attention(tiny_model
     assert message.startswith(f"{first_level / 'config.json'}: attention_head_dim=32 does not "
                               'divide the channels [16, 32]'), message
     assert 'model.attn_head_dim' not in message
+
+
+def test_diffgens_unet_checks_the_head_size_at_its_attention_levels():
+    """The same rule for diffgen's own UNet (model.attn_head_dim): validation checks the
+    middle block's channels (it always has attention); the levels with attention depend on
+    the image side and are checked before the network is initialised (create_train_state),
+    as one ConfigError."""
+    config = default.get_config()
+    config.model.update(ch=16, ch_mult=(1, 2), num_groups=8, attn_head_dim=32,
+                        attn_resolutions=(4,))
+    check_config(config)
+    state = create_train_state(get_network(config.model), optax.sgd(0.1),
+                               jax.random.PRNGKey(0), (8, 8, 1))   # attention at 4x4: 32
+    assert state.params['params']['AttnBlock_0']['SelfAttention_0']['query']['kernel'].shape \
+        == (32, 1, 32)                                           # one head of 32 channels
+    config.model.attn_resolutions = (8,)                       # and at 8x8: 16 channels
+    with pytest.raises(UserError, match=r'^model.attn_head_dim=32 does not divide the 16 '
+                                        r'channels of the attention at resolution 8x8$'):
+        create_train_state(get_network(config.model), optax.sgd(0.1), jax.random.PRNGKey(0),
+                           (8, 8, 1))
 
 
 def workdir_snapshot(workdir):

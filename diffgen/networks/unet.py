@@ -79,9 +79,6 @@ class AttnBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         b, hgt, wid, c = x.shape
-        if self.head_dim and c % self.head_dim:   # where the image side decides the level
-            raise ConfigError(f'model.attn_head_dim={self.head_dim} does not divide the {c} '
-                              f'channels of the attention at resolution {hgt}x{wid}')
         h = group_norm(c, self.num_groups, self.norm_eps)(x).reshape(b, hgt * wid, c)
         h = nn.SelfAttention(num_heads=c // self.head_dim if self.head_dim else 1,
                              qkv_features=c, out_features=c,
@@ -143,6 +140,25 @@ class UNet(nn.Module):
 
         h = nn.swish(group_norm(h.shape[-1], self.num_groups, self.norm_eps)(h))
         return nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros)(h)
+
+
+def check_attention_heads(unet, image_shape):
+    """ConfigError unless unet.attn_head_dim divides the channels of every attention block of
+    the UNet `unet` on images of image_shape (H, W, C): ch * ch_mult[level] at the levels
+    whose side H / 2**level is in attn_resolutions, and at the last level (the middle block
+    always has attention). Which levels have attention depends on the image side, known only
+    with the data: training.state.create_train_state calls it before init (an error raised
+    inside the traced init would carry JAX's traceback note, not be one line)."""
+    if not unet.attn_head_dim:
+        return
+    last = len(unet.ch_mult) - 1
+    for level, mult in enumerate(unet.ch_mult):
+        side, channels = image_shape[0] // 2 ** level, unet.ch * mult
+        if channels % unet.attn_head_dim and (side in unet.attn_resolutions or level == last):
+            where = (f'resolution {side}x{side}' if side in unet.attn_resolutions
+                     else 'the middle block')
+            raise ConfigError(f'model.attn_head_dim={unet.attn_head_dim} does not divide the '
+                              f'{channels} channels of the attention at {where}')
 
 
 @NETWORKS.register('unet')
