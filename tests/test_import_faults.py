@@ -377,8 +377,10 @@ def test_cli_model_dir_with_equals_and_comma_and_an_edm_scheduler(tiny_model, tm
     model's EDMEulerScheduler is one line and exit 2, the workdir untouched."""
     directory = model_dir(tiny_model[0], tmp_path / 'ddpm=cifar,10',
                           scheduler=diffusers.EDMEulerScheduler())
-    assert ddpm_cifar10_import.get_config(f'model_dir={directory}').model.init_from == \
-        str(directory)
+    for arg in (f'model_dir={directory}', str(directory)):   # named, or the whole argument
+        assert ddpm_cifar10_import.get_config(arg).model.init_from == str(directory)
+    with pytest.raises(ValueError, match='needs the model directory'):
+        ddpm_cifar10_import.get_config('model_dir=')
     status, line = cli_refusal(tmp_path, f'--config=configs/ddpm_cifar10_import.py:model_dir='
                                          f'{directory}')
     assert status == 2
