@@ -336,14 +336,14 @@ def test_diffgens_unet_checks_the_head_size_at_its_attention_levels():
     the image side and are checked before the network is initialised (create_train_state),
     as one ConfigError."""
     config = default.get_config()
-    config.model.update(ch=16, ch_mult=(1, 2), num_groups=8, attn_head_dim=32,
-                        attn_resolutions=(4,))
+    config.model.update(ch=16, ch_mult=(1, 2), num_res_blocks=1, num_groups=8,
+                        attn_head_dim=32, attn_resolutions=(4,))
     check_config(config)
-    state = create_train_state(get_network(config.model), optax.sgd(0.1),
-                               jax.random.PRNGKey(0), (8, 8, 1))   # attention at 4x4: 32
+    state = jax.eval_shape(lambda: create_train_state(      # shapes only: no init's work
+        get_network(config.model), optax.sgd(0.1), jax.random.PRNGKey(0), (8, 8, 1)))
     assert state.params['params']['AttnBlock_0']['SelfAttention_0']['query']['kernel'].shape \
-        == (32, 1, 32)                                           # one head of 32 channels
-    config.model.attn_resolutions = (8,)                       # and at 8x8: 16 channels
+        == (32, 1, 32)          # attention at 4x4 (and the middle): one head of 32 channels
+    config.model.attn_resolutions = (8,)   # and at 8x8, of 16 channels: refused before init
     with pytest.raises(UserError, match=r'^model.attn_head_dim=32 does not divide the 16 '
                                         r'channels of the attention at resolution 8x8$'):
         create_train_state(get_network(config.model), optax.sgd(0.1), jax.random.PRNGKey(0),
