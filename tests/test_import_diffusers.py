@@ -312,8 +312,8 @@ def test_config_errors_name_the_problem(untrained_digits_model, data_dir, tmp_pa
     assert digits_config(data_dir, other_schedule, **{'diffusion.beta_end': 0.012})
     write_json(other_schedule / 'scheduler_config.json', beta_end=0.02,
                prediction_type='v_prediction')
-    with pytest.raises(ConfigError, match="prediction_type='v_prediction'; diffgen has "
-                                          "'epsilon' only"):
+    with pytest.raises(ConfigError, match="prediction_type='v_prediction': diffgen's networks "
+                                          r"predict eps \('epsilon'\) only"):
         digits_config(data_dir, other_schedule)
 
     incomplete = copy_model(source, tmp_path / 'incomplete',

@@ -28,6 +28,8 @@ def check_config(config):
             f'{tuple(unet.DOWNSAMPLE_PADDINGS)}')
     require(m.time_offset >= -1, 'model.time_offset must be >= -1 (t + time_offset >= 0)')
     require(0 <= m.time_freq_shift < m.ch // 2, 'model.time_freq_shift must be in [0, ch/2)')
-    require(m.attn_head_dim >= 0 and all(m.ch * c % max(m.attn_head_dim, 1) == 0
-                                         for c in m.ch_mult),
-            'model.attn_head_dim must be 0 or divide every model.ch * model.ch_mult')
+    # attention heads: the middle block (always with attention) is checked here; the levels
+    # with attention depend on the image side: unet.check_attention_heads, before init
+    require(m.attn_head_dim >= 0 and m.ch * m.ch_mult[-1] % max(m.attn_head_dim, 1) == 0,
+            'model.attn_head_dim must be 0 or divide the channels of the levels with '
+            'attention (model.ch * model.ch_mult[-1] in the middle block)')

@@ -6,8 +6,10 @@ or .bin, + scheduler_config.json) or a saved pipeline (unet/ and scheduler/ insi
 
   configure(config)    sets config.model's UNet keys from config.json, so that
                        diffgen.networks.unet.UNet is the published network; checks that the
-                       scheduler_config.json's schedule is config.diffusion's. Run by
-                       config validation (diffgen.networks.check_config).
+                       scheduler_config.json's forward process is config.diffusion's
+                       (diffusers_schedulers.check_schedule). Run by config validation
+                       (diffgen.networks.check_config). Every malformed value of either
+                       file is one line naming the file and the key (diffusers_values).
   load_params(...)     the weights as diffgen parameters (training.loop.build puts them into
                        the fresh train state, raw and EMA).
 
@@ -27,13 +29,14 @@ from __future__ import annotations
 
 import collections
 import io
-import math
 import os
 
 import numpy as np
 
 from diffgen import files
 from diffgen.errors import ConfigError
+from diffgen.networks import diffusers_schedulers
+from diffgen.networks import diffusers_values as values
 
 CONFIG = 'config.json'
 SCHEDULER_CONFIG = 'scheduler_config.json'
@@ -70,11 +73,6 @@ DOWN_BLOCKS = {'DownBlock2D': False, 'AttnDownBlock2D': True}   # type -> has at
 UP_BLOCKS = {'UpBlock2D': False, 'AttnUpBlock2D': True}
 DOWNSAMPLE_PADS = {0: 'same', 1: 'both'}   # downsample_padding -> model.downsample_pad
 
-# DDPMScheduler's (and DDIM's, PNDM's ...) defaults, and its beta schedules diffgen has.
-SCHEDULER_DEFAULTS = {'num_train_timesteps': 1000, 'beta_start': 0.0001, 'beta_end': 0.02,
-                      'beta_schedule': 'linear', 'trained_betas': None,
-                      'prediction_type': 'epsilon', 'rescale_betas_zero_snr': False}
-BETA_SCHEDULES = {'linear': 'linear', 'squaredcos_cap_v2': 'cosine'}
 # Old checkpoints (the DDPM conversions) name the attention projections differently.
 OLD_ATTENTION_NAMES = {'query': 'to_q', 'key': 'to_k', 'value': 'to_v', 'proj_attn': 'to_out.0'}
 
@@ -98,33 +96,52 @@ def read_unet_config(init_from):
     """(directory, config.json with UNet2DModel's defaults filled in); ConfigError unless it
     describes a UNet2DModel."""
     directory = model_dir(init_from)
-    raw = files.read_json(os.path.join(directory, CONFIG), remedy=REMEDY)
-    if raw.get('_class_name') != 'UNet2DModel':
-        raise _error(init_from, f'{CONFIG} describes a {raw.get("_class_name")}; diffgen '
-                     'imports UNet2DModel only')
+    path = os.path.join(directory, CONFIG)
+    raw = files.read_json(path, remedy=REMEDY)
+    if '_class_name' not in raw:
+        raise ConfigError(f'{path}: no _class_name: not a saved diffusers model')
+    if raw['_class_name'] != 'UNet2DModel':
+        values.fail(path, '_class_name', raw['_class_name'], 'diffgen imports UNet2DModel only')
     unknown = sorted(k for k in raw if not k.startswith('_') and k not in UNET_DEFAULTS)
     if unknown:
-        raise _error(init_from, f'{CONFIG} has keys diffgen cannot interpret: {unknown}')
+        raise ConfigError(f'{path}: keys diffgen cannot interpret: {unknown} (not '
+                          'UNet2DModel keys)')
     return directory, {**UNET_DEFAULTS, **raw}
 
 
 def unet_options(unet, where='config.json'):
     """The config.model values of diffgen's UNet that compute the UNet2DModel `unet` (its
-    config.json, defaults filled in); ConfigError (no prefix) for what it cannot express."""
+    config.json, defaults filled in); ConfigError (no prefix) naming the key for a malformed
+    value (diffusers_values) and for what diffgen's UNet cannot express.
+
+    The constraints are the network's own, each where the network uses it: norm_num_groups
+    divides every level's channels (every level has GroupNorms); attention_head_dim divides
+    the channels of the levels with attention and of the middle block (which always has it),
+    as diffusers' heads = channels // attention_head_dim; freq_shift < block_out_channels[0]
+    // 2, the half-width of the sinusoidal time embedding whose frequencies are
+    exp(-log(10000) k / (half - freq_shift))."""
     def fail(message):
         raise ConfigError(f'{where}: {message}; diffgen\'s UNet cannot express this network')
     for key, value in FIXED.items():
         if unet[key] != value:
-            fail(f'{key}={unet[key]!r} (diffgen has {value!r} only)')
-    channels = tuple(unet['block_out_channels'])
-    ch, groups = channels[0], unet['norm_num_groups']
-    down, up = list(unet['down_block_types']), list(unet['up_block_types'])
+            fail(f'{key}={values.show(unet[key])} (diffgen has {value!r} only)')
+    channels = values.integers(where, 'block_out_channels', unet['block_out_channels'], 1)
+    groups = values.integer(where, 'norm_num_groups', unet['norm_num_groups'], 1)
+    layers = values.integer(where, 'layers_per_block', unet['layers_per_block'], 1)
+    eps = values.number(where, 'norm_eps', unet['norm_eps'], positive=True)
+    flip = values.boolean(where, 'flip_sin_to_cos', unet['flip_sin_to_cos'])
+    in_channels = values.integer(where, 'in_channels', unet['in_channels'], 1)
+    out_channels = values.integer(where, 'out_channels', unet['out_channels'], 1)
+    down = list(values.strings(where, 'down_block_types', unet['down_block_types']))
+    up = list(values.strings(where, 'up_block_types', unet['up_block_types']))
+    ch = channels[0]
     if len(down) != len(channels) or len(up) != len(channels):
         fail(f'{len(channels)} block_out_channels but {len(down)} down and {len(up)} up blocks')
-    for types, kinds in ((down, DOWN_BLOCKS), (up, UP_BLOCKS)):
+    for key, types, kinds in (('down_block_types', down, DOWN_BLOCKS),
+                              ('up_block_types', up, UP_BLOCKS)):
         for kind in types:
             if kind not in kinds:
-                fail(f'block type {kind!r} (diffgen has {sorted(kinds)})')
+                fail(f'{key} has {kind!r} (diffgen has {sorted(kinds)})')
     attention = [DOWN_BLOCKS[kind] for kind in down]
     if attention != [UP_BLOCKS[kind] for kind in reversed(up)]:
         fail(f'attention in down blocks {down} but up blocks {up} (diffgen has attention '
@@ -133,48 +150,60 @@ def unet_options(unet, where='config.json'):
         fail(f'block_out_channels={list(channels)} are not multiples of the first')
     if any(c % groups for c in channels):
         fail(f'norm_num_groups={groups} does not divide block_out_channels={list(channels)}')
-    if unet['attn_norm_num_groups'] not in (None, groups):
-        fail(f'attn_norm_num_groups={unet["attn_norm_num_groups"]} differs from '
+    if unet['attn_norm_num_groups'] is not None and unet['attn_norm_num_groups'] != groups:
+        fail(f'attn_norm_num_groups={values.show(unet["attn_norm_num_groups"])} differs from '
              f'norm_num_groups={groups}')
-    if unet['time_embedding_dim'] not in (None, 4 * ch):
-        fail(f'time_embedding_dim={unet["time_embedding_dim"]} (diffgen has 4 * {ch})')
-    if unet['downsample_padding'] not in DOWNSAMPLE_PADS:
-        fail(f'downsample_padding={unet["downsample_padding"]} (diffgen has 0 or 1)')
-    if unet['in_channels'] != unet['out_channels']:
-        fail(f'in_channels={unet["in_channels"]} != out_channels={unet["out_channels"]}')
-    head_dim = unet['attention_head_dim'] or 0
-    if head_dim and any(c % head_dim for c, a in zip(channels, attention + [True]) if a):
-        fail(f'attention_head_dim={head_dim} does not divide the attention blocks\' channels')
-    if float(unet['freq_shift']) != int(unet['freq_shift']):
-        fail(f'freq_shift={unet["freq_shift"]} (diffgen has integers)')
+    if unet['time_embedding_dim'] is not None and unet['time_embedding_dim'] != 4 * ch:
+        fail(f'time_embedding_dim={values.show(unet["time_embedding_dim"])} (diffgen has '
+             f'4 * {ch})')
+    pad = unet['downsample_padding']
+    if not values.is_int(pad) or pad not in DOWNSAMPLE_PADS:
+        fail(f'downsample_padding={values.show(pad)} (diffgen has 0 or 1)')
+    if in_channels != out_channels:
+        fail(f'in_channels={in_channels} != out_channels={out_channels}')
+    head_dim = unet['attention_head_dim']
+    if head_dim is not None:
+        head_dim = values.integer(where, 'attention_head_dim', head_dim, 1)
+        used = sorted({c for c, a in zip(channels, attention) if a} | {channels[-1]})
+        if any(c % head_dim for c in used):
+            fail(f'attention_head_dim={head_dim} does not divide the channels {used} of the '
+                 'levels with attention (and of the middle block)')
+    shift = unet['freq_shift']
+    if isinstance(shift, float) and shift.is_integer():
+        shift = int(shift)
+    if not values.is_int(shift) or not 0 <= shift < ch // 2:
+        values.fail(where, 'freq_shift', unet['freq_shift'],
+                    f'must be an integer in [0, block_out_channels[0] // 2 = {ch // 2})')
     size = image_size(unet, where)
+    if size % 2 ** (len(channels) - 1):
+        values.fail(where, 'sample_size', size, f'must halve {len(channels) - 1} times (one '
+                    'down-sampling per level but the last)')
     return {
         'name': 'unet', 'ch': ch, 'ch_mult': tuple(c // ch for c in channels),
-        'num_res_blocks': unet['layers_per_block'],
+        'num_res_blocks': layers,
         'attn_resolutions': tuple(size // 2 ** i for i, a in enumerate(attention) if a),
-        'num_groups': groups, 'norm_eps': float(unet['norm_eps']),
-        'attn_head_dim': head_dim, 'downsample_pad': DOWNSAMPLE_PADS[unet['downsample_padding']],
-        'time_offset': TIME_OFFSET, 'time_freq_shift': int(unet['freq_shift']),
-        'time_flip': bool(unet['flip_sin_to_cos']),
+        'num_groups': groups, 'norm_eps': eps,
+        'attn_head_dim': head_dim or 0, 'downsample_pad': DOWNSAMPLE_PADS[pad],
+        'time_offset': TIME_OFFSET, 'time_freq_shift': shift, 'time_flip': flip,
     }
 
 
 def image_size(unet, where='config.json'):
     """The side of the square images the UNet2DModel was built for (sample_size)."""
     size = unet['sample_size']
-    if isinstance(size, (list, tuple)):
+    if isinstance(size, (list, tuple)) and size and all(values.is_int(s) for s in size):
         if len(set(size)) != 1:
             raise ConfigError(f'{where}: sample_size={list(size)}; diffgen takes square images')
         size = size[0]
-    if not isinstance(size, int):
-        raise ConfigError(f'{where}: sample_size={size!r}; diffgen needs the image side (it '
-                          'places attention by resolution)')
+    if not values.is_int(size) or size < 1:
+        values.fail(where, 'sample_size', size, 'diffgen needs the image side, a positive '
+                    'integer (it places attention by resolution)')
     return size
 
 
 def scheduler_config(init_from, directory):
-    """scheduler_config.json beside config.json, or in the pipeline's scheduler/ (init_from
-    a pipeline, or its unet/), with the scheduler's defaults filled in."""
+    """(path, the parsed scheduler_config.json) beside config.json, or in the pipeline's
+    scheduler/ (init_from a pipeline, or its unet/)."""
     candidates = [os.path.join(directory, SCHEDULER_CONFIG),
                   os.path.join(init_from, 'scheduler', SCHEDULER_CONFIG)]
     if os.path.basename(os.path.normpath(directory)) == 'unet':
@@ -182,36 +211,10 @@ def scheduler_config(init_from, directory):
                                        'scheduler', SCHEDULER_CONFIG))
     for path in candidates:
         if files.exists(path):
-            return path, {**SCHEDULER_DEFAULTS, **files.read_json(path, remedy=REMEDY)}
+            return path, files.read_json(path, remedy=REMEDY)
     raise _error(init_from, f'no {SCHEDULER_CONFIG} (nor scheduler/{SCHEDULER_CONFIG}): the '
                  'schedule the model was trained with is unknown; write one with '
                  'diffusers.DDPMScheduler(...).save_pretrained(DIR)')
-
-
-def check_schedule(scheduler, diffusion, where=SCHEDULER_CONFIG):
-    """ConfigError unless the scheduler config's forward process (beta_schedule,
-    num_train_timesteps, beta_start, beta_end; prediction of eps) is config.diffusion's."""
-    for key in ('trained_betas', 'rescale_betas_zero_snr', 'prediction_type'):
-        if scheduler[key] != SCHEDULER_DEFAULTS[key]:
-            raise ConfigError(f'{where}: {key}={scheduler[key]!r}; diffgen has '
-                              f'{SCHEDULER_DEFAULTS[key]!r} only')
-    name = BETA_SCHEDULES.get(scheduler['beta_schedule'])
-    if name is None:
-        raise ConfigError(f'{where}: beta_schedule={scheduler["beta_schedule"]!r}; diffgen has '
-                          f'{sorted(BETA_SCHEDULES)} only')
-    pairs = [('beta_schedule', name, diffusion.schedule, 'schedule'),
-             ('num_train_timesteps', scheduler['num_train_timesteps'],
-              diffusion.num_timesteps, 'num_timesteps')]
-    if name == 'linear':  # the cosine schedule fixes its own range
-        pairs += [('beta_start', scheduler['beta_start'], diffusion.beta_start, 'beta_start'),
-                  ('beta_end', scheduler['beta_end'], diffusion.beta_end, 'beta_end')]
-    for key, theirs, ours, our_key in pairs:
-        same = (math.isclose(theirs, ours, rel_tol=1e-6) if isinstance(ours, float)
-                else theirs == ours)
-        if not same:
-            raise ConfigError(f'{where}: {key}={scheduler[key]!r} but diffusion.{our_key}='
-                              f'{ours!r}: the model was trained with another schedule (set '
-                              f'--config.diffusion.{our_key}={theirs!r})')
 
 
 def configure(config):
@@ -222,7 +225,7 @@ def configure(config):
     for key, value in unet_options(unet, os.path.join(directory, CONFIG)).items():
         config.model[key] = value
     path, scheduler = scheduler_config(init_from, directory)
-    check_schedule(scheduler, config.diffusion, path)
+    diffusers_schedulers.check_schedule(scheduler, config.diffusion, path)
 
 
 def name_map(model, image_side):
@@ -337,7 +340,9 @@ def load_params(init_from, model, template, image_shape):
     naming the file and weight for a missing, surplus or misshapen weight, and if the
     model was built for other images than image_shape (H, W, C)."""
     directory, unet = read_unet_config(init_from)
-    side, channels = image_size(unet), unet['in_channels']
+    where = os.path.join(directory, CONFIG)
+    side = image_size(unet, where)
+    channels = values.integer(where, 'in_channels', unet['in_channels'], 1)
     if tuple(image_shape) != (side, side, channels):
         raise _error(init_from, f'the network was built for {channels}-channel {side}x{side} '
                      f'images; the data are {image_shape[2]}-channel '

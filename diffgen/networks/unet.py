@@ -19,6 +19,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from diffgen.errors import ConfigError
 from diffgen.networks.registry import NETWORKS
 
 # downsample_pad -> the padding of the stride-2 3x3 convolutions on an even side:
@@ -139,6 +140,25 @@ class UNet(nn.Module):
 
         h = nn.swish(group_norm(h.shape[-1], self.num_groups, self.norm_eps)(h))
         return nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros)(h)
+
+
+def check_attention_heads(unet, image_shape):
+    """ConfigError unless unet.attn_head_dim divides the channels of every attention block of
+    the UNet `unet` on images of image_shape (H, W, C): ch * ch_mult[level] at the levels
+    whose side H / 2**level is in attn_resolutions, and at the last level (the middle block
+    always has attention). Which levels have attention depends on the image side, known only
+    with the data: training.state.create_train_state calls it before init (an error raised
+    inside the traced init would carry JAX's traceback note, not be one line)."""
+    if not unet.attn_head_dim:
+        return
+    last = len(unet.ch_mult) - 1
+    for level, mult in enumerate(unet.ch_mult):
+        side, channels = image_shape[0] // 2 ** level, unet.ch * mult
+        if channels % unet.attn_head_dim and (side in unet.attn_resolutions or level == last):
+            where = (f'resolution {side}x{side}' if side in unet.attn_resolutions
+                     else 'the middle block')
+            raise ConfigError(f'model.attn_head_dim={unet.attn_head_dim} does not divide the '
+                              f'{channels} channels of the attention at {where}')
 
 
 @NETWORKS.register('unet')

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from diffgen.networks import unet
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -39,7 +41,11 @@ def make_optimizer(optim_config):
 
 
 def create_train_state(model, tx, rng, example_shape):
-    """Initialises parameters for inputs of shape (1, *example_shape); EMA starts equal."""
+    """Initialises parameters for inputs of shape (1, *example_shape); EMA starts equal.
+    A UNet's attention heads are checked against the shape first (unet.check_attention_heads:
+    a ConfigError of one line, not an error from inside the traced init)."""
+    if isinstance(model, unet.UNet):
+        unet.check_attention_heads(model, example_shape)
     x = jnp.zeros((1,) + tuple(example_shape), jnp.float32)
     params = model.init(rng, x, jnp.ones((1,), jnp.int32))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
