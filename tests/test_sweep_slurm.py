@@ -39,6 +39,19 @@ def fake_python(tmp_path):
     return path
 
 
+def sweep_here(tmp_path, *flags):
+    """launch.sweep's main in this process (its absl flags parsed, then reset): the exit
+    status; what it prints is for capsys."""
+    from absl import flags as absl_flags
+    argv = ['launch.sweep', f'--config={CONFIG}', f'--sweep_arg={SIZES}',
+            f'--sweep_dir={tmp_path / "sweep"}',
+            *('--dry_run' if f == '--dry-run' else f for f in flags)]
+    try:
+        return sweep.main(absl_flags.FLAGS(argv))
+    finally:
+        absl_flags.FLAGS.unparse_flags()
+
+
 def finish_by_hand(tmp_path, name):
     """Runs the fake run of `name` here, as the sweep would: afterwards it is finished."""
     _, runs = sweep.plan(CONFIG, str(tmp_path / 'sweep'), SIZES)
@@ -64,13 +77,13 @@ def one_line_error(result):
 
 # ------------------------------------------------------------------------- no cluster
 
-def test_dry_run_prints_the_unfinished_runs_array_and_collect_alone_collects(tmp_path):
+def test_dry_run_prints_the_unfinished_runs_array_and_collect_alone_collects(tmp_path,
+                                                                           capsys):
     write_plan(tmp_path, SIZES, sleep=0)
     flags = ['--launcher=slurm', '--parallel=2', '--slurm=--gpus_per_task=0',
              '--slurm=--partition=gpu', '--slurm=--sbatch=--mem=8G']
-    dry = run_sweep(tmp_path, *flags, '--dry-run')
-    assert dry.returncode == 0, dry.stderr
-    out = dry.stdout
+    assert sweep_here(tmp_path, *flags, '--dry-run') == 0
+    out = capsys.readouterr().out
     assert 'sweep: 3 runs, 0 finished before, 0 still in Slurm from an earlier submission, ' \
         '3 to submit' in out
     assert '#SBATCH --array=0-2%2' in out and '#SBATCH --partition=gpu' in out
@@ -85,25 +98,32 @@ def test_dry_run_prints_the_unfinished_runs_array_and_collect_alone_collects(tmp
 
     # one run finished: the dry run shows the other two; --collect counts the finished one
     finish_by_hand(tmp_path, 'num_train_64')
-    dry = run_sweep(tmp_path, *flags, '--dry-run')
-    assert dry.returncode == 0, dry.stderr
-    assert '1 finished before' in dry.stdout and '#SBATCH --array=0-1%2' in dry.stdout
-    assert 'run=num_train_64' not in dry.stdout and 'run=num_train_256' in dry.stdout
+    assert sweep_here(tmp_path, *flags, '--dry-run') == 0
+    out = capsys.readouterr().out
+    assert '1 finished before' in out and '#SBATCH --array=0-1%2' in out
+    assert 'run=num_train_64' not in out and 'run=num_train_256' in out
     assert not (tmp_path / 'sweep' / 'slurm').exists()
-    collected = run_sweep(tmp_path, '--collect')
-    assert collected.returncode == 0, collected.stderr
+    assert sweep_here(tmp_path, '--collect') == 0
     assert results(tmp_path) == ['num_train_64']
-    assert 'num_train_16: not finished' in collected.stdout
+    assert 'num_train_16: not finished' in capsys.readouterr().out
     assert len((tmp_path / 'calls.jsonl').read_text().splitlines()) == 1   # ran nothing
 
 
-def test_bad_slurm_input_is_one_line(tmp_path):
+def test_bad_slurm_input_is_one_line(tmp_path, capsys):
     write_plan(tmp_path, SIZES, sleep=0)
+    # the command line: one line on stderr, exit status 2
     assert '--slurm: ' in one_line_error(run_sweep(tmp_path, '--launcher=slurm',
                                                    '--slurm=--no_such_flag=1', '--dry-run'))
-    assert 'only with --launcher=slurm' in one_line_error(run_sweep(tmp_path, '--wait'))
-    assert 'nodes share' in one_line_error(run_sweep(tmp_path, '--launcher=slurm', '--dry-run',
-                                                '--sweep_dir=gs://bucket/sweep'))
+    for flags, message in [(['--wait'], 'only with --launcher=slurm'),
+                           (['--launcher=slurm', '--dry-run', '--sweep_dir=gs://bucket/sweep'],
+                            'nodes share'),
+                           (['--launcher=slurm', '--slurm=--dry-run'], "the sweep's own flag"),
+                           (['--launcher=slurm', '--parallel=0', '--dry-run'], 'need 1 or more')]:
+        assert sweep_here(tmp_path, *flags) == 2
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith('diffgen: error: '), captured
+        assert message in lines[0], lines
     assert not (tmp_path / 'sweep').exists()
 
 
