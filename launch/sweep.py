@@ -3,7 +3,8 @@ has room for, and collects the finished runs' results.
 
     python -m launch.sweep --config=configs/digits.py[:arg] --sweep_dir=D \
         [--sweep_arg=A] [--mode=all] [--launcher=local] [--override=key=value ...] \
-        [--parallel=K] [--devices=0,1,...] [--seeds=K] [--wait_for_orphans=600]
+        [--parallel=K] [--devices=0,1,...] [--seeds=K] [--wait_for_orphans=600] \
+        [--slurm=FLAG ...] [--dry-run] [--wait] [--collect]
 
 The config file's get_sweep(A) returns a list of override dicts ({'data.num_train': 64,
 ...}). Run i is `python -m diffgen.main --config=<config> --workdir=D/<name_i> --mode=<mode>
@@ -54,6 +55,14 @@ file; a lock held on another host, or by a pid that is gone, is not waited for.
 
 A launcher is a function main_args -> argv that runs diffgen.main with those arguments;
 LAUNCHERS maps --launcher names to them.
+
+--launcher=slurm runs nothing here: it submits the unfinished runs not already in Slurm as
+one job array, at most --parallel=K tasks at once (default: no limit), each task given the
+allocation of launch/slurm.py's flags passed as --slurm=FLAG (repeatable), and a dependent
+job running this sweep with --collect when the array has ended (launch/slurm_sweep.py);
+--dry-run prints the two scripts instead, --wait waits for the jobs and collects. --collect
+(any launcher) runs nothing and writes results.csv and the figures from the runs finished
+now. Bad input is one line `diffgen: error: ...`, exit status 2.
 """
 from __future__ import annotations
 
