@@ -469,6 +469,28 @@ def error(message):
     return 2
 
 
+def _options(values):
+    return Options(**{f.name: getattr(values, f.name) for f in dataclasses.fields(Options)
+                      if f.name != 'sbatch'}, sbatch=tuple(values.sbatch))
+
+
+def parse_options(args, what='--slurm'):
+    """Options from this module's flags (['--partition=gpu', '--gpus_per_task=0', ...], as
+    `python -m launch.slurm` takes them before --; --dry-run excluded): for launch/sweep.py's
+    --slurm. SlurmError (one line) for a flag it does not know or a bad value."""
+    from absl import flags
+    if any(a.split('=', 1)[0] in ('--dry-run', '--dry_run', '--nodry_run') for a in args):
+        raise SlurmError(f'{what}: --dry-run is the sweep\'s own flag, not a Slurm option')
+    values = _flags()
+    try:
+        rest = values(['launch.slurm', *args])
+    except flags.Error as e:
+        raise SlurmError(f'{what}: {e}') from None
+    if len(rest) > 1:
+        raise SlurmError(f'{what}: {rest[1:]} are not flags of launch/slurm.py (--name=value)')
+    return _options(values).check()
+
+
 def main(argv=None):
     from absl import flags
     argv = list(sys.argv if argv is None else argv)
@@ -482,8 +504,7 @@ def main(argv=None):
         return error(f'{e} (diffgen.main\'s arguments go after --)')
     if len(rest) > 1:
         return error(f'unexpected arguments {rest[1:]} (diffgen.main\'s arguments go after --)')
-    options = Options(**{f.name: getattr(values, f.name) for f in dataclasses.fields(Options)
-                         if f.name != 'sbatch'}, sbatch=tuple(values.sbatch))
+    options = _options(values)
     made_by = 'python -m launch.slurm ' + quote_argv([*ours[1:], '--', *main_args])
     try:
         job_id, path, text = launch(options, main_args, values.dry_run, made_by)

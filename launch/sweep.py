@@ -3,7 +3,8 @@ has room for, and collects the finished runs' results.
 
     python -m launch.sweep --config=configs/digits.py[:arg] --sweep_dir=D \
         [--sweep_arg=A] [--mode=all] [--launcher=local] [--override=key=value ...] \
-        [--parallel=K] [--devices=0,1,...] [--seeds=K] [--wait_for_orphans=600]
+        [--parallel=K] [--devices=0,1,...] [--seeds=K] [--wait_for_orphans=600] \
+        [--slurm=FLAG ...] [--dry-run] [--wait] [--collect]
 
 The config file's get_sweep(A) returns a list of override dicts ({'data.num_train': 64,
 ...}). Run i is `python -m diffgen.main --config=<config> --workdir=D/<name_i> --mode=<mode>
@@ -54,6 +55,14 @@ file; a lock held on another host, or by a pid that is gone, is not waited for.
 
 A launcher is a function main_args -> argv that runs diffgen.main with those arguments;
 LAUNCHERS maps --launcher names to them.
+
+--launcher=slurm runs nothing here: it submits the unfinished runs not already in Slurm as
+one job array, at most --parallel=K tasks at once (default: no limit), each task given the
+allocation of launch/slurm.py's flags passed as --slurm=FLAG (repeatable), and a dependent
+job running this sweep with --collect when the array has ended (launch/slurm_sweep.py);
+--dry-run prints the two scripts instead, --wait waits for the jobs and collects. --collect
+(any launcher) runs nothing and writes results.csv and the figures from the runs finished
+now. Bad input is one line `diffgen: error: ...`, exit status 2.
 """
 from __future__ import annotations
 
@@ -94,9 +103,21 @@ _SWEEP_DIR = flags.DEFINE_string('sweep_dir', None, 'Directory of the sweep: one
 _SWEEP_ARG = flags.DEFINE_string('sweep_arg', None, 'Argument passed to get_sweep.')
 _MODE = flags.DEFINE_string('mode', 'all', 'diffgen.main --mode of every run.')
 _LAUNCHER = flags.DEFINE_string('launcher', 'local',
-                                'How each run is started: local, tpu_pod.')
+                                'How each run is started: local, tpu_pod, slurm (one job '
+                                'array: launch/slurm_sweep.py).')
 _OVERRIDE = flags.DEFINE_multi_string('override', [], 'key=value added to every run.')
-_PARALLEL = flags.DEFINE_integer('parallel', 1, 'Runs at once on the CPU (without devices).')
+_PARALLEL = flags.DEFINE_integer('parallel', 1, 'Runs at once on the CPU (without devices); '
+                                 'with --launcher=slurm, array tasks at once (%K; default: '
+                                 'no limit).')
+_SLURM = flags.DEFINE_multi_string('slurm', [], "With --launcher=slurm: a flag of "
+                                   "launch/slurm.py for every array task ('--partition=gpu', "
+                                   "'--time=4:00:00', '--sbatch=--mem=32G'); repeatable.")
+_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'With --launcher=slurm: print the array job '
+                             'script (and its collect job), submit nothing (also --dry-run).')
+_WAIT = flags.DEFINE_bool('wait', False, 'With --launcher=slurm: wait until the array (and '
+                          'its collect job) has ended, then collect here too.')
+_COLLECT = flags.DEFINE_bool('collect', False, 'Run nothing: write results.csv and the '
+                             'figures from the runs finished now.')
 _SEEDS = flags.DEFINE_integer('seeds', None, 'Replicates of every run, each with its own '
                                'config.seed and named <name>_seed_<seed> (default: one run, '
                                'named <name>).')
@@ -484,14 +505,10 @@ def replicate(overrides_list, seeds, first_seed):
             for k in range(seeds) for o in overrides_list]
 
 
-def sweep(config_flag, sweep_dir, sweep_arg=None, mode='all', launcher='local', extra=(),
-          slots=None, seeds=None, wait_for_orphans=600):
-    """Runs the unfinished runs of the sweep (each seeds times: replicate()), writes
-    results.csv (finished runs only) and emm.png; returns (runs, EMM summary or None). A run
-    whose workdir is still locked by a live process of this host waits for it up to
-    wait_for_orphans seconds (Runner.wait_for_release), then fails."""
+def plan(config_flag, sweep_dir, sweep_arg=None, mode='all', extra=(), seeds=None):
+    """(get_config, runs) of the sweep (each run seeds times: replicate()), the finished ones
+    with status 'ok (finished before)', the others 'pending'."""
     get_config, overrides_list = load_sweep(config_flag, sweep_arg)
-    files.makedirs(sweep_dir)
     first_seed = run_config(config_flag, {}, extra).seed
     runs = []
     for name, overrides in replicate(overrides_list, seeds, first_seed):
@@ -502,6 +519,29 @@ def sweep(config_flag, sweep_dir, sweep_arg=None, mode='all', launcher='local', 
         if finished(workdir, config, mode):
             run.status = 'ok (finished before)'
         runs.append(run)
+    return get_config, runs
+
+
+def collect_only(config_flag, sweep_dir, sweep_arg=None, mode='all', extra=(), seeds=None):
+    """--collect: results.csv and the figures from the runs finished now (collect()),
+    running nothing; returns (runs, summary) as sweep() does, the unfinished runs with
+    status 'not finished'."""
+    get_config, runs = plan(config_flag, sweep_dir, sweep_arg, mode, extra, seeds)
+    for run in runs:
+        if run.status == 'pending':
+            run.status = 'not finished'
+    files.makedirs(sweep_dir)
+    return runs, collect(runs, sweep_dir, get_config(config_flag.partition(':')[2] or None))
+
+
+def sweep(config_flag, sweep_dir, sweep_arg=None, mode='all', launcher='local', extra=(),
+          slots=None, seeds=None, wait_for_orphans=600):
+    """Runs the unfinished runs of the sweep (each seeds times: replicate()), writes
+    results.csv (finished runs only) and emm.png; returns (runs, EMM summary or None). A run
+    whose workdir is still locked by a live process of this host waits for it up to
+    wait_for_orphans seconds (Runner.wait_for_release), then fails."""
+    get_config, runs = plan(config_flag, sweep_dir, sweep_arg, mode, extra, seeds)
+    files.makedirs(sweep_dir)
     todo = [r for r in runs if r.status == 'pending']
     print(f'sweep: {len(runs)} runs, {len(runs) - len(todo)} finished before, '
           f'{len(todo)} to run', flush=True)
@@ -573,13 +613,65 @@ def collect(runs, sweep_dir, config):
     return {'transition': result, 'e6': e6}
 
 
+def error(message):
+    """One line `diffgen: error: ...` on stderr; the exit status 2."""
+    print(f'diffgen: error: {message}', file=sys.stderr, flush=True)
+    return 2
+
+
+def sweep_slurm(config_flag, sweep_dir, sweep_arg=None, mode='all', extra=(), seeds=None,
+                max_parallel=None, slurm_flags=(), dry_run=False, wait=False, poll=2.0):
+    """--launcher=slurm: submits the unfinished runs not already in Slurm as one job array
+    with a dependent collect job (launch/slurm_sweep.py); with wait, waits for them (and for
+    earlier submissions still holding runs) and collects. Returns the exit status (0; with
+    wait 1 if a run is not finished). SlurmError (one line) when Slurm refuses."""
+    from launch import slurm, slurm_sweep
+    if '://' in sweep_dir:
+        raise slurm.SlurmError(f'--sweep_dir={sweep_dir}: a Slurm sweep needs a directory on a '
+                               'filesystem the nodes share')
+    sweep_dir = os.path.abspath(sweep_dir)
+    options = slurm.parse_options(slurm_flags)
+    _, runs = plan(config_flag, sweep_dir, sweep_arg, mode, extra, seeds)
+    if not dry_run:
+        files.makedirs(sweep_dir)
+    jobs = slurm_sweep.submit(
+        runs, sweep_dir, options, max_parallel,
+        slurm_sweep.collect_argv(config_flag, sweep_dir, sweep_arg, mode, extra, seeds), dry_run)
+    if dry_run or not wait:
+        return 0
+    if jobs:
+        print(f'sweep: waiting for jobs {", ".join(jobs)}', flush=True)
+        slurm.wait_for(jobs, poll=poll)
+    runs, _ = collect_only(config_flag, sweep_dir, sweep_arg, mode, extra, seeds)
+    return 0 if all(r.status.startswith('ok') for r in runs) else 1
+
+
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments {argv[1:]}')
+        return error(f'unexpected arguments {argv[1:]}')
     if not _CONFIG.value or not _SWEEP_DIR.value:
-        raise app.UsageError('--config and --sweep_dir are required')
-    if _LAUNCHER.value not in LAUNCHERS:
-        raise app.UsageError(f'--launcher={_LAUNCHER.value!r} is not one of {tuple(LAUNCHERS)}')
+        return error('--config and --sweep_dir are required')
+    if _LAUNCHER.value not in (*LAUNCHERS, 'slurm'):
+        return error(f'--launcher={_LAUNCHER.value!r} is not one of {(*LAUNCHERS, "slurm")}')
+    slurm_only = [f'--{name}' for name, given in (('slurm', _SLURM.value), ('dry-run', _DRY_RUN.value),
+                                                   ('wait', _WAIT.value)) if given]
+    if slurm_only and _LAUNCHER.value != 'slurm':
+        return error(f'{", ".join(slurm_only)} only with --launcher=slurm')
+    if _COLLECT.value:
+        if _DRY_RUN.value or _WAIT.value:
+            return error('--collect runs and submits nothing: no --dry-run or --wait with it')
+        runs, _ = collect_only(_CONFIG.value, _SWEEP_DIR.value, _SWEEP_ARG.value, _MODE.value,
+                               _OVERRIDE.value, _SEEDS.value)
+        return 0
+    if _LAUNCHER.value == 'slurm':
+        from launch.slurm import SlurmError
+        try:
+            return sweep_slurm(_CONFIG.value, _SWEEP_DIR.value, _SWEEP_ARG.value, _MODE.value,
+                               _OVERRIDE.value, _SEEDS.value,
+                               _PARALLEL.value if _PARALLEL.present else None, _SLURM.value,
+                               _DRY_RUN.value, _WAIT.value)
+        except SlurmError as e:
+            return error(str(e))
     slots = default_slots(_DEVICES.value, _PARALLEL.value)
     runs, _ = sweep(_CONFIG.value, _SWEEP_DIR.value, _SWEEP_ARG.value, _MODE.value,
                     _LAUNCHER.value, _OVERRIDE.value, slots, _SEEDS.value,
@@ -590,4 +682,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    app.run(main, argv=['--dry_run' if a == '--dry-run' else a for a in sys.argv])
