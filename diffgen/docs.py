@@ -341,7 +341,8 @@ def collect_theories(theories, out):
         points = e8_theories.read_sweep(sweep_dir, runs)
         variants.append({'label': label, 'dir': sweep_dir,
                          'points': {r: [list(v) for v in p] for r, p in points.items()},
-                         'leads': [list(v) for v in e8_theories.read_leads(sweep_dir, runs)]})
+                         'leads': [list(v) for v in e8_theories.read_leads(sweep_dir, runs)],
+                         'setting': e8_theories.read_setting(sweep_dir, runs)})
     relative = posixpath.join(IMAGES, 'sweep', THEORIES_FIGURE)
     made = e8_theories.plot_against_n({v['label']: v['points'] for v in variants},
                                       os.path.join(out, relative))
@@ -598,7 +599,38 @@ def theories_sentence(theories):
     return ('. '.join(parts) + f'. For comparison (a citation, not a result), Kamb & Ganguli '
             f'report median r² {paper["MNIST"]:.2f} for their ELS machine against '
             f'convolution-only networks on MNIST and {paper["CIFAR-10 with self-attention"]:.2f} '
-            'against a UNet with self-attention on CIFAR-10.')
+            'against a UNet with self-attention on CIFAR-10' + paper_comparison(theories) + '.')
+
+
+# The native image size of the sources a setting may name (data.image_size 0).
+_NATIVE_SIZE = {'digits': '8×8'}
+
+
+def paper_comparison(theories):
+    """'; ' + how each variant's ELS median r² at its largest N stands to the paper's figure
+    for its kind of network (convolution-only: MNIST's; with self-attention: CIFAR-10's), and
+    where the settings differ; '' where no variant has an ELS point and a setting."""
+    paper, said, setting = e8_theories.PAPER_MEDIAN_R2, [], None
+    for v in (theories or {}).get('variants', []):
+        rows = (v.get('points') or {}).get('els')
+        if not rows or not v.get('setting'):
+            continue
+        setting = v['setting']
+        n, mean, _ = mean_by_n(rows)[-1]
+        cited = paper['CIFAR-10 with self-attention' if setting.get('attention') else 'MNIST']
+        side = 'below' if mean < cited else 'above' if mean > cited else 'equal to'
+        said.append(f'{v["label"]} at N = {n}: ELS {report.number(mean)}, '
+                    f'{report.number(abs(mean - cited), ".2g")} {side} their {cited:.2f}')
+    if not said:
+        return ''
+    size = (f'{setting["image_size"]}×{setting["image_size"]}' if setting['image_size'] else
+            _NATIVE_SIZE.get(setting['source'], 'native-size'))
+    return ('; here ' + '; '.join(said) + '. The settings differ, so these are not a '
+            f'replication: here {size} {setting["source"]} images with N ≤ {setting["max_n"]} '
+            f'training images, small UNets trained {setting["num_steps"]} steps, '
+            f'{setting["method"]}-{setting["sampler_steps"]} samples '
+            f'({setting["num_samples"]} per run) and P(t) calibrated on this network; there, '
+            '28×28 MNIST and CIFAR-10 images and the paper\'s own networks and training')
 
 
 def render_page(snapshot):

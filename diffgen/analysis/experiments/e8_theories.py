@@ -247,6 +247,32 @@ def read_leads(sweep_dir, runs):
     return sorted(leads)
 
 
+def read_setting(sweep_dir, runs):
+    """What the sweep's largest-N run with an E8 section was (runs: (run name, N) pairs), for
+    a comparison with a paper's setting: {'source', 'image_size' (0: the source's own),
+    'num_steps', 'max_n', 'attention' (the network's attention resolutions; empty:
+    convolution-only), 'method', 'sampler_steps', 'num_samples'}; None if no run has one."""
+    for name, n in sorted(runs, key=lambda r: -r[1]):
+        path = os.path.join(sweep_dir, name, 'report', 'report.json')
+        config = os.path.join(sweep_dir, name, 'config.json')
+        if not (files.exists(path) and files.exists(config)):
+            continue
+        section = json.loads(files.read_text(path)).get(KEY)
+        if not section:
+            continue
+        stored = json.loads(files.read_text(config))
+        try:
+            return {'source': stored['data']['source'],
+                    'image_size': stored['data']['image_size'],
+                    'num_steps': stored['training']['num_steps'], 'max_n': n,
+                    'attention': list(stored['model']['attn_resolutions']),
+                    'method': section['method'], 'sampler_steps': section['sampler_steps'],
+                    'num_samples': section['num_samples']}
+        except (KeyError, TypeError):  # a config.json or section of another shape: no setting
+            return None
+    return None
+
+
 def plot_against_n(variants, path):
     """Median r² against N (log axis) per reference, one panel per variant ({label:
     read_sweep's points}); each run a point with its bootstrap interval, the mean over runs
