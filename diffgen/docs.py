@@ -554,8 +554,15 @@ def theories_label(ref):
 
 
 def _cell_at(rows, n):
+    """The table's cell at N: the mean of the runs' median r² and their count; with one run,
+    its bootstrap 95% interval over samples beside it."""
     at = [(m, k) for size, m, k in mean_by_n(rows) if size == n]
-    return '–' if not at else f'{report.number(at[0][0])} ({at[0][1]} run{"s" * (at[0][1] > 1)})'
+    if not at:
+        return '–'
+    if at[0][1] == 1:
+        _, _, low, high = next(r for r in rows if r[0] == n)
+        return f'{report.number(at[0][0])} [{report.number(low)}, {report.number(high)}] (1 run)'
+    return f'{report.number(at[0][0])} ({at[0][1]} runs)'
 
 
 def lead_text(top, mean, leads):

@@ -398,7 +398,7 @@ def test_e8_across_sweeps_is_a_table_a_figure_and_a_sentence(tmp_path):
     out, readme = tmp_path / 'out', readme_copy(tmp_path)
     docs.run_command(str(out), readme=str(readme), theories=[f'conv-only={sweep}'])
     page = (out / 'results.md').read_text()
-    assert '| optimum ε* | 0.800 (2 runs) | 0.100 (1 run) |' in page
+    assert '| optimum ε* | 0.800 (2 runs) | 0.100 [0.050, 0.150] (1 run) |' in page
     assert (out / 'images' / 'results' / 'sweep' / 'e8_against_n.png').stat().st_size > 0
     block = docs.readme_block(readme.read_text())
     assert ('conv-only: at N = 16 optimum ε* has the highest median r² (0.800), best and '
