@@ -32,7 +32,9 @@ setup(
         'pillow>=13.0.0',
     ],
     extras_require={
-        'test': ['pytest>=9.0'],
+        # pytest-xdist: the README's test command runs one worker per core (-n auto),
+        # each test file on one worker (--dist loadfile: its module fixtures made once)
+        'test': ['pytest>=9.0', 'pytest-xdist>=3.5'],
         # config.model.init_from: published diffusers checkpoints (safetensors is read without
         # PyTorch; torch and diffusers for .bin weights and for tests/test_import_diffusers.py)
         'import': DIFFUSERS,
