@@ -498,6 +498,10 @@ def main(argv=None):
     ours = ['--dry_run' if a == '--dry-run' else a for a in argv[:split]]
     main_args = argv[split + 1:]
     values = _flags()
+    if any(a in ('-h', '--help', '--helpfull') for a in ours[1:]):
+        print(f'usage: python -m launch.slurm [flags] -- <diffgen.main arguments>\n\n'
+              f'{(__doc__ or "").strip()}\n\nflags:\n{values.main_module_help() or values}')
+        return 0
     try:
         rest = values(ours)
     except flags.Error as e:

@@ -135,6 +135,15 @@ def test_without_sbatch_one_line_error_and_only_the_script_is_left(tmp_path):
     assert "arguments go after --" in wrong.stderr and not (tmp_path / 'v').exists()
 
 
+def test_help_prints_the_usage_and_every_flag_and_submits_nothing():
+    result = launch('--help')
+    assert result.returncode == 0 and result.stderr == ''
+    assert result.stdout.startswith('usage: python -m launch.slurm [flags] -- ')
+    for flag in ('--nodes', '--ntasks_per_node', '--gpus_per_task', '--time', '--partition',
+                 '--account', '--[no]dry_run', '--[no]requeue'):
+        assert f'{flag}:' in result.stdout
+
+
 # ------------------------------------------------------------------------- the cluster
 
 @pytest.mark.parametrize('flag, message', [
