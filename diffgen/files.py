@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import time
+import tokenize
 import zipfile
 import zlib
 
@@ -94,8 +95,11 @@ def save_npz(path, **arrays):
     return path
 
 
-# What np.load raises on a cut-short or damaged archive, besides OSError and ValueError.
-NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+# What np.load raises on a cut-short or damaged archive, besides OSError and ValueError:
+# zipfile's NotImplementedError (a compression method byte changed) and RuntimeError (an
+# encryption flag set), tokenize.TokenError (an array header whose brackets were changed).
+NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error,
+              NotImplementedError, RuntimeError, tokenize.TokenError)
 
 
 def load_npz(path, remedy='delete it and rerun the same command: diffgen writes it again'):
