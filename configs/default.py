@@ -6,6 +6,11 @@ key, in a config file or with --config.section.key=value, carries over to it.
 """
 import ml_collections
 
+# Sections whose keys are names the config chooses, not keys defined here (each entry is
+# checked by its layer): diffgen.validation and the check of a workdir's stored config.json
+# (diffgen.training.checkpoints.read_stored_config) take any key in them.
+NAMED_SECTIONS = ('evaluation.evals',)
+
 
 def get_config(arg=None):
     del arg

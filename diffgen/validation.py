@@ -14,14 +14,10 @@ def _default_config():
     return default.get_config()
 
 
-# Sections whose keys are names the config chooses (each entry checked by its layer).
-NAMED_SECTIONS = ('evaluation.evals',)
-
-
 def _check_keys(config, reference, prefix=''):
     for key in config.keys():
         name = f'{prefix}{key}'
-        if name in NAMED_SECTIONS:
+        if name in default.NAMED_SECTIONS:
             if not isinstance(config[key], ml_collections.ConfigDict):
                 raise ConfigError(f'config key {name!r} must be a section, got {config[key]!r}')
             continue

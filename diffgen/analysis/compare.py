@@ -38,6 +38,7 @@ from diffgen.analysis.context import make_context
 from diffgen.diffusion.denoisers import network_denoiser
 from diffgen.errors import WorkdirError
 from diffgen.optimum.gap_bank import bank_rows, gap_bank_denoiser
+from diffgen.training import checkpoints as checkpointing
 from diffgen.training.loop import restore_trained
 
 BANK_DRAWS = 16
@@ -63,12 +64,15 @@ def _tuples(value):
 
 
 def stored_config(workdir, data_dir):
-    """The config stored in a workdir (config.json), reading its data from data_dir."""
+    """The config stored in a workdir (config.json), reading its data from data_dir; a
+    config.json that is damaged or not of a diffgen config's shape is one CorruptFileError
+    naming it (checkpoints.read_stored_config)."""
     path = os.path.join(workdir, 'config.json')
     if not files.exists(path):
         raise WorkdirError(f'{workdir} holds no config.json; train a model there first')
-    config = ml_collections.ConfigDict(_tuples(files.read_json(path, remedy=(
-        'put back the config.json of the run that trained that model, or train it anew'))))
+    config = ml_collections.ConfigDict(_tuples(checkpointing.read_stored_config(
+        workdir, remedy=('put back the config.json of the run that trained that model, or '
+                         'train it anew'))))
     config.data.data_dir = data_dir
     return config
 

@@ -126,8 +126,9 @@ _EXTRACTORS = {}  # (data section but num_train, steps) -> (model, params): one 
 
 def feature_extractor(config, dataset):
     """The cached classifier (model, params) of the source's non-held-out examples
-    (classifier_data); trained (fixed key 0) and written to the cache on first use. None
-    where the examples have no labels."""
+    (classifier_data); trained (fixed key 0) and written to the cache on first use, by one
+    run at a time (files.shared_lock: runs started at once wait, then read it). None where
+    the examples have no labels."""
     if dataset.train_labels is None:
         return None
     source = {k: v for k, v in config.data.to_dict().items() if k != 'num_train'}
@@ -138,24 +139,33 @@ def feature_extractor(config, dataset):
     pool = classifier_data(config)
     path = classifier_cache_path(config, pool)
     num_classes = int(pool.train_labels.max()) + 1
-    model = Classifier(num_classes)
-    if files.exists(path):
+    model, params = Classifier(num_classes), None
+    if not files.exists(path):
+        # runs started at once on a fresh data dir take turns: one trains, the others read
+        with files.shared_lock(f'{path}.lock', 'training the quality classifier'):
+            if not files.exists(path):
+                model, params = _train_and_cache(config, pool, num_classes, path)
+    if params is None:
         stored = files.load_npz(path)
         params = flax.traverse_util.unflatten_dict(
             {tuple(k.split('/')): jnp.asarray(v) for k, v in stored.items() if k != 'accuracy'})
-    else:
-        t = config.training
-        model, params = train_classifier(pool.train, pool.train_labels, num_classes,
-                                         config.analysis.quality.classifier_steps,
-                                         jax.random.key(0), t.steps_per_call, t.unroll)
-        flat = {'/'.join(k): np.asarray(v)
-                for k, v in flax.traverse_util.flatten_dict(params).items()}
-        if len(pool.heldout_images) and pool.heldout_labels is not None:
-            flat['accuracy'] = accuracy(model, params, pool.heldout, pool.heldout_labels)
-            logging.info('quality classifier (%d images): held-out accuracy %.3f',
-                         len(pool.train_images), flat['accuracy'])
-        files.save_npz(path, **flat)  # atomic: concurrent runs never read a partial file
     _EXTRACTORS[key] = (model, params)
+    return model, params
+
+
+def _train_and_cache(config, pool, num_classes, path):
+    """(model, params) of the classifier trained on pool (fixed key 0), written to path."""
+    t = config.training
+    model, params = train_classifier(pool.train, pool.train_labels, num_classes,
+                                     config.analysis.quality.classifier_steps,
+                                     jax.random.key(0), t.steps_per_call, t.unroll)
+    flat = {'/'.join(k): np.asarray(v)
+            for k, v in flax.traverse_util.flatten_dict(params).items()}
+    if len(pool.heldout_images) and pool.heldout_labels is not None:
+        flat['accuracy'] = accuracy(model, params, pool.heldout, pool.heldout_labels)
+        logging.info('quality classifier (%d images): held-out accuracy %.3f',
+                     len(pool.train_images), flat['accuracy'])
+    files.save_npz(path, **flat)  # atomic: concurrent runs never read a partial file
     return model, params
 
 

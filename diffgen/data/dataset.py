@@ -121,6 +121,10 @@ def _draw_subsets(train_pool, heldout_pool, data_config, *, seed: int,
         heldout_idx, _ = _draw(heldout_pool, np.arange(heldout_pool.size), d.num_heldout,
                                rng=heldout_rng, balanced=balanced)
     num_train = remaining.size if d.num_train == -1 else d.num_train
+    if num_train == 0:   # data.num_train = -1 and no example is left to train on
+        raise DataError(f'no examples of {train_pool.name} remain to train on' + (
+            f' after data.num_heldout={d.num_heldout} held out of its {train_pool.size}; '
+            'lower data.num_heldout' if heldout_pool is train_pool and d.num_heldout else ''))
     if num_train > remaining.size:
         raise DataError(f'data.num_train={num_train} but only {remaining.size} examples of '
                         f'{train_pool.name} remain after {heldout_idx.size} held out')

@@ -11,10 +11,13 @@ and passes the module in, and the builder class is defined on first use.
 import contextlib
 import functools
 import io
+import os
 
 import numpy as np
 import sklearn.datasets
 from absl import logging
+
+from diffgen import files
 
 NAME = 'diffgen_digits'
 
@@ -63,13 +66,26 @@ def builder_class(tfds):
 
 
 def prepare(tfds, data_dir: str) -> None:
-    """Writes `diffgen_digits` as ArrayRecord into data_dir unless it is already there."""
+    """Writes `diffgen_digits` as ArrayRecord into data_dir unless it is already there.
+
+    Safe when several runs start on a fresh data dir at once (launch.sweep --parallel): the
+    first prepares it holding <data_dir>/.diffgen_digits.lock (files.shared_lock), the others
+    wait and then find it prepared. On a bucket (no lock), a run that loses the race to
+    rename its copy into place takes the twin that finished first."""
     builder = builder_class(tfds)(data_dir=data_dir)
     # TFDS renames a finished dataset into place: its folder exists once it is prepared.
-    if not builder.data_path.exists():
+    if builder.data_path.exists():
+        return
+    with files.shared_lock(os.path.join(data_dir, f'.{NAME}.lock'), f'preparing {NAME}'):
+        if builder.data_path.exists():  # prepared by a run that held the lock before
+            return
         logging.info('writing the %s dataset into %s (once)', NAME, data_dir)
         tfds.disable_progress_bar()  # its lines and bars are TFDS's talk, not diffgen's output
-        with contextlib.redirect_stdout(io.StringIO()):
-            builder.download_and_prepare(
-                file_format='array_record',
-                download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                builder.download_and_prepare(
+                    file_format='array_record',
+                    download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        except OSError:
+            if not builder.data_path.exists():  # not a twin that finished first
+                raise

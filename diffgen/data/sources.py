@@ -36,6 +36,7 @@ SOURCES = Registry('data source')
 _READ_BATCH = 1024       # examples per __getitems__ call on a TFDS data source
 _PROGRESS_EVERY_S = 5.0  # seconds between progress lines of a long TFDS read
 _HALF_LEVEL = 0.5 / 255  # half a pixel level of [0, 1]: float round-off tolerated in npz images
+_MAX_LABELS = 65_536     # npz labels lie in 0.._MAX_LABELS - 1 (a class count, not an id)
 
 
 class Source:
@@ -76,9 +77,20 @@ def parse_source(source: str) -> tuple[str, str]:
 
 
 def data_dir(configured: str) -> str:
-    """The data dir: configured if non-empty, else $DIFFGEN_DATA_DIR, else ~/.diffgen/data."""
-    path = configured or os.environ.get('DIFFGEN_DATA_DIR') or '~/.diffgen/data'
-    return os.path.expanduser(path)
+    """The data dir: configured if non-empty, else $DIFFGEN_DATA_DIR, else ~/.diffgen/data.
+    A DataError if it (or a folder on the way to it, on a local disk) is an existing file."""
+    path = os.path.expanduser(configured or os.environ.get('DIFFGEN_DATA_DIR')
+                              or '~/.diffgen/data')
+    if '://' not in path:
+        where = os.path.abspath(path)
+        while not os.path.lexists(where) and os.path.dirname(where) != where:
+            where = os.path.dirname(where)
+        if not os.path.isdir(where):
+            named = ('data.data_dir' if configured else
+                     '$DIFFGEN_DATA_DIR' if os.environ.get('DIFFGEN_DATA_DIR') else 'the data dir')
+            raise DataError(f'{named} {path} is not a directory ({where} is a file); name a '
+                            'directory (a new one is created)')
+    return path
 
 
 @SOURCES.register('digits')
@@ -156,15 +168,16 @@ class ArrayPool:
 def npz_pool(path: str, transform: ImageTransform) -> ArrayPool:
     """The examples of a user's .npz file.
 
-    Key 'images': uint8 (N, H, W) or (N, H, W, C) (a missing C becomes 1), N, H, W > 0;
+    Key 'images': uint8 (N, H, W) or (N, H, W, C) (a missing C becomes 1), N, H, W, C > 0;
     other integer dtypes with values in 0..255; or finite floats, whose range is decided from
     their minimum m (a pixel level is 1/255 of [0, 1]):
       m >= -0.5/255       [0, 1]: x * 255, rounded (and clipped: round-off around 0 and 1)
       m <= -0.5           [-1, 1]: to_uint8 (some pixel lies in the darker quarter)
       otherwise           ambiguous (too negative for round-off, too little for [-1, 1]):
                           a DataError asking for uint8 pixels.
-    Optional key 'labels': integers >= 0 of shape (N,). A file cut short or damaged is a
-    DataError naming it.
+    Optional key 'labels': integers in 0.._MAX_LABELS - 1 of shape (N,). A file cut short or
+    damaged, or holding anything else (another shape, dtype or range), is a DataError naming
+    it.
     """
     if not files.exists(path):
         raise DataError(f'npz file not found: {path}')
@@ -186,8 +199,9 @@ def npz_pool(path: str, transform: ImageTransform) -> ArrayPool:
         if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
             raise DataError(f'{path}: "labels" must be integers of shape ({images.shape[0]},), '
                             f'not {labels.dtype} {labels.shape}')
-        if labels.min() < 0:
-            raise DataError(f'{path}: "labels" must be >= 0, found {labels.min()}')
+        if labels.min() < 0 or labels.max() >= _MAX_LABELS:
+            raise DataError(f'{path}: "labels" must lie in 0..{_MAX_LABELS - 1}, found '
+                            f'{labels.min()}..{labels.max()}')
         labels = labels.astype(np.int32)
     return ArrayPool(f'npz:{path}', images, labels, transform=transform)
 
@@ -196,9 +210,9 @@ def _npz_images(images: np.ndarray, path: str) -> np.ndarray:
     """The 'images' array of an .npz file as uint8 (N, H, W, C); see npz_pool."""
     if images.ndim == 3:
         images = images[..., None]
-    if images.ndim != 4 or 0 in images.shape[:3]:
-        raise DataError(f'{path}: "images" must be (N, H, W) or (N, H, W, C) with N, H, W > 0, '
-                        f'not {images.shape}')
+    if images.ndim != 4 or 0 in images.shape:
+        raise DataError(f'{path}: "images" must be (N, H, W) or (N, H, W, C) with N, H, W, C '
+                        f'> 0, not {images.shape}')
     if images.dtype == np.uint8:
         return images
     if np.issubdtype(images.dtype, np.integer):

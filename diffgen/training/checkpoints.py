@@ -27,7 +27,7 @@ from etils import epath
 
 from configs import default
 from diffgen import files
-from diffgen.errors import WorkdirError
+from diffgen.errors import CorruptFileError, WorkdirError
 
 # Config sections and training keys that fix what a checkpoint holds (parameter shapes,
 # optimiser state) or what it means (data, forward process, objective, batch); the others
@@ -53,6 +53,59 @@ def training_set_path(workdir):
     return os.path.join(workdir, 'training_set.json')
 
 
+# What a value of config.json must be, by the JSON type of its default.
+_KINDS = {dict: 'an object (a section)', list: 'a list', bool: 'true or false',
+          int: 'an integer', float: 'a number', str: 'a string'}
+
+
+def _json_defaults():
+    """configs/default.py's config as config.json stores one (tuples as lists)."""
+    return json.loads(json.dumps(default.get_config().to_dict(), default=list))
+
+
+def _fits(value, ref):
+    """Whether a JSON value is of the JSON type of ref (an integer also where ref is a
+    number with a fraction; true and false only where ref is one)."""
+    if isinstance(value, bool) or isinstance(ref, bool):
+        return isinstance(value, bool) and isinstance(ref, bool)
+    if isinstance(ref, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(ref))
+
+
+def _shape_problem(stored, reference, prefix=''):
+    """What is wrong with the shape of a stored config (a JSON object) against reference
+    (_json_defaults(), or a section of it), or None: each value must be of its default's JSON
+    type (_fits; a section an object, checked key by key unless its keys are names the
+    config chooses, default.NAMED_SECTIONS); a key whose default is null may hold anything.
+    Keys the defaults lack are not checked (a key diffgen has since dropped)."""
+    for key, ref in reference.items():
+        if key not in stored or ref is None:
+            continue
+        name, value = prefix + key, stored[key]
+        if not _fits(value, ref):
+            text = json.dumps(value)
+            text = text if len(text) <= 40 else text[:37] + '...'
+            return f'{name} is {text}, not {_KINDS[type(ref)]}'
+        if isinstance(ref, dict) and name not in default.NAMED_SECTIONS:
+            problem = _shape_problem(value, ref, name + '.')
+            if problem:
+                return problem
+    return None
+
+
+def read_stored_config(workdir, remedy):
+    """The config stored in workdir's config.json, as a dict; CorruptFileError naming the
+    file, what is wrong and `remedy` if it is not JSON or not the shape of a diffgen config
+    (_shape_problem: e.g. a section that is a string, a number that is a list)."""
+    path = config_path(workdir)
+    stored = files.read_json(path, remedy=remedy)
+    problem = _shape_problem(stored, _json_defaults())
+    if problem:
+        raise CorruptFileError(f'{path} is damaged (not a diffgen config: {problem}); {remedy}')
+    return stored
+
+
 def _fingerprint(config_dict, gap):
     """The dotted keys that must match for a resume (with gap, also the gap objective's
     options), with values as JSON stores them."""
@@ -65,14 +118,15 @@ def _fingerprint(config_dict, gap):
 
 
 def _fill(tree, defaults):
-    """tree with every dotted key of defaults that it lacks set to the default's value."""
+    """tree with every dotted key of defaults that it lacks set to the default's value (a
+    section it lacks, too: a section added to diffgen later held its defaults then)."""
     tree = json.loads(json.dumps(tree))
     for key, value in defaults.items():
         node = tree
         for part in key.split('.')[:-1]:
-            if not isinstance(node.get(part), dict):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
                 break
-            node = node[part]
         else:
             node.setdefault(key.split('.')[-1], value)
     return tree
@@ -98,14 +152,13 @@ def check_compatible(workdir, config, fingerprint=None):
     if not files.exists(path):
         raise WorkdirError(f'{workdir} holds checkpoints but no config.json; '
                            'use a new --workdir')
-    stored = files.read_json(path, remedy=(
+    stored = read_stored_config(workdir, remedy=(
         'it describes the checkpoints beside it: use a new --workdir, or put back the '
         'config.json of the run that wrote them'))
     current = config.to_dict()
     # A key added to diffgen after the run was written is absent from its config.json: it
     # held the default then (new keys default to what diffgen did before them).
-    defaults = flax.traverse_util.flatten_dict(
-        json.loads(json.dumps(default.get_config().to_dict(), default=list)), sep='.')
+    defaults = flax.traverse_util.flatten_dict(_json_defaults(), sep='.')
     stored = _fill(stored, defaults)
     gap = all((c.get('training') or {}).get('objective') == 'gap' for c in (stored, current))
     stored, current = _fingerprint(stored, gap), _fingerprint(current, gap)
@@ -117,8 +170,12 @@ def check_compatible(workdir, config, fingerprint=None):
     path = training_set_path(workdir)
     if fingerprint is None or not files.exists(path):
         return
-    stored = files.read_json(path, remedy=(
-        'delete it to resume without checking the training set, or use a new --workdir'))
+    remedy = ('it is the fingerprint of the training set the checkpoints beside it were '
+              'trained on: delete it to go on without checking the training set (the next '
+              'training writes it again), or put back the run\'s training_set.json')
+    stored = files.read_json(path, remedy=remedy)
+    if not isinstance(stored.get('fingerprint'), str):
+        raise CorruptFileError(f'{path} is damaged (no "fingerprint" string in it); {remedy}')
     if stored.get('fingerprint') != fingerprint:
         raise WorkdirError(f'the checkpoints in {workdir} were trained on another training '
                            f'set (fingerprint {stored.get("fingerprint")} -> {fingerprint}: '
