@@ -146,6 +146,8 @@ def test_the_provenance_reading_and_figure(study, tmp_path):
     step = made['analysed_step']
     ddpm = made['by_step'][f'{step}/ema'][f'ddpm-{T}'][0]
     assert f'At step {step} the memorisation ratio is {ddpm:.2f} for DDPM against' in reading
+    short = made['by_step'][f'{step}/ema'][f'ddim-{lag.DDIM_STEPS}'][0]
+    assert f'lead over DDIM-{lag.DDIM_STEPS} is {ddpm - short:+.2f} (EMA)' in reading
     ddim = made['paths'][f'ddim-{lag.DDIM_STEPS}/ema']
     assert f'{ddim["num_copies"]} of {ddim["num_samples"]} endpoints copy' in reading
     switch = lag_study.switch_points(made)

@@ -122,25 +122,28 @@ def _ratio(study, params, sampler):
 
 def part1_sentence(study):
     """The memorisation ratio of every sampler at the analysed step with the EMA and the raw
-    parameters, and how much of DDPM's lead over the short DDIM the long one closes."""
+    parameters, DDPM's lead over the short DDIM with each (the EMA's lag), and how much of
+    the EMA lead the long DDIM closes (the step count)."""
     step, short = study['analysed_step'], f'ddim-{study.get("ddim_steps", 100)}'
     row = study['by_step'].get(f'{step}/ema') or {}
     ddpm = next((s for s in row if s.startswith('ddpm')), None)
     others = [s for s in row if s != ddpm]
     if ddpm is None or not others:
         return None
+    params = [p for p in PARAMS if f'{step}/{p}' in study['by_step']]
     said = lambda p: (f'{report.number(_ratio(study, p, ddpm), ".2f")} for DDPM against '
                       + ', '.join(f'{method_label(s)} {report.number(_ratio(study, p, s), ".2f")}'
-                                  for s in others))
-    text = f'At step {step} the memorisation ratio is {said("ema")} with the EMA parameters'
-    if f'{step}/raw' in study['by_step']:
-        text += f', and {said("raw")} with the raw ones'
+                                  for s in others) + f' with the {PARAMS[p]} parameters')
+    text = f'At step {step} the memorisation ratio is ' + '; '.join(map(said, params))
+    if short not in row:
+        return text + '.'
+    leads = {p: _ratio(study, p, ddpm) - _ratio(study, p, short) for p in params}
+    text += (f'. DDPM\'s lead over {method_label(short)} is '
+             + ' and '.join(f'{leads[p]:+.2f} ({PARAMS[p]})' for p in params))
     long = next((s for s in others if s.startswith('ddim-') and s != short), None)
-    lead = _ratio(study, 'ema', ddpm) - _ratio(study, 'ema', short) if short in row else 0
-    if long and lead > 0:
-        closed = (_ratio(study, 'ema', long) - _ratio(study, 'ema', short)) / lead
-        text += (f'; {method_label(long)} closes {closed:.0%} of DDPM\'s lead over '
-                 f'{method_label(short)} (EMA)')
+    if long and leads['ema'] > 0:
+        closed = (_ratio(study, 'ema', long) - _ratio(study, 'ema', short)) / leads['ema']
+        text += f'; {method_label(long)} closes {closed:.0%} of the EMA lead'
     return text + '.'
 
 
