@@ -4,6 +4,7 @@
         [--sweep=sweeps/digits] [--run=NAME=WORKDIR ...] [--out=docs] [--readme=README.md]
     python -m diffgen.docs --render_only [--out=docs] [--readme=README.md]
     python -m diffgen.docs --keep=digits [--sweep=...] ...   (digits' part kept as committed)
+    python -m diffgen.docs --study=LABEL=RUNS/study/study.json ...   (the sampler-lag study)
 
 works in two stages:
   collect: reads the runs and writes the snapshot OUT/results.json, which holds everything the
@@ -13,9 +14,10 @@ works in two stages:
   render: a pure function of the snapshot (`render`) gives the text of OUT/results.md and of
     README.md's generated block (between BEGIN and END under '## What diffgen finds').
 The command does both; --keep=NAME takes run NAME's part as the committed OUT/results.json
-holds it (for a run whose workdir is not on this machine; the page says so); --render_only renders the committed OUT/results.json again without
-runs (tests/test_docs.py renders it and compares with the committed pages, so a number edited
-by hand fails). --readme= (empty) leaves the README alone.
+holds it (for a run whose workdir is not on this machine; the page says so; --keep=LABEL of a
+--study label likewise keeps that study); --render_only renders the committed
+OUT/results.json again without runs (tests/test_docs.py renders it and compares with the
+committed pages, so a number edited by hand fails). --readme= (empty) leaves the README alone.
 
 results.md holds:
   - a stamp: the commit of the checkout that made it (`git rev-parse --short HEAD`, '+dirty'
@@ -28,6 +30,8 @@ results.md holds:
     whatever its columns) and a figure of them against the step;
   - the sweep over N (launch.sweep): its results.csv, each run's last evaluation (its
     eval.csv) and the sweep's figures (transition_ratio.png, transition_curves.png, emm.png);
+  - per --study=LABEL=PATH: the sampler-lag study's study.json (studies/sampler_lag.py) as
+    tables, a reading and its figure (diffgen.analysis.lag_study), its provenance a stamp row;
   - for a run not given, or a file not made yet: what is missing and the command that makes it.
 The README block gives each section's summary (Section.summary) with a link to the section on
 results.md, the sweep's transition in a sentence, and for what is missing the command that
@@ -52,7 +56,7 @@ from absl import app, flags  # noqa: E402
 from etils import epath  # noqa: E402
 
 from diffgen import figures, files  # noqa: E402
-from diffgen.analysis import report, transition  # noqa: E402
+from diffgen.analysis import lag_study, report, transition  # noqa: E402
 from diffgen.analysis.experiments import e6_emm, e8_theories  # noqa: E402
 from diffgen.errors import CorruptFileError, UserError, WorkdirError  # noqa: E402
 from diffgen.training.csv_log import read_csv  # noqa: E402
@@ -85,6 +89,8 @@ WORKDIR_MARKS = ('checkpoints', 'report', transition.EVAL_CSV, 'samples')
 SWEEP_FIGURES = ('transition_ratio.png', 'transition_curves.png', e6_emm.FIGURE)
 SWEEP_HEADING = 'Transition from copying to creating (sweep over N)'
 SECTION_FIELDS = ('title', 'markdown', 'figures')
+STUDY_HEADING = 'Why DDIM and Heun lag DDPM (the sampler-lag study)'
+MAKE_STUDY = 'python studies/sampler_lag.py --workdir=<a sweep run> --out={path}'
 STAMP_HEADER = ['run', 'sections', 'checkpoint step', 'config digest', 'data fingerprint',
                 'machine']
 
@@ -94,6 +100,9 @@ _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep dir of the transition over N 
 _RUN = flags.DEFINE_multi_string('run', [], 'NAME=WORKDIR: a further run on the page.')
 _THEORIES = flags.DEFINE_multi_string('theories', [], 'LABEL=SWEEP_DIR: a sweep whose runs '
                                       'have E8 sections, drawn as median r² against N.')
+_STUDY = flags.DEFINE_multi_string('study', [], 'LABEL=PATH: the study.json of the sampler-lag '
+                                   'study (studies/sampler_lag.py) on the page, its figure '
+                                   'beside it.')
 _OUT = flags.DEFINE_string('out', 'docs', 'Directory of results.md and results.json (figures '
                            'in images/results/).')
 _README = flags.DEFINE_string('readme', 'README.md', 'The README whose generated block is '
@@ -349,11 +358,55 @@ def collect_theories(theories, out):
     return {'variants': variants, 'figure': relative if made else None}
 
 
-def command(out, digits=None, toy2d=None, sweep=None, others=(), theories=(), keep=()):
+def study_figure_dir(label):
+    """The folder under OUT/images/results/ of study label's figure."""
+    return f'study-{label}'
+
+
+def collect_studies(studies, out):
+    """[{label, path, command, exists, data, figure}] of the sampler-lag studies ((label,
+    path) pairs; path a study.json or the folder holding it): data is study.json as stored
+    (lag_study.read), figure its sampler_lag.png copied under OUT (None: none beside it)."""
+    found = []
+    for label, path in studies:
+        if files.exists(path) and epath.Path(path).is_dir():
+            path = os.path.join(path, lag_study.STUDY)
+        study = {'label': label, 'path': path, 'command': MAKE_STUDY.format(
+            path=os.path.dirname(path) or '.'), 'exists': files.exists(path), 'data': None,
+            'figure': None}
+        if study['exists']:
+            study['data'] = lag_study.read(path)
+            figure = collect_figures(os.path.dirname(path), [lag_study.FIGURE], out,
+                                     study_figure_dir(label))[0]
+            study['figure'] = figure['path']
+        found.append(study)
+    return found
+
+
+def kept_studies(out, keep, given):
+    """{label: study} of the studies keep names that the committed OUT/results.json holds,
+    each marked 'kept_from' (the commit of the snapshot that first read its study.json);
+    UserError for a label also given as --study (given: those labels)."""
+    if not keep:
+        return {}
+    snapshot = read_snapshot(out)
+    previous = {s.get('label'): s for s in snapshot.get('studies', [])
+                if isinstance(s, dict) and s.get('data')}
+    both = sorted(set(keep) & set(given))
+    if both:
+        raise UserError(f'--keep={both[0]} and --study={both[0]}=... were both given: keep '
+                        'the committed study or read its study.json, not both')
+    return {n: {**previous[n], 'kept_from': previous[n].get('kept_from') or snapshot['commit']}
+            for n in keep if n in previous}
+
+
+def command(out, digits=None, toy2d=None, sweep=None, others=(), theories=(), keep=(),
+            studies=()):
     """The command line that makes this page."""
     given = [('digits', digits), ('toy2d', toy2d), ('sweep', sweep),
              *(('run', f'{n}={p}') for n, p in others), *(('keep', n) for n in keep),
-             *(('theories', f'"{n}={p}"') for n, p in theories), ('out', out)]
+             *(('theories', f'"{n}={p}"') for n, p in theories),
+             *(('study', f'{n}={p}') for n, p in studies), ('out', out)]
     return ' '.join(['python -m diffgen.docs', *(f'--{k}={v}' for k, v in given if v)])
 
 
@@ -382,7 +435,7 @@ def kept_parts(out, keep, given):
 
 
 def collect(out, digits=None, toy2d=None, sweep=None, others=(), readme=None, theories=(),
-            keep=()):
+            keep=(), studies=()):
     """The snapshot of the runs (a JSON-able dict; others: (name, workdir) pairs), their
     figures copied under OUT/images/results/. Layout:
       format: SNAPSHOT_FORMAT;  command: the command line;  commit: commit(out, readme);
@@ -395,24 +448,33 @@ def collect(out, digits=None, toy2d=None, sweep=None, others=(), readme=None, th
       sweep: {dir, path, command, exists, results: {csv, exists, columns, rows},
               evaluations: [{run, step, last: {column: [step, value]}}],
               figures: [{name, source, path}], transition: {path, data}};
-      theories: collect_theories' (E8 across the --theories sweeps).
-    A run named in keep is taken from the committed OUT/results.json (kept_parts), with
-    'kept_from' (that snapshot's commit) added; its figures stay where they are.
+      theories: collect_theories' (E8 across the --theories sweeps);
+      studies: collect_studies' (the --study sampler-lag studies), then the kept ones.
+    A study's stamp row is lag_study.stamp_row of its study.json's provenance.
+    A run (or study) named in keep is taken from the committed OUT/results.json (kept_parts,
+    kept_studies), with 'kept_from' (that snapshot's commit) added; its figures stay where
+    they are.
     A figure's path is relative to OUT (None: it does not exist); values are the files'
     text, formatted only when rendered."""
     named = [('digits', digits, MAKE['digits']), ('toy2d', toy2d, MAKE['toy2d']),
              *((n, p, MAKE_OTHER) for n, p in others)]
-    kept = kept_parts(out, keep, [n for n, p, _ in named if p])
-    named += [(n, None, MAKE_OTHER) for n in keep if n not in [m for m, _, _ in named]]
+    kept_study = kept_studies(out, keep, [label for label, _ in studies])
+    kept = kept_parts(out, [n for n in keep if n not in kept_study], [n for n, p, _ in named if p])
+    named += [(n, None, MAKE_OTHER) for n in keep
+              if n not in [m for m, _, _ in named] and n not in kept_study]
     stamp, runs = [], []
     for name, workdir, make in named:
         rows, run = kept[name] if name in kept else collect_workdir(name, workdir, out, make)
         stamp, runs = stamp + rows, runs + [run]
     rows, swept = collect_sweep(sweep, out)
+    lag = collect_studies(studies, out) + list(kept_study.values())
     return {'format': SNAPSHOT_FORMAT,
-            'command': command(out, digits, toy2d, sweep, others, theories, keep),
-            'commit': commit(out, readme), 'stamp': stamp + rows, 'runs': runs, 'sweep': swept,
-            'theories': collect_theories(theories, out)}
+            'command': command(out, digits, toy2d, sweep, others, theories, keep, studies),
+            'commit': commit(out, readme),
+            'stamp': stamp + rows + [lag_study.stamp_row(f'study {s["label"]}', s['data'])
+                                     for s in lag if s['data']],
+            'runs': runs, 'sweep': swept, 'theories': collect_theories(theories, out),
+            'studies': lag}
 
 
 def figure_paths(snapshot):
@@ -421,6 +483,7 @@ def figure_paths(snapshot):
     paths = {f['path'] for f in runs + snapshot['sweep'].get('figures', [])}
     paths |= {r['evaluation']['figure'] for r in snapshot['runs'] if r['evaluation']}
     paths.add((snapshot.get('theories') or {}).get('figure'))
+    paths |= {s['figure'] for s in snapshot.get('studies', [])}
     return paths - {None}
 
 
@@ -640,6 +703,22 @@ def paper_comparison(theories):
             '28×28 MNIST and CIFAR-10 images and the paper\'s own networks and training')
 
 
+def render_studies(studies):
+    """Markdown lines of the sampler-lag studies: each one's provenance, reading, tables and
+    figure (lag_study.markdown), or what is missing and the command that makes it."""
+    lines = [f'## {STUDY_HEADING}', '']
+    for study in studies:
+        lines += [f'### {study["label"]}', '']
+        if not study['exists']:
+            lines += [f'- `{study["path"]}` does not exist: made by `{study["command"]}`', '']
+            continue
+        lines += [f'From `{study["path"]}`' + (
+            f', kept as the snapshot of commit `{study["kept_from"]}` read it '
+            f'(`--keep={study["label"]}`).' if study.get('kept_from') else '.'), '']
+        lines += lag_study.markdown(study['data'], study['figure'])
+    return lines
+
+
 def render_page(snapshot):
     """The text of results.md."""
     body = []
@@ -648,6 +727,8 @@ def render_page(snapshot):
     body += render_sweep(snapshot['sweep'])
     if snapshot.get('theories') is not None:
         body += [''] + render_theories(snapshot['theories'])
+    if snapshot.get('studies'):
+        body += [''] + render_studies(snapshot['studies'])
     stamp = snapshot['stamp']
     page = [STAMP, '# Results', '',
             f'Made by `{snapshot["command"]}` at commit `{snapshot["commit"]}`; every number '
@@ -759,6 +840,11 @@ def render_block(snapshot, page_link='docs/results.md'):
             f'{said} ([more]({page_link}#{slug(THEORIES_HEADING)}))' if said else
             f'no E8 over a sweep yet; made by `{MAKE_THEORIES.format(path=DEFAULT_PATH["sweep"])}`, '
             f'then `{docs_command} --theories=LABEL=sweeps/digits`.'))
+    for study in snapshot.get('studies', []):
+        lines.append(f'- **Sampler lag, {study["label"]}**: ' + (
+            f'{" ".join(lag_study.reading(study["data"]))} '
+            f'([more]({page_link}#{slug(STUDY_HEADING)}))' if study['data'] else
+            f'no study.json yet; made by `{study["command"]}`.'))
     return '\n'.join(lines + [END])
 
 
@@ -821,46 +907,48 @@ def read_snapshot(out):
 
 
 def write_page(out, digits=None, toy2d=None, sweep=None, others=(), readme=None, theories=(),
-               keep=()):
+               keep=(), studies=()):
     """Collects the runs (others: (name, workdir) pairs) into OUT/results.json with their
     figures and renders OUT/results.md (and, with readme, its generated block). Returns the
     page's path."""
     if readme:
         replace_block(files.read_text(readme), '', readme)   # checked before any work
-    snapshot = collect(out, digits, toy2d, sweep, others, readme, theories, keep)
+    snapshot = collect(out, digits, toy2d, sweep, others, readme, theories, keep, studies)
     remove_stale_figures(out, snapshot)
     files.write_text(os.path.join(out, SNAPSHOT),
                      json.dumps(snapshot, indent=1, ensure_ascii=False) + '\n')
     return write_pages(out, snapshot, readme)
 
 
-def parse_runs(values):
-    """[(name, workdir)] of --run=NAME=WORKDIR values."""
+def parse_runs(values, flag='run', what='WORKDIR'):
+    """[(name, path)] of --run=NAME=WORKDIR values (or of another flag's NAME=PATH)."""
     runs = []
     for value in values:
         name, _, path = value.partition('=')
         if not re.fullmatch(r'[A-Za-z0-9_.-]+', name) or not path or name in MAKE:
-            raise UserError(f'--run={value!r} is not NAME=WORKDIR (NAME of letters, digits, '
+            raise UserError(f'--{flag}={value!r} is not NAME={what} (NAME of letters, digits, '
                             f'_.- and not one of {tuple(MAKE)})')
         runs.append((name, path))
     return runs
 
 
 def run_command(out='docs', digits=None, toy2d=None, sweep=None, runs=(), readme=None,
-                render_only=False, theories=(), keep=()):
-    """What the command line does (runs: its --run=NAME=WORKDIR values); the page's path.
-    UserError for bad input."""
+                render_only=False, theories=(), keep=(), studies=()):
+    """What the command line does (runs: its --run=NAME=WORKDIR values, studies its
+    --study=LABEL=PATH values); the page's path. UserError for bad input."""
     if render_only:
         given = [f'--{name}' for name, value in [('digits', digits), ('toy2d', toy2d),
                                                  ('sweep', sweep), ('run', runs),
-                                                 ('theories', theories), ('keep', keep)]
+                                                 ('theories', theories), ('keep', keep),
+                                                 ('study', studies)]
                  if value]
         if given:
             raise UserError(f'--render_only reads {out}/{SNAPSHOT}, not runs: drop '
                             f'{", ".join(given)}')
         return write_pages(out, read_snapshot(out), readme)
     return write_page(out, digits, toy2d, sweep, parse_runs(runs), readme,
-                      parse_theories(theories), tuple(dict.fromkeys(keep)))
+                      parse_theories(theories), tuple(dict.fromkeys(keep)),
+                      parse_runs(studies, 'study', 'PATH'))
 
 
 def parse_theories(values):
@@ -881,7 +969,8 @@ def main(argv):
     readme = _README.value or None
     try:
         path = run_command(_OUT.value, _DIGITS.value, _TOY2D.value, _SWEEP.value, _RUN.value,
-                           readme, _RENDER_ONLY.value, _THEORIES.value, _KEEP.value)
+                           readme, _RENDER_ONLY.value, _THEORIES.value, _KEEP.value,
+                           _STUDY.value)
     except UserError as e:
         print(f'diffgen: error: {e}', file=sys.stderr)
         sys.exit(2)

@@ -31,8 +31,10 @@ during training (diffgen.analysis.evaluation), it measures three candidate expla
    t_s: the memorisation ratio tells from which noise level on the deterministic solver no
    longer reaches the training image DDPM was heading for.
 
-Prints the tables, writes study.json (with the analysed step) and sampler_lag.png into --out
-(default <workdir>/study). Nothing here trains; it reads checkpoints only.
+Prints the tables, writes study.json (with the analysed step, the provenance of the analysed
+checkpoint -- step, config digest, data fingerprint, machine, as a report section's -- and the
+commit of this checkout) and sampler_lag.png into --out (default <workdir>/study). Nothing here
+trains; it reads checkpoints only.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ import importlib
 import json
 import os
 import pathlib
+import subprocess
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -52,6 +55,7 @@ from absl import app, flags, logging  # noqa: E402
 from diffgen import files, figures  # noqa: E402
 from diffgen.analysis import compare, metrics  # noqa: E402
 from diffgen.analysis.evaluation import EvaluationInputs  # noqa: E402
+from diffgen.analysis.provenance import provenance  # noqa: E402
 from diffgen.diffusion import samplers  # noqa: E402
 from diffgen.diffusion.conversions import x0_from_eps  # noqa: E402
 from diffgen.diffusion.denoisers import network_denoiser  # noqa: E402
@@ -92,6 +96,18 @@ def load_config(spec, workdir, num_samples):
         config = compare.stored_config(workdir, stored['data']['data_dir'])
     config.evaluation.num_samples = num_samples
     return config
+
+
+def code_commit():
+    """The short HEAD of the checkout this script runs from, '+dirty' when a tracked file has
+    changes; 'unknown' without git."""
+    git = lambda *args: subprocess.run(['git', '-C', str(pathlib.Path(__file__).parent), *args],
+                                       capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        return git('rev-parse', '--short', 'HEAD') + (
+            '+dirty' if git('status', '--porcelain', '--untracked-files=no') else '')
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown'
 
 
 def sampler_metrics(evaluator, denoiser, schedule, method, num_steps):
@@ -250,9 +266,11 @@ def run_study(config, workdir, steps=None, parts=('1', '2', '3'), out=None, spec
     steps = list(steps or checkpoints.finished_steps(workdir))
     analysed = steps[-1]
     result = {'workdir': workdir, 'config': spec or 'config.json',
+              'num_train': int(len(run.dataset.train_images)),
               'num_samples': int(len(evaluator.x_T)), 'steps': steps, 'analysed_step': analysed,
               'bands': BANDS, 'ddim_steps': DDIM_STEPS, 'by_step': {}, 'paths': {},
-              'switch': {}}
+              'switch': {}, 'commit': code_commit(),
+              'provenance': provenance(config, analysed, run.dataset.train_images)}
 
     print('1. memorisation ratio / median d1, per kept step and parameters')
     header = ' '.join(f'{m}-{n or T:<5}' for m, n in SAMPLERS)

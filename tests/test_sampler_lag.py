@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import toy2d
+from diffgen.analysis import provenance
 from diffgen.diffusion import samplers
 from diffgen.diffusion.schedules import get_schedule
 from diffgen.optimum import chunked
@@ -106,12 +107,14 @@ def test_path_measures_split_by_endpoint():
 
 def test_study_json_records_the_analysed_step(tmp_path, monkeypatch):
     """run_study analyses the last of the given steps (parts 2 and 3) and says so in
-    study.json: the steps, analysed_step and the hand-over's DDIM grid."""
+    study.json: the steps, analysed_step and the hand-over's DDIM grid, with the analysed
+    checkpoint's provenance (as a report section's), the training-set size and the commit."""
     restored = []
 
     class FakeRun:
         schedule = _schedule(20)
-        dataset = type('Data', (), {'train': np.zeros((4, 2), np.float32)})()
+        dataset = type('Data', (), {'train': np.zeros((4, 2), np.float32),
+                                    'train_images': np.zeros((4, 2), np.float32)})()
 
     class FakeInputs:
         def __init__(self, config, run):
@@ -121,11 +124,15 @@ def test_study_json_records_the_analysed_step(tmp_path, monkeypatch):
                         lambda config, workdir, step=None: restored.append(step) or FakeRun())
     monkeypatch.setattr(lag, 'EvaluationInputs', FakeInputs)
     monkeypatch.setattr(lag.checkpoints, 'finished_steps', lambda workdir: [1000, 2000, 3000])
-    result = lag.run_study(None, str(tmp_path), [1000, 3000], parts=(), out=str(tmp_path))
+    config = toy2d.get_config()
+    result = lag.run_study(config, str(tmp_path), [1000, 3000], parts=(), out=str(tmp_path))
     stored = json.load(open(tmp_path / 'study.json'))
     assert stored['analysed_step'] == result['analysed_step'] == 3000
+    assert stored['provenance'] == {**provenance.provenance(config, 3000, FakeRun.dataset.train_images),
+                                    'machine': stored['provenance']['machine']}
+    assert stored['num_train'] == 4 and stored['commit']
     assert stored['steps'] == [1000, 3000] and restored == [None, 3000]
-    assert lag.run_study(None, str(tmp_path), None, parts=(), out=str(tmp_path))[
+    assert lag.run_study(config, str(tmp_path), None, parts=(), out=str(tmp_path))[
         'analysed_step'] == 3000   # default: every kept step, the last analysed
 
 
