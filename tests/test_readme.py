@@ -1,7 +1,8 @@
 """README.md and every docs/*.md page as written (docs/math.md, and docs/results.md when it
 has been generated, included): every ```python block runs (on the embedded digits, in an
 empty directory); every module, file, config key, docs/math.md section and relative link a
-page names exists (and every module diffgen/__init__.py's Public API names); every command
+page names exists (and every module diffgen/__init__.py's Public API names), and so does
+every test (tests/<file>.py::<name>); every command
 in a ```bash block names config files that load and --config.<key> overrides that exist; and
 README.md's Layout diagram lists diffgen's layers in the order of diffgen.LAYERS."""
 import functools
@@ -159,6 +160,17 @@ def test_named_files_exist(page):
                            r'/[\w./]*\w)', PAGES[page]))
     missing = sorted(p for p in paths if not os.path.exists(os.path.join(REPO, p)))
     assert not missing, f'{page} names files that do not exist: {missing}'
+
+
+@pytest.mark.parametrize('page', PAGES)
+def test_named_tests_exist(page):
+    """Each tests/<file>.py::<name> a page names (the robustness table's rows) is a test
+    defined in that file."""
+    missing = sorted(f'{path}::{name}' for path, name in
+                     re.findall(r'\b(tests/[\w/]+\.py)::(\w+)', PAGES[page])
+                     if not os.path.exists(os.path.join(REPO, path))
+                     or not re.search(rf'^def {name}\(', read(path), flags=re.M))
+    assert not missing, f'{page} names tests that do not exist: {missing}'
 
 
 def slug(heading):
