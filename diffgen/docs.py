@@ -712,7 +712,7 @@ def render_studies(studies):
         if not study['exists']:
             lines += [f'- `{study["path"]}` does not exist: made by `{study["command"]}`', '']
             continue
-        lines += [f'From `{study["path"]}`' + (
+        lines += [f'Read from `{study["path"]}`' + (
             f', kept as the snapshot of commit `{study["kept_from"]}` read it '
             f'(`--keep={study["label"]}`).' if study.get('kept_from') else '.'), '']
         lines += lag_study.markdown(study['data'], study['figure'])

@@ -177,7 +177,7 @@ def test_render_only_and_keep_hold_the_study(study, tmp_path):
     assert f'kept as the snapshot of commit `{committed["commit"]}` read it' in kept
     assert kept.split(f'## {docs.STUDY_HEADING}')[1].split('\n', 3)[3] == \
         page.split(f'## {docs.STUDY_HEADING}')[1].split('\n', 3)[3].replace(
-            f'From `{path}`.', f'From `{path}`, kept as the snapshot of commit '
+            f'Read from `{path}`.', f'Read from `{path}`, kept as the snapshot of commit '
             f'`{committed["commit"]}` read it (`--keep=n128`).')
     assert (out / f'images/results/study-n128/{lag_study.FIGURE}').is_file()
     with pytest.raises(UserError, match='both given'):
