@@ -314,14 +314,7 @@ def wrong_shape(workdir, held):
     if isinstance(held, str):
         path.write_text(held)
         return
-    stored = json.loads(path.read_text())
-    for key, value in held.items():
-        *sections, name = key.split('.')
-        node = stored
-        for section in sections:
-            node = node[section]
-        node[name] = value
-    path.write_text(json.dumps(stored, indent=2))
+    path.write_text(json.dumps(tiny.set_keys(json.loads(path.read_text()), held), indent=2))
 
 
 def test_config_json_of_the_wrong_shape_is_one_line_and_the_workdir_stays(resumable):

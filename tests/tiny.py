@@ -20,16 +20,22 @@ TINY_OVERRIDES = {
 }
 
 
-def tiny_digits_config(data_dir, **overrides):
-    """configs/digits.py with TINY_OVERRIDES and overrides ({'section.key': value}, any depth,
-    e.g. 'analysis.e4.switch_fractions'), reading its data from data_dir."""
-    config = digits.get_config()
-    for key, value in {**TINY_OVERRIDES, **overrides}.items():
+def set_keys(tree, values):
+    """Sets each dotted key of values ({'section.key': value}, any depth, e.g.
+    'analysis.e4.switch_fractions') in tree (a ConfigDict, or a dict read from config.json)."""
+    for key, value in values.items():
         *sections, name = key.split('.')
-        node = config
+        node = tree
         for section in sections:
             node = node[section]
         node[name] = value
+    return tree
+
+
+def tiny_digits_config(data_dir, **overrides):
+    """configs/digits.py with TINY_OVERRIDES and overrides (set_keys), reading its data from
+    data_dir."""
+    config = set_keys(digits.get_config(), {**TINY_OVERRIDES, **overrides})
     config.data.data_dir = str(data_dir)
     return config
 
