@@ -242,9 +242,13 @@ def test_missing_key_takes_the_classes_default_only_where_it_is_the_runs(tiny_mo
 def test_vp_schedulers_with_the_runs_process_are_accepted(scheduler, diffusion, tiny_model,
                                                           tmp_path):
     """Settings of how diffusers samples (clipping, spacing, Karras sigmas, solver) do not
-    change the forward process: accepted."""
-    configured(model_dir(tiny_model[0], tmp_path / 'model', scheduler=scheduler()),
-               **diffusion)
+    change the forward process: accepted (configured raises the UserError of a refusal),
+    with the run's process left as configured."""
+    directory = model_dir(tiny_model[0], tmp_path / 'model', scheduler=scheduler())
+    config = configured(directory, **diffusion)
+    assert config.model.init_from == str(directory)
+    expected = {**default.get_config().diffusion.to_dict(), **diffusion}
+    assert config.diffusion.to_dict() == expected
 
 
 # file -> (key, malformed value, what the message says after 'key=value: ')
