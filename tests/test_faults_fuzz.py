@@ -30,6 +30,7 @@ from diffgen.analysis import compare
 from diffgen.errors import UserError
 from diffgen.training import checkpoints as checkpointing
 from tests import tiny
+from tests.fuzzing import mutate_object
 from tests.test_faults_workdir import stand_in_workdir
 from tests.tiny import override_flags, tiny_digits_config
 
@@ -188,14 +189,7 @@ def random_config_json(stored, rng):
             node = node[children[rng.integers(len(children))]]
         if not isinstance(node, dict):
             continue
-        keys = sorted(node)
-        kind = rng.choice(['replace', 'replace', 'drop', 'add'])
-        if kind == 'replace' and keys:
-            node[keys[rng.integers(len(keys))]] = VALUES[rng.integers(len(VALUES))]
-        elif kind == 'drop' and keys:
-            del node[keys[rng.integers(len(keys))]]
-        else:
-            node[EXTRA_KEYS[rng.integers(len(EXTRA_KEYS))]] = VALUES[rng.integers(len(VALUES))]
+        mutate_object(node, rng, VALUES, EXTRA_KEYS)
     return value
 
 

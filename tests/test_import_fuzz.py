@@ -27,6 +27,7 @@ from configs import default  # noqa: E402
 from diffgen.diffusion.schedules import get_schedule  # noqa: E402
 from diffgen.errors import UserError  # noqa: E402
 from diffgen.networks import check_config, get_network  # noqa: E402
+from tests.fuzzing import mutate_object  # noqa: E402
 from tests.tiny import run_main  # noqa: E402
 
 CASES = 400
@@ -66,14 +67,7 @@ def corrupt(text, rng):
     dropped, a key added, then (sometimes) cut short or a byte changed."""
     value = json.loads(text)
     for _ in range(rng.integers(1, 4)):
-        kind = rng.choice(['replace', 'replace', 'drop', 'add'])
-        keys = sorted(value)
-        if kind == 'replace' and keys:
-            value[keys[rng.integers(len(keys))]] = VALUES[rng.integers(len(VALUES))]
-        elif kind == 'drop' and keys:
-            del value[keys[rng.integers(len(keys))]]
-        else:
-            value[EXTRA_KEYS[rng.integers(len(EXTRA_KEYS))]] = VALUES[rng.integers(len(VALUES))]
+        mutate_object(value, rng, VALUES, EXTRA_KEYS)
     data = json.dumps(value, indent=2).encode()
     damage = rng.choice(['none', 'none', 'cut', 'byte'])
     if damage == 'cut':
