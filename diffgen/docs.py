@@ -28,13 +28,16 @@ results.md holds:
     report/sections.json for the title, text, figures and summary), its text verbatim with
     its figures; the last value of every eval.csv column (evaluation during training,
     whatever its columns) and a figure of them against the step;
-  - the sweep over N (launch.sweep): its results.csv, each run's last evaluation (its
-    eval.csv) and the sweep's figures (transition_ratio.png, transition_curves.png, emm.png);
+  - the sweep over N (launch.sweep): the transition read from its transition.json (both
+    criteria's rates by N with intervals over models, the EMM per sampler and criterion, the
+    calibration, whether rates still move at the last step: diffgen.analysis.
+    transition_reading), the sweep's figures (transition_ratio.png, transition_curves.png,
+    emm.png), then folded its results.csv and each run's last evaluation (its eval.csv);
   - per --study=LABEL=PATH: the sampler-lag study's study.json (studies/sampler_lag.py) as
     tables, a reading and its figure (diffgen.analysis.lag_study), its provenance a stamp row;
   - for a run not given, or a file not made yet: what is missing and the command that makes it.
 The README block gives each section's summary (Section.summary) with a link to the section on
-results.md, the sweep's transition in a sentence, and for what is missing the command that
+results.md, the sweep's transition in a few sentences, and for what is missing the command that
 makes it. Rerunning the command refreshes the pages; on the same files it writes the same
 pages. A path that is not a workdir (a sweep dir) or a damaged file: one line
 `diffgen: error: ...`, exit 2.
@@ -56,7 +59,7 @@ from absl import app, flags  # noqa: E402
 from etils import epath  # noqa: E402
 
 from diffgen import figures, files  # noqa: E402
-from diffgen.analysis import lag_study, report, transition  # noqa: E402
+from diffgen.analysis import lag_study, report, transition, transition_reading  # noqa: E402
 from diffgen.analysis.experiments import e6_emm, e8_theories  # noqa: E402
 from diffgen.errors import CorruptFileError, UserError, WorkdirError  # noqa: E402
 from diffgen.training.csv_log import read_csv  # noqa: E402
@@ -547,24 +550,48 @@ def render_run(run):
     return lines
 
 
+def transition_data(sweep):
+    """The sweep's transition.json when it is format 2 (per sampler and criterion: what
+    diffgen/analysis/transition_reading.py reads), else None."""
+    data = (sweep.get('transition') or {}).get('data')
+    ok = (isinstance(data, dict) and isinstance(data.get('samplers'), dict)
+          and isinstance(data.get('criteria'), dict) and 'threshold' in data
+          and 'num_samples' in data)
+    return data if ok else None
+
+
+def _details(summary, lines):
+    """lines folded under a <details> summary (GitHub renders the Markdown inside)."""
+    return ['<details>', f'<summary>{summary}</summary>', '', *lines, '</details>', '']
+
+
 def render_sweep(sweep):
-    """Markdown lines of the sweep over N."""
+    """Markdown lines of the sweep over N: the transition's reading and tables
+    (transition_reading, from transition.json), the figures, then the finished runs'
+    results.csv and each run's last evaluation, folded."""
     lines = [f'## {SWEEP_HEADING}', '']
     if not sweep['dir']:
         return lines + [f'- no `--sweep` dir was given: made by `{sweep["command"]}`',
                         f'  (then add `--sweep={sweep["path"]}` to this page\'s command)']
     if not sweep['exists']:
         return lines + [f'- `{sweep["dir"]}` does not exist: made by `{sweep["command"]}`']
-    lines += [f'From `{sweep["dir"]}`.', '']
+    lines += [f'From `{sweep["dir"]}` (`{sweep["transition"]["path"]}`, each run\'s eval.csv '
+              'and report).', '']
+    data = transition_data(sweep)
+    if data is not None:
+        lines += transition_reading.markdown(data)
+    for figure in sweep['figures']:
+        lines += [f'![sweep: {figure["name"]}]({figure["path"]})' if figure['path']
+                  else f'- figure `{figure["source"]}` does not exist: made by '
+                       f'`{sweep["command"]}`', '']
     results = sweep['results']
     if results['exists'] and not results['rows']:
         lines += [f'`{results["csv"]}` lists no finished run yet.', '']
     elif results['exists']:
         shown = [i for i, c in enumerate(results['columns']) if '.provenance.' not in c]
-        lines += [f'Finished runs (`{results["csv"]}`):', '',
-                  report.markdown_table([results['columns'][i] for i in shown],
-                                        [[cell(r[i]) for i in shown] for r in results['rows']]),
-                  '']
+        lines += _details(f'Finished runs ({results["csv"]}: {len(results["rows"])} runs)', [
+            report.markdown_table([results['columns'][i] for i in shown],
+                                  [[cell(r[i]) for i in shown] for r in results['rows']]), ''])
     else:
         lines += [f'- `{results["csv"]}` does not exist: made by `{sweep["command"]}`', '']
     evaluated = sweep['evaluations']
@@ -574,12 +601,8 @@ def render_sweep(sweep):
             cell(e['last'][c][1]) + ('' if e['last'][c][0] == e['step']
                                      else f' (step {e["last"][c][0]})')
             if c in e['last'] else '–' for c in metrics)] for e in evaluated]
-        lines += ['Last evaluation during training of each run (its eval.csv):', '',
-                  report.markdown_table(['run', 'step', *metrics], table), '']
-    for figure in sweep['figures']:
-        lines += [f'![sweep: {figure["name"]}]({figure["path"]})' if figure['path']
-                  else f'- figure `{figure["source"]}` does not exist: made by '
-                       f'`{sweep["command"]}`', '']
+        lines += _details('Last evaluation during training of each run (its eval.csv)',
+                          [report.markdown_table(['run', 'step', *metrics], table), ''])
     return lines
 
 
@@ -766,6 +789,9 @@ def transition_sentence(sweep):
     (memorisation ratio against N at the last step per sampler, and the EMM) when the sweep
     has one, else from results.csv's E6 columns (e6.num_train, e6.memorisation_ratio,
     e6.threshold); None when neither has a number."""
+    data = transition_data(sweep)
+    if data is not None and transition_reading.summary(data):
+        return transition_reading.summary(data)
     points = transition_points((sweep.get('transition') or {}).get('data'))
     if points:
         parts = []

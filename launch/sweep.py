@@ -34,7 +34,9 @@ D/emm.png plots the memorisation ratio against N with the EMM marked
 D/transition.json, D/transition_ratio.png (both memorisation criteria against N per sampler
 at the last step, pooled over seeds with a 95 % bootstrap over models and samples, and the
 EMM as the logistic crossing N* with its interval) and D/transition_curves.png (rate against
-training step per N, the mean over seeds with their range; diffgen/analysis/transition.py).
+training step per N, the mean over seeds with their range; diffgen/analysis/transition.py),
+with both criteria's calibration at each N on the data alone (diffgen/analysis/copies.py
+sweep_calibration: the rate each flags held-out images and noisy copies of training images).
 SIGTERM or SIGINT to the sweep passes SIGTERM to
 every running child (which saves a checkpoint and stops), waits for them, and exits 143:
 every run stays resumable and no child outlives the sweep. Exit status 1 if a run failed.
@@ -91,10 +93,10 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from diffgen import files  # noqa: E402
-from diffgen.analysis import transition  # noqa: E402
+from diffgen.analysis import copies, transition  # noqa: E402
 from diffgen.analysis.experiments import e6_emm  # noqa: E402
 from diffgen.analysis.provenance import config_digest  # noqa: E402
-from diffgen.errors import WorkdirError  # noqa: E402
+from diffgen.errors import UserError, WorkdirError  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -560,6 +562,21 @@ def sweep(config_flag, sweep_dir, sweep_arg=None, mode='all', launcher='local', 
     return runs, summary
 
 
+def calibrate(finished_runs):
+    """copies.sweep_calibration of the finished runs (the criteria on the data alone, per N);
+    [] with a printed note where their data cannot be read here."""
+    if not finished_runs:
+        return []
+    print(f'calibrating both memorisation criteria on the data of {len(finished_runs)} '
+          'finished runs', flush=True)
+    try:
+        return copies.sweep_calibration(
+            [(r.config.data.num_train, r.config.seed, r.config) for r in finished_runs])
+    except UserError as e:
+        print(f'calibration left out: {e}', flush=True)
+        return []
+
+
 def collect(runs, sweep_dir, config):
     """results.csv from the finished runs (run, seconds, seed, overrides, report numbers);
     the others are listed, never counted. From the finished runs' eval.csv, transition.json
@@ -587,10 +604,12 @@ def collect(runs, sweep_dir, config):
         print('not counted: ' + '; '.join(left), flush=True)
     finished_runs = [r for r in runs if r.status.startswith('ok')]
     threshold = config.analysis.e6.threshold
+    triples = [(r.name, r.config.data.num_train, r.config.seed) for r in finished_runs]
     result = transition.summarise(
-        sweep_dir, [(r.name, r.config.data.num_train, r.config.seed) for r in finished_runs],
-        config.evaluation.num_samples if not finished_runs
-        else finished_runs[0].config.evaluation.num_samples, threshold)
+        sweep_dir, triples, config.evaluation.num_samples if not finished_runs
+        else finished_runs[0].config.evaluation.num_samples, threshold,
+        calibration=calibrate(finished_runs) if transition.read_curves(sweep_dir, triples)
+        else [])
     for sampler, per_criterion in (result or {'samplers': {}})['samplers'].items():
         for criterion, s in per_criterion.items():
             print(f'{sampler}, {criterion} criterion ({transition.RULES[criterion]}): rate by N '

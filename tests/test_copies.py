@@ -68,3 +68,45 @@ def test_calibration_counts_heldout_and_noisy_copies():
     d.sort(axis=1)
     assert cal['heldout']['distance'] == pytest.approx(np.mean(d[:, 0] < delta))
     assert cal['num_copies'] == 256 and cal['threshold'] == delta
+
+
+def test_calibration_with_max_queries_uses_subsets_of_that_size():
+    source = _source(600, 8, seed=4)
+    train, heldout = source[:300], source[300:]
+    delta = copies.threshold(source, 0.05)
+    cal = copies.calibration(train, heldout, delta, (0.0, 10.0), max_queries=50)
+    assert cal['num_copies'] == 50 and cal['num_heldout'] == 50
+    assert cal['noisy_0'] == {'ratio': 1.0, 'distance': 1.0}   # every copy is its source
+    # the held-out rate is a fraction of 50 of them, and within the binomial error (5 SE)
+    # of the brute-force rate over all 300
+    d = np.sqrt(((heldout[:, None].astype(np.float64) - train[None]) ** 2).mean(-1))
+    d.sort(axis=1)
+    full = np.mean(d[:, 0] < delta)
+    assert (cal['heldout']['distance'] * 50) % 1 == pytest.approx(0, abs=1e-9)
+    assert abs(cal['heldout']['distance'] - full) <= 5 * np.sqrt(max(full * (1 - full), 1e-2) / 50)
+    # max_queries at least the sizes: the same as without it
+    assert copies.calibration(train, heldout, delta, (0.1,), max_queries=1000) == \
+        copies.calibration(train, heldout, delta, (0.1,))
+
+
+def test_sweep_calibration_means_each_n_over_its_seeds(digits_data_dir):
+    from diffgen.data import dataset
+    from tests.tiny import tiny_digits_config
+    configs = [(n, s, tiny_digits_config(digits_data_dir, **{'data.num_train': n, 'seed': s}))
+               for n, s in ((64, 1), (16, 0), (64, 0))]
+    for _, _, c in configs:
+        c.analysis.copy_noise_levels = (0.1,)
+    got = copies.sweep_calibration(configs, max_queries=64)
+    assert [g['num_train'] for g in got] == [16, 64] and got[1]['seeds'] == [0, 1]
+    delta = copies.source_threshold(configs[0][2])
+    for entry in got:
+        singles = [copies.calibration(dataset.load(c).train, dataset.load(c).heldout, delta,
+                                      (0.1,), max_queries=64)
+                   for n, _, c in configs if n == entry['num_train']]
+        assert entry['threshold'] == delta and entry['num_heldout'] == 16
+        for rule in ('ratio', 'distance'):
+            assert entry['heldout'][rule] == pytest.approx(
+                np.mean([s['heldout'][rule] for s in singles]))
+            assert entry['noisy'][0][rule] == pytest.approx(
+                np.mean([s['noisy_0.1'][rule] for s in singles]))
+    assert copies.sweep_calibration([]) == []

@@ -151,3 +151,24 @@ def test_sigterm_stops_the_children_and_leaves_no_orphan(fake):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not (fake / 'sweep' / 'num_train_16' / 'report').exists()
+
+
+def test_collect_writes_the_transition_with_both_criteria_calibrated(fake):
+    """With eval.csv in the finished runs, collect writes transition.json with the criteria's
+    calibration on each N's data (copies.sweep_calibration of the runs' configs)."""
+    write_plan(fake, '16,64')
+    sweep.sweep(CONFIG, str(fake / 'sweep'), '16,64', 'all', 'fake')
+    for n, rate in ((16, 0.9), (64, 0.2)):
+        (fake / 'sweep' / f'num_train_{n}' / 'eval.csv').write_text(
+            f'step,ddim/memorisation_ratio,ddim/near_copy_rate\n100,{rate},{rate}\n')
+    runs, summary = sweep.collect_only(CONFIG, str(fake / 'sweep'), '16,64')
+    calibration = summary['transition']['calibration']
+    assert [c['num_train'] for c in calibration] == [16, 64]
+    config = runs[0].config
+    assert [x['sigma'] for x in calibration[0]['noisy']] == list(config.analysis.copy_noise_levels)
+    for c in calibration:
+        assert 0 < c['threshold'] and c['seeds'] == [config.seed]
+        for x in c['noisy']:
+            assert 0 <= x['ratio'] <= 1 and 0 <= x['distance'] <= 1
+    with open(fake / 'sweep' / 'transition.json') as f:
+        assert json.load(f)['calibration'] == json.loads(json.dumps(calibration))

@@ -48,6 +48,12 @@ crossing is "< smallest N" counts as −∞, "> largest N" as +∞, a separated 
 (its low end for the low bound, its high end for the high one); a bound at ±∞ is reported as
 its flag. With one seed per N it covers the sampling of x_T only (interval_over).
 
+The calibration of both criteria at each N (diffgen/analysis/copies.py sweep_calibration: the
+rate at which each flags held-out images and noisy copies of the training images, on the data
+alone, no model) is stored beside them where the sweep's collect step could read the data,
+and drawn on the rate-against-N figure: the baseline that says how much of a criterion's
+fall with N a copier that copies equally well at every N would show.
+
 summarise() writes transition.json (the numbers a results page needs: `summary`'s layout),
 transition_ratio.png and transition_curves.png.
 """
@@ -407,7 +413,7 @@ def series(per_n, num_samples, threshold=0.9, num_boot=NUM_BOOT, seed=0):
     return out
 
 
-def summary(curves, num_samples, threshold=0.9, num_boot=NUM_BOOT, seed=0):
+def summary(curves, num_samples, threshold=0.9, num_boot=NUM_BOOT, seed=0, calibration=None):
     """The sweep's transition as JSON-able numbers (transition.json):
       format, threshold, level, num_samples, num_boot, bootstrap_seed,
       criteria: {criterion: {column, rule}},
@@ -419,11 +425,12 @@ def summary(curves, num_samples, threshold=0.9, num_boot=NUM_BOOT, seed=0):
           curves: [{num_train, steps, mean, min, max, seeds: [{seed, steps, rate}]}]}}},
       points: {sampler: {num_train, ratio, low, high, emm: {emm, low, high}}}: the ratio
           criterion's pooled rates and crossing (as text: '181', '< smallest N (16)') in the
-          layout diffgen/docs.py's transition_points reads."""
+          layout diffgen/docs.py's transition_points reads,
+      calibration: copies.sweep_calibration()'s list as given ([] where there is none)."""
     out = {'format': FORMAT, 'threshold': float(threshold), 'level': LEVEL,
            'num_samples': int(num_samples), 'num_boot': int(num_boot), 'bootstrap_seed': seed,
            'criteria': {c: {'column': CRITERIA[c], 'rule': RULES[c]} for c in CRITERIA},
-           'samplers': {}, 'points': {}}
+           'samplers': {}, 'points': {}, 'calibration': list(calibration or [])}
     for sampler in sorted(curves):
         out['samplers'][sampler] = {
             c: series(curves[sampler][c], num_samples, threshold, num_boot, seed)
@@ -477,10 +484,29 @@ def _rate_axes(ax, threshold, ylabel):
     ax.set_ylabel(ylabel)
 
 
+def plot_calibration(ax, calibration, criterion):
+    """The criterion's calibration against N in grey (copies.sweep_calibration's list): the
+    rate it flags noisy copies of training images at each RMS σ (solid, darker for smaller
+    σ) and held-out images (dashed)."""
+    if not calibration:
+        return
+    sizes = [c['num_train'] for c in calibration]
+    sigmas = [n['sigma'] for n in calibration[0]['noisy']]
+    for i, sigma in enumerate(sigmas):
+        ax.plot(sizes, [next(n[criterion] for n in c['noisy'] if n['sigma'] == sigma)
+                        for c in calibration], '-', marker='x', ms=3, lw=0.8,
+                color=str(0.25 + 0.45 * i / max(len(sigmas) - 1, 1)),
+                label=f'data alone: training image + noise σ={sigma:g}')
+    if all(c['heldout'] is not None for c in calibration):
+        ax.plot(sizes, [c['heldout'][criterion] for c in calibration], '--', marker='x', ms=3,
+                lw=0.8, color='0.5', label='data alone: held-out images')
+
+
 def plot_ratio_against_n(result, path):
     """The rate against N (log axis) at the last step, one panel per criterion, one colour
     per sampler: seeds faint, pooled means with 95 % bootstrap bars, the fitted logistic, N*
-    and its interval (dotted line, shaded span); the threshold dotted grey."""
+    and its interval (dotted line, shaded span); the threshold dotted grey; the criterion's
+    calibration on the data alone in grey (plot_calibration)."""
     criteria = [c for c in CRITERIA if any(c in per for per in result['samplers'].values())]
     fig, axes = figures.subplots(len(criteria), width=5.6, height=4.4)
     for ax, criterion in zip(axes, criteria):
@@ -489,6 +515,7 @@ def plot_ratio_against_n(result, path):
             s = result['samplers'][m][criterion]
             if s['num_train']:
                 plot_rate_panel(ax, s, color, m, 2 ** (0.06 * (i - (len(samplers) - 1) / 2)))
+        plot_calibration(ax, result.get('calibration'), criterion)
         _rate_axes(ax, result['threshold'], f'fraction flagged ({RULES[criterion]})')
         ax.set_title(f'{criterion} criterion')
         ax.legend(fontsize=7, loc='best')
@@ -524,14 +551,16 @@ def plot_curves(result, path):
                                    'their min to their max')
 
 
-def summarise(sweep_dir, runs, num_samples, threshold=0.9, num_boot=NUM_BOOT, seed=0):
+def summarise(sweep_dir, runs, num_samples, threshold=0.9, num_boot=NUM_BOOT, seed=0,
+              calibration=None):
     """Reads the sweep's eval.csv files (runs: (run name, N, seed) triples), writes
-    transition.json (summary()), transition_ratio.png and transition_curves.png into
-    sweep_dir; returns summary() (None if no run has evaluations)."""
+    transition.json (summary(), with calibration: copies.sweep_calibration's list),
+    transition_ratio.png and transition_curves.png into sweep_dir; returns summary() (None
+    if no run has evaluations)."""
     curves = read_curves(sweep_dir, runs)
     if not curves:
         return None
-    result = summary(curves, num_samples, threshold, num_boot, seed)
+    result = summary(curves, num_samples, threshold, num_boot, seed, calibration)
     files.write_text(os.path.join(sweep_dir, JSON), json.dumps(result, indent=1))
     plot_ratio_against_n(result, os.path.join(sweep_dir, RATIO_FIGURE))
     plot_curves(result, os.path.join(sweep_dir, CURVES_FIGURE))

@@ -1,0 +1,330 @@
+"""The sweep's transition from copying to creating as Markdown: the tables and the reading of a
+transition.json (format 2) that diffgen/analysis/transition.py writes. Every number is read
+from it; each sentence of the reading is a comparison of those numbers with the rule that
+makes it stated beside it:
+
+  - rates by N: per criterion (ratio d_1/d_2 < 1/3, distance d_1 < δ) and sampler, the rate
+    at the last evaluated step pooled over the seeds of N, its 95 % bootstrap interval (over
+    models and samples with several seeds, over one model's samples with one), and the EMM
+    N* (the fitted logistic's crossing of τ) with its interval;
+  - whether the transition survives the N-independent criterion: a sampler goes from copying
+    to creating under d_1 < δ when its interval at the smallest N lies at or above τ and its
+    interval at the largest N at or below 1 − τ;
+  - the calibration (the criteria on the data alone, copies.sweep_calibration): the rate
+    each flags noisy copies of training images and held-out images at each N;
+  - whether the rate still moves at the end of training (still_moving): the change of the
+    mean over seeds between the last two evaluated steps s_1 < s_2 every seed has,
+        Δ = p̄(s_2) − p̄(s_1),  SE(Δ)² = (1/R²) Σ_s [p_s(s_1)(1 − p_s(s_1)) + p_s(s_2)(1 − p_s(s_2))] / n,
+    'rises' when Δ > 2 SE, 'falls' when Δ < −2 SE, else 'settled' (R seeds of n samples
+    each; the two evaluations share x_T, which correlates them positively, so treating them
+    as independent overstates SE: the rule claims a rise only where it is clear).
+"""
+from __future__ import annotations
+
+import math
+
+from diffgen.analysis import report
+
+CRITERIA = (('ratio', 'ratio criterion'), ('distance', 'distance criterion, the same at every N'))
+Z = 2.0   # still_moving: a change beyond Z standard errors
+
+
+def _n(value, spec='.2f'):
+    return report.number(value, spec)
+
+
+def _interval(rate, low, high):
+    return f'{_n(rate)} [{_n(low)}, {_n(high)}]'
+
+
+def rule(data, criterion):
+    """The criterion's rule as transition.json states it ('d1/d2 < 1/3')."""
+    return (data.get('criteria') or {}).get(criterion, {}).get('rule', criterion)
+
+
+def samplers(data, criterion):
+    """[(sampler, series)] of the samplers that have the criterion, in the file's order."""
+    return [(m, per[criterion]) for m, per in (data.get('samplers') or {}).items()
+            if isinstance(per, dict) and criterion in per and per[criterion].get('num_train')]
+
+
+def sizes(data):
+    """Every N of the file's series, ascending."""
+    return sorted({n for c, _ in CRITERIA for _, s in samplers(data, c) for n in s['num_train']})
+
+
+def crossing_text(c):
+    """'62 [51, 75]' of a crossing as transition.py writes it (its 'text' without 'N* = ');
+    'no fit' for None."""
+    if not c:
+        return 'no fit'
+    text = c.get('text', '')
+    return text[len('N* = '):] if text.startswith('N* = ') else text.removeprefix('N* ')
+
+
+def rate_table(data, criterion):
+    """Markdown: a row per sampler, a column per N with the pooled rate and its interval, the
+    EMM N* last; a first row with the seeds (models) per N."""
+    series = samplers(data, criterion)
+    ns = sizes(data)
+    seeds = {}
+    for _, s in series:
+        for n, k in zip(s['num_train'], s['num_seeds']):
+            seeds[n] = max(seeds.get(n, 0), k)
+    rows = [['seeds (models)', *(str(seeds.get(n, '–')) for n in ns), '']]
+    for m, s in series:
+        at = {n: _interval(r, lo, hi) for n, r, lo, hi in zip(s['num_train'], s['rate'],
+                                                              s['low'], s['high'])}
+        rows.append([m, *(at.get(n, '–') for n in ns), crossing_text(s.get('crossing'))])
+    return report.markdown_table(['sampler', *(f'N = {n}' for n in ns), 'EMM N* [95 %]'], rows)
+
+
+def calibration_table(data):
+    """Markdown: a row per N, the rate each criterion flags held-out images and noisy copies
+    at each σ; None where transition.json has no calibration."""
+    cal = data.get('calibration') or []
+    if not cal:
+        return None
+    sigmas = [x['sigma'] for x in cal[0]['noisy']]
+    header = ['N', 'seeds']
+    with_heldout = all(c['heldout'] is not None for c in cal)
+    if with_heldout:
+        header += ['held-out: ratio', 'held-out: distance']
+    header += [f'copy σ={s:g}: {r}' for s in sigmas for r in ('ratio', 'distance')]
+    rows = []
+    for c in cal:
+        row = [str(c['num_train']), str(len(c['seeds']))]
+        if with_heldout:
+            row += [_n(c['heldout']['ratio']), _n(c['heldout']['distance'])]
+        noisy = {x['sigma']: x for x in c['noisy']}
+        row += [_n(noisy[s][r]) if s in noisy else '–' for s in sigmas
+                for r in ('ratio', 'distance')]
+        rows.append(row)
+    return report.markdown_table(header, rows)
+
+
+def still_moving(curve, num_samples, z=Z):
+    """{'num_train', 'steps': (s_1, s_2), 'rates': (p̄(s_1), p̄(s_2)), 'change', 'se',
+    'verdict': 'rises' | 'falls' | 'settled'} of one N's step curves (transition.json's
+    curves entry) over its last two common steps (module docstring); None with fewer than
+    two."""
+    steps = curve.get('steps') or []
+    if len(steps) < 2:
+        return None
+    s1, s2 = steps[-2], steps[-1]
+    at = []
+    for seed in curve['seeds']:
+        by_step = dict(zip(seed['steps'], seed['rate']))
+        at.append((by_step[s1], by_step[s2]))
+    r = len(at)
+    p1, p2 = sum(a for a, _ in at) / r, sum(b for _, b in at) / r
+    var = sum(a * (1 - a) + b * (1 - b) for a, b in at) / num_samples / r ** 2
+    se, change = math.sqrt(var), p2 - p1
+    verdict = ('rises' if change > z * se and change > 0 else
+               'falls' if change < -z * se and change < 0 else 'settled')
+    return {'num_train': curve['num_train'], 'steps': (s1, s2), 'rates': (p1, p2),
+            'change': change, 'se': se, 'verdict': verdict}
+
+
+def movement(data, criterion):
+    """[(sampler, [still_moving() per N])] of the criterion."""
+    return [(m, [x for x in (still_moving(c, data['num_samples']) for c in s.get('curves', []))
+                 if x is not None]) for m, s in samplers(data, criterion)]
+
+
+def movement_table(data):
+    """Markdown: a row per sampler and criterion, per N the change of the mean rate over the
+    last two evaluated steps ('+0.08 rises'); None without step curves."""
+    ns = sizes(data)
+    rows = []
+    for criterion, _ in CRITERIA:
+        for m, moves in movement(data, criterion):
+            at = {x['num_train']: f'{x["change"]:+.2f} ± {x["se"]:.2f}' + (
+                '' if x['verdict'] == 'settled' else f' {x["verdict"]}') for x in moves}
+            if at:
+                rows.append([f'{m}, {criterion}', *(at.get(n, '–') for n in ns)])
+    if not rows:
+        return None
+    return report.markdown_table(['sampler, criterion', *(f'N = {n}' for n in ns)], rows)
+
+
+def survives(s, threshold):
+    """Whether one sampler's series goes from copying to creating: its interval at the
+    smallest N at or above τ, at the largest N at or below 1 − τ."""
+    return s['low'][0] >= threshold and s['high'][-1] <= 1 - threshold
+
+
+def crossing_sentence(data):
+    """The EMM per criterion and sampler, with the interval's meaning."""
+    parts = []
+    for criterion, _ in CRITERIA:
+        series = samplers(data, criterion)
+        if series:
+            parts.append(f'under {rule(data, criterion)}, ' + ', '.join(
+                f'{m} {crossing_text(s.get("crossing"))}' for m, s in series))
+    if not parts:
+        return None
+    over = {o for c, _ in CRITERIA for _, s in samplers(data, c) for o in s['interval_over']}
+    basis = ('models and samples' if over == {'models and samples'} else
+             'the samples of one model per N' if over == {'samples'} else
+             'models and samples where N has several seeds, one model\'s samples where it has one')
+    return (f'The EMM N* (where the logistic fitted in log N crosses τ = '
+            f'{_n(data["threshold"], "g")}; 95 % bootstrap over {basis}): '
+            + '; '.join(parts) + '.')
+
+
+def survival_sentence(data):
+    """Whether the transition survives the N-independent criterion, per sampler."""
+    series = samplers(data, 'distance')
+    if not series:
+        return None
+    t = data['threshold']
+    lo_n, hi_n = series[0][1]['num_train'][0], series[0][1]['num_train'][-1]
+    held = [m for m, s in series if survives(s, t)]
+    failed = [m for m, s in series if not survives(s, t)]
+    detail = '; '.join(f'{m}: {_interval(s["rate"][0], s["low"][0], s["high"][0])} at N = '
+                       f'{s["num_train"][0]}, {_interval(s["rate"][-1], s["low"][-1], s["high"][-1])} '
+                       f'at N = {s["num_train"][-1]}' for m, s in series)
+    rule_text = (f'(rule: the interval at the smallest N at or above τ = {_n(t, "g")}, at the '
+                 f'largest N at or below {_n(1 - t, "g")})')
+    if not failed:
+        head = (f'The transition from copying to creating survives the N-independent '
+                f'criterion {rule(data, "distance")} for every sampler')
+    elif not held:
+        head = (f'Under the N-independent criterion {rule(data, "distance")} no sampler goes '
+                f'from copying at N = {lo_n} to creating at N = {hi_n}')
+    else:
+        head = (f'Under the N-independent criterion {rule(data, "distance")} the transition '
+                f'holds for {", ".join(held)} but not for {", ".join(failed)}')
+    return f'{head} {rule_text}: {detail}.'
+
+
+def calibration_sentence(data):
+    """What the criteria flag on the data alone at the smallest and the largest N."""
+    cal = data.get('calibration') or []
+    if not cal:
+        return None
+    first, last = cal[0], cal[-1]
+    sigma = first['noisy'][len(first['noisy']) // 2]['sigma'] if first['noisy'] else None
+    if sigma is None:
+        return None
+    pick = lambda c, r: next(x[r] for x in c['noisy'] if x['sigma'] == sigma)
+    text = (f'On the data alone (no model), a training image plus noise of RMS σ = {sigma:g} '
+            f'is flagged by the ratio criterion at rate {_n(pick(first, "ratio"))} at N = '
+            f'{first["num_train"]} and {_n(pick(last, "ratio"))} at N = {last["num_train"]}, '
+            f'by the distance criterion at {_n(pick(first, "distance"))} and '
+            f'{_n(pick(last, "distance"))}')
+    if first['heldout'] is not None and last['heldout'] is not None:
+        text += (f'; held-out images (new draws of the source) are flagged at '
+                 f'{_n(first["heldout"]["ratio"])} and {_n(last["heldout"]["ratio"])} (ratio), '
+                 f'{_n(first["heldout"]["distance"])} and {_n(last["heldout"]["distance"])} '
+                 f'(distance)')
+    return text + '.'
+
+
+def _moving(data):
+    """{criterion: {sampler: [still_moving() that rise or fall]}} and the last steps seen."""
+    moving, last_steps = {}, set()
+    for criterion, _ in CRITERIA:
+        for m, moves in movement(data, criterion):
+            last_steps.update(x['steps'][1] for x in moves)
+            changed = [x for x in moves if x['verdict'] != 'settled']
+            if changed:
+                moving.setdefault(criterion, {})[m] = changed
+    return moving, sorted(last_steps)
+
+
+def near_crossing(s, num_train):
+    """Whether num_train lies within the swept sizes that bracket the series' N* interval
+    (from the largest swept N at or below its low end to the smallest at or above its high
+    end; a bound outside the range counts as the range's end)."""
+    c = s.get('crossing') or {}
+    swept = s['num_train']
+    low = c.get('low') if isinstance(c.get('low'), (int, float)) else swept[0]
+    high = c.get('high') if isinstance(c.get('high'), (int, float)) else swept[-1]
+    if c.get('n_star') is None and not c.get('separated'):
+        return False
+    below = max([n for n in swept if n <= low], default=swept[0])
+    above = min([n for n in swept if n >= high], default=swept[-1])
+    return below <= num_train <= above
+
+
+def movement_sentence(data):
+    """Where the rate still rises or falls at the end of training, per criterion and
+    sampler; what that means for N*."""
+    moving, last_steps = _moving(data)
+    if not last_steps:
+        return None
+    at = ', '.join(str(s) for s in last_steps)
+    rule_text = (f'(rule: the mean over seeds changes by more than {Z:g} standard errors '
+                 f'between the last two evaluations)')
+    if not moving:
+        return (f'No rate still moves at the last evaluated step ({at}) {rule_text}: N* is '
+                f'that of models whose rates have settled.')
+    parts = []
+    for criterion, per in moving.items():
+        parts.append(f'{criterion} criterion: ' + '; '.join(
+            f'{m} at N = ' + ', '.join(
+                f'{x["num_train"]} ({_n(x["rates"][0])} → {_n(x["rates"][1])} from step '
+                f'{x["steps"][0]})' for x in xs) for m, xs in per.items()))
+    text = (f'At the last evaluated step ({at}) the rate still moves {rule_text}: '
+            + '. '.join(parts) + f'. Every other N shows no change beyond {Z:g} standard '
+            'errors.')
+    near = sorted({f'{m} ({criterion})' for criterion, per in moving.items()
+                   for m, xs in per.items() if any(near_crossing(
+                       dict(samplers(data, criterion))[m], x['num_train']) for x in xs)})
+    if near:
+        text += (f' For {", ".join(near)} a swept N next to N* still moves: its N* is the '
+                 f'crossing at step {at}, not that of a model trained until its rates settle.')
+    return text
+
+
+def summary(data):
+    """The transition in a few sentences (README.md): the EMM per criterion and sampler,
+    whether the transition survives the N-independent criterion, the N whose rate still
+    moves at the end of training."""
+    parts = [crossing_sentence(data)]
+    series = samplers(data, 'distance')
+    if series:
+        t = data['threshold']
+        failed = [m for m, s in series if not survives(s, t)]
+        parts.append('The transition survives the N-independent criterion for every sampler.'
+                     if not failed else
+                     f'Under the N-independent criterion it does not hold for {", ".join(failed)}.')
+    moving, last_steps = _moving(data)
+    if moving:
+        sizes_moving = sorted({x['num_train'] for per in moving.values() for xs in per.values()
+                               for x in xs})
+        parts.append(f'At the last step ({", ".join(map(str, last_steps))}) the rate still '
+                     f'rises or falls at N = {", ".join(map(str, sizes_moving))} for at least '
+                     'one sampler and criterion.')
+    return ' '.join(p for p in parts if p)
+
+
+def reading(data):
+    """The reading's sentences, in order (those the file has numbers for)."""
+    return [s for s in (crossing_sentence(data), survival_sentence(data),
+                        calibration_sentence(data), movement_sentence(data)) if s]
+
+
+def markdown(data):
+    """The transition's Markdown lines: the reading, the rate table per criterion, the
+    calibration table, the end-of-training movement table."""
+    lines = [' '.join(reading(data)), '']
+    for criterion, title in CRITERIA:
+        if samplers(data, criterion):
+            lines += [f'Rate flagged at the last evaluated step, {title} '
+                      f'({rule(data, criterion)}), mean over seeds [95 % bootstrap], of '
+                      f'{data["num_samples"]} samples per model:', '',
+                      rate_table(data, criterion), '']
+    table = calibration_table(data)
+    if table:
+        cal = data['calibration']
+        lines += [f'Calibration on the data alone (δ = {_n(cal[0]["threshold"], ".4f")}; '
+                  f'{min(c["num_copies"] for c in cal)}–{max(c["num_copies"] for c in cal)} '
+                  f'noisy copies per σ; mean over the seeds\' training sets):', '', table, '']
+    table = movement_table(data)
+    if table:
+        lines += ['Change of the mean rate over the last two evaluated steps (± its standard '
+                  'error; "rises" or "falls" beyond 2 standard errors):', '', table, '']
+    return lines
