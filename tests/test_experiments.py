@@ -115,10 +115,22 @@ def test_e6_reports_its_point_and_a_sweep(ctx, tmp_path):
     p, n = numbers['memorisation_ratio'], numbers['num_samples']
     assert n == len(ctx.x_T) and numbers['num_train'] == ctx.train_rows.num_rows
     assert numbers['memorisation_ratio_se'] == pytest.approx(np.sqrt(p * (1 - p) / n))
+    # the N-independent criterion on the same samples, recomputed here: d_1 < δ in float64
+    samples = ctx.sample(ctx.network(), 'ddim', num_steps=ctx.config.analysis.sampler_steps)
+    train = np.asarray(ctx.dataset.train, np.float64).reshape(ctx.dataset.train.shape[0], -1)
+    x = np.asarray(samples, np.float64).reshape(len(samples), -1)
+    d1 = np.sqrt(((x[:, None] - train[None]) ** 2).mean(-1)).min(1)
+    delta = numbers['calibration']['threshold']
+    assert delta == ctx.copy_threshold()
+    assert numbers['near_copy_rate'] == pytest.approx(np.mean(d1 < delta), abs=1.5 / n)
+    assert set(numbers['calibration']) >= {'heldout', 'num_copies', *(
+        f'noisy_{s:g}' for s in ctx.config.analysis.copy_noise_levels)}
     sweep = numbers['sweep']
     assert sweep['num_train'].tolist() == [16, 32, 64] and sweep['emm'] == 32
     section = e6.render(numbers, ctx)
     assert '| 32 | 0.920 |' in section.markdown and 'ratio ≥ 0.9): 32.' in section.markdown
+    assert f'd₁ < δ: {numbers["near_copy_rate"]:.3f}' in section.markdown
+    assert '| held-out images (new draws of the source) |' in section.markdown
     assert section.figures == [e6.FIGURE] and os.path.exists(ctx.figure_path(e6.FIGURE))
 
 

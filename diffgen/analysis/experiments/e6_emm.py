@@ -4,7 +4,9 @@ analysis.e6.threshold τ (0.9), found by a sweep over N with several seeds per N
 
 In one run, E6 measures that run's own point: the memorisation ratio of analysis.num_samples
 deterministic DDIM samples (from ctx.x_T) against the run's training set of N images, with
-its binomial standard error √(p(1 − p)/n). The sweep over N is one command,
+its binomial standard error √(p(1 − p)/n); beside it the N-independent criterion's rate
+(d_1 < δ, diffgen/analysis/copies.py) and both criteria's calibration at this N (the rate
+each flags held-out images and noisy copies of training images: ctx.calibration()). The sweep over N is one command,
 
     python -m launch.sweep --config=configs/digits.py:smoke --sweep_dir=D
         [--sweep_arg=16,64,256] [--seeds=3]
@@ -38,8 +40,9 @@ import os
 import numpy as np
 
 from diffgen import figures, files
-from diffgen.analysis import metrics, transition
+from diffgen.analysis import copies, metrics, transition
 from diffgen.analysis.experiment import Experiment, register
+from diffgen.analysis.experiments import e1_optimum_copies
 from diffgen.analysis.report import Section, markdown_table
 from diffgen.errors import require
 
@@ -160,10 +163,14 @@ def measure(ctx, cfg):
     samples = ctx.sample(ctx.network(), 'ddim', num_steps=steps)
     d1, d2, _ = metrics.nearest_two(samples, ctx.distance_rows, mesh=ctx.mesh)
     ratio = metrics.memorisation_ratio(d1, d2)
+    near = copies.rates(d1, d2, ctx.copy_threshold())['distance']
     numbers = {'num_train': int(ctx.dataset.train_images.shape[0]), 'memorisation_ratio': ratio,
                'memorisation_ratio_se': math.sqrt(ratio * (1 - ratio) / len(samples)),
+               'near_copy_rate': near,
+               'near_copy_rate_se': math.sqrt(near * (1 - near) / len(samples)),
                'exact_copy_rate': metrics.exact_copy_rate(d1), 'num_samples': len(samples),
-               'sampler': f'ddim, {steps} steps', 'threshold': cfg.threshold}
+               'sampler': f'ddim, {steps} steps', 'threshold': cfg.threshold,
+               'calibration': ctx.calibration()}
     summary = sweep_summary(read_results(cfg.sweep_dir), cfg.threshold) if cfg.sweep_dir else None
     if summary is not None:
         numbers['sweep'] = {'sweep_dir': cfg.sweep_dir, **summary}
@@ -175,6 +182,12 @@ def render(numbers, ctx):
     lines = [f'This run (N = {n["num_train"]}): memorisation ratio {n["memorisation_ratio"]:.3f} '
              f'(± {n["memorisation_ratio_se"]:.3f}) of {n["num_samples"]} DDIM samples, '
              f'exact-copy rate {n["exact_copy_rate"]:.3f}.']
+    if 'near_copy_rate' in n:
+        lines.append(f'Under the N-independent criterion d₁ < δ: {n["near_copy_rate"]:.3f} '
+                     f'(± {n["near_copy_rate_se"]:.3f}).')
+    if 'calibration' in n:
+        lines.append('\n' + e1_optimum_copies.criteria_text(n['calibration'],
+                                                             ctx.config.analysis.copy_quantile))
     if 'sweep' not in n:
         if sweep_dir:
             lines.append(f'\nNo E6 results in {sweep_dir}/{RESULTS} yet.')
