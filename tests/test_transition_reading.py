@@ -111,6 +111,10 @@ def test_a_falling_rate_and_one_seed_per_n():
     se = np.sqrt((0.9 * 0.1 + 0.5 * 0.5) / 100)
     assert x['verdict'] == 'falls' and x['se'] == pytest.approx(se)
     assert reading.still_moving({**curve, 'steps': [2]}, 100) is None
+    # a diverged seed (NaN) is left out; with no finite seed there is no verdict
+    nan = {'seed': 1, 'steps': [1, 2], 'rate': [0.5, float('nan')]}
+    assert reading.still_moving({**curve, 'seeds': curve['seeds'] + [nan]}, 100) == x
+    assert reading.still_moving({**curve, 'seeds': [nan]}, 100) is None
 
 
 def test_the_calibration_table_and_sentence(data):

@@ -106,8 +106,8 @@ def calibration_table(data):
 def still_moving(curve, num_samples, z=Z):
     """{'num_train', 'steps': (s_1, s_2), 'rates': (p̄(s_1), p̄(s_2)), 'change', 'se',
     'verdict': 'rises' | 'falls' | 'settled'} of one N's step curves (transition.json's
-    curves entry) over its last two common steps (module docstring); None with fewer than
-    two."""
+    curves entry) over its last two common steps (module docstring), over the seeds whose
+    rates there are finite; None with fewer than two steps or no such seed."""
     steps = curve.get('steps') or []
     if len(steps) < 2:
         return None
@@ -115,7 +115,11 @@ def still_moving(curve, num_samples, z=Z):
     at = []
     for seed in curve['seeds']:
         by_step = dict(zip(seed['steps'], seed['rate']))
-        at.append((by_step[s1], by_step[s2]))
+        pair = (by_step[s1], by_step[s2])
+        if all(math.isfinite(p) for p in pair):   # a diverged seed's NaN is left out
+            at.append(pair)
+    if not at:
+        return None
     r = len(at)
     p1, p2 = sum(a for a, _ in at) / r, sum(b for _, b in at) / r
     var = sum(a * (1 - a) + b * (1 - b) for a, b in at) / num_samples / r ** 2
