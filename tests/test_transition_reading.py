@@ -8,7 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from diffgen.analysis import transition, transition_reading as reading
+from diffgen.analysis import transition
+from diffgen.analysis import transition_reading as reading
 from diffgen.training.csv_log import CsvLog
 
 SIZES, SEEDS, N = (16, 64, 256, 1024), (0, 1, 2), 100
@@ -70,10 +71,10 @@ def test_every_rate_interval_and_crossing_on_the_page_is_the_files(data):
 
 def test_survival_holds_for_a_falling_sampler_and_not_for_one_that_stays_high(data):
     sentence = reading.survival_sentence(data)
-    assert 'the transition holds for ddim but not for heun' in sentence
+    assert 'the transition holds for ddim, does not hold for heun' in sentence
     heun = data['samplers']['heun']['distance']
     assert heun['low'][-1] > 0.1   # the rule's premise: heun stays above 1 − τ at N = 1024
-    assert 'does not hold for heun' in reading.summary(data)
+    assert 'not shown for heun' in reading.summary(data)
     ddim = data['samplers']['ddim']['distance']
     assert ddim['low'][0] >= 0.9 and ddim['high'][-1] <= 0.1
 
@@ -92,9 +93,9 @@ def test_the_change_over_the_last_two_steps_against_its_standard_error(data):
             assert x['steps'] == (1000, 2000)
             assert x['change'] == pytest.approx(change, abs=1e-12)
             assert x['se'] == pytest.approx(se, rel=1e-12)
-            assert x['verdict'] == ('rises' if change > 2 * se else 'settled')
+            assert x['verdict'] == ('rises' if change > 2 * se else reading.STILL)
     assert dict(reading.movement(data, 'ratio'))['ddim'][1]['verdict'] == 'rises'
-    assert dict(reading.movement(data, 'ratio'))['ddim'][2]['verdict'] == 'settled'
+    assert dict(reading.movement(data, 'ratio'))['ddim'][2]['verdict'] == reading.STILL
     sentence = reading.movement_sentence(data)
     assert 'ddim at N = 64 (0.45 → 0.75 from step 1000)' in sentence
     assert 'At the last evaluated step (2000)' in sentence
@@ -130,6 +131,96 @@ def test_the_calibration_table_and_sentence(data):
     assert reading.calibration_table({**data, 'calibration': []}) is None
 
 
+def test_the_survival_details_are_each_samplers_numbers_at_its_ends(data):
+    """Each clause 'sampler: rate [low, high] at N = n, ...' of the survival sentence is that
+    sampler's distance-criterion numbers at that N (parsed back, not merely present)."""
+    sentence = reading.survival_sentence(data)
+    clauses = re.findall(r'(\w+): ([\d.]+) \[([\d.]+), ([\d.]+)\] at N = (\d+), '
+                         r'([\d.]+) \[([\d.]+), ([\d.]+)\] at N = (\d+)', sentence)
+    assert [c[0] for c in clauses] == ['ddim', 'heun']
+    for m, *values in clauses:
+        s = data['samplers'][m]['distance']
+        for (rate, low, high, n) in (values[:4], values[4:]):
+            i = s['num_train'].index(int(n))
+            assert (rate, low, high) == tuple(f'{s[k][i]:.2f}' for k in ('rate', 'low', 'high'))
+        assert (int(values[3]), int(values[7])) == (SIZES[0], SIZES[-1])
+
+
+def test_the_crossings_are_each_samplers_and_criterions(data):
+    sentence = reading.crossing_sentence(data)
+    for criterion in ('ratio', 'distance'):
+        part = sentence.split(f'under {reading.rule(data, criterion)}, ')[1].split(';')[0]
+        for m in ('ddim', 'heun'):
+            c = data['samplers'][m][criterion]['crossing']
+            assert f'{m} {c["text"].removeprefix("N* = ")}' in part
+
+
+def _series(num_train, rate, low, high, crossing=None, seeds=1, steps=None):
+    return {'num_train': num_train, 'rate': rate, 'low': low, 'high': high,
+            'interval_over': ['samples'] * len(num_train), 'num_seeds': [seeds] * len(num_train),
+            'final_step': steps or [[100] * seeds] * len(num_train), 'crossing': crossing,
+            'curves': []}
+
+
+def _file(series, threshold=0.9):
+    return {'threshold': threshold, 'num_samples': 100,
+            'criteria': {c: {'rule': transition.RULES[c]} for c in transition.CRITERIA},
+            'samplers': {m: per for m, per in series.items()}}
+
+
+def test_survival_is_unknown_for_a_missing_bound_and_absent_for_one_n():
+    ok = _series([16, 64], [1.0, 0.0], [0.95, 0.0], [1.0, 0.05])
+    nan = _series([16, 64], [1.0, 0.0], [float('nan'), 0.0], [1.0, 0.05])
+    data = _file({'a': {'distance': ok}, 'b': {'distance': nan}})
+    assert reading.survives(ok, 0.9) is True and reading.survives(nan, 0.9) is None
+    assert 'holds for a, cannot be told for b' in reading.survival_sentence(data)
+    assert 'not shown for b' in reading.summary(data)
+    one = _file({'a': {'distance': _series([16], [1.0], [0.9], [1.0])}})
+    assert reading.survives(one['samplers']['a']['distance'], 0.9) is None
+    assert reading.survival_sentence(one) is None
+
+
+def test_near_crossing_brackets_the_interval_and_reads_the_flags():
+    sizes = [16, 32, 64, 128, 256]
+    inside = {'n_star': 50.0, 'low': 40.0, 'high': 70.0, 'separated': None, 'degenerate': None,
+              'position': {'n_star': 'inside', 'low': 'inside', 'high': 'inside'}}
+    s = _series(sizes, [0] * 5, [0] * 5, [0] * 5, inside)
+    assert [reading.near_crossing(s, n) for n in sizes] == [False, True, True, True, False]
+    below = {**inside, 'n_star': None, 'low': None, 'high': 20.0,
+             'position': {'n_star': transition.BELOW, 'low': transition.BELOW,
+                          'high': 'inside'}}
+    s = _series(sizes, [0] * 5, [0] * 5, [0] * 5, below)
+    assert [reading.near_crossing(s, n) for n in sizes] == [True, True, False, False, False]
+    separated = {**inside, 'n_star': None, 'low': 16.0, 'high': 256.0, 'separated': [32, 64],
+                 'position': {'n_star': transition.SEPARATED, 'low': 'inside',
+                              'high': 'inside'}}
+    s = _series(sizes, [0] * 5, [0] * 5, [0] * 5, separated)
+    assert [reading.near_crossing(s, n) for n in sizes] == [False, True, True, False, False]
+    for c in (None, {**inside, 'degenerate': 'all 0'}):
+        assert not reading.near_crossing(_series(sizes, [0] * 5, [0] * 5, [0] * 5, c), 32)
+
+
+def test_seeds_at_different_final_steps_are_named():
+    s = _series([16, 64], [1.0, 0.2], [0.9, 0.1], [1.0, 0.3], seeds=2,
+                steps=[[100, 100], [60, 100]])
+    data = _file({'a': {'ratio': s}})
+    assert reading.steps_sentence(data) == ('The seeds of N = 64 end at steps 60, 100: their '
+                                            'pooled rate mixes training lengths.')
+    assert reading.steps_sentence(data) in reading.summary(data)
+    s['final_step'] = [[100, 100], [100, 100]]
+    assert reading.steps_sentence(data) is None
+
+
+def test_no_change_detected_is_said_as_such():
+    curve = {'num_train': 16, 'steps': [1, 2],
+             'seeds': [{'seed': 0, 'steps': [1, 2], 'rate': [0.5, 0.52]}]}
+    s = {**_series([16, 64], [0.5, 0.1], [0.4, 0.0], [0.6, 0.2]), 'curves': [curve]}
+    sentence = reading.movement_sentence(_file({'a': {'ratio': s}}))
+    assert sentence.startswith('No change beyond 2 standard errors was detected between the '
+                               'last two evaluated steps (up to 2)')
+    assert '1 comparisons' in sentence
+
+
 def test_every_number_of_the_reading_is_in_the_file(data):
     """No number in the reading's sentences that the file does not hold (rates, bounds,
     crossings, steps, N, τ), formatted as the page formats them."""
@@ -143,7 +234,8 @@ def test_every_number_of_the_reading_is_in_the_file(data):
                 for seed_curve in curve['seeds']:
                     held |= {str(v) for v in seed_curve['steps']}
                 held |= {f'{v:.2f}' for v in curve['mean']}
-    held |= {str(n) for n in SIZES} | {'0.9', '0.1', '2', '95', '1', '3'}
+    compared = sum(len(s['curves']) for per in data['samplers'].values() for s in per.values())
+    held |= {str(n) for n in SIZES} | {'0.9', '0.1', '2', '95', '1', '3', '20', str(compared)}
     for c in CALIBRATION:
         held |= {f'{v:.2f}' for v in (c['heldout']['ratio'], c['heldout']['distance'])}
         held |= {f'{x[r]:.2f}' for x in c['noisy'] for r in ('ratio', 'distance')}

@@ -15,7 +15,7 @@ makes it stated beside it:
   - whether the rate still moves at the end of training (still_moving): the change of the
     mean over seeds between the last two evaluated steps s_1 < s_2 every seed has,
         Δ = p̄(s_2) − p̄(s_1),  SE(Δ)² = (1/R²) Σ_s [p_s(s_1)(1 − p_s(s_1)) + p_s(s_2)(1 − p_s(s_2))] / n,
-    'rises' when Δ > 2 SE, 'falls' when Δ < −2 SE, else 'settled' (R seeds of n samples
+    'rises' when Δ > 2 SE, 'falls' when Δ < −2 SE, else 'no clear change' (R seeds of n samples
     each; the two evaluations share x_T, which correlates them positively, so treating them
     as independent overstates SE: the rule claims a rise only where it is clear).
 """
@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import math
 
-from diffgen.analysis import report
+from diffgen.analysis import report, transition
 
 CRITERIA = (('ratio', 'ratio criterion'), ('distance', 'distance criterion, the same at every N'))
 Z = 2.0   # still_moving: a change beyond Z standard errors
+STILL = 'no clear change'
 
 
 def _n(value, spec='.2f'):
@@ -57,7 +58,7 @@ def crossing_text(c):
     """'62 [51, 75]' of a crossing as transition.py writes it (its 'text' without 'N* = ');
     'no fit' for None."""
     if not c:
-        return 'no fit'
+        return transition.crossing_text(None).removeprefix('N* ')
     text = c.get('text', '')
     return text[len('N* = '):] if text.startswith('N* = ') else text.removeprefix('N* ')
 
@@ -105,7 +106,7 @@ def calibration_table(data):
 
 def still_moving(curve, num_samples, z=Z):
     """{'num_train', 'steps': (s_1, s_2), 'rates': (p̄(s_1), p̄(s_2)), 'change', 'se',
-    'verdict': 'rises' | 'falls' | 'settled'} of one N's step curves (transition.json's
+    'verdict': 'rises' | 'falls' | 'no clear change'} of one N's step curves (transition.json's
     curves entry) over its last two common steps (module docstring), over the seeds whose
     rates there are finite; None with fewer than two steps or no such seed."""
     steps = curve.get('steps') or []
@@ -125,7 +126,7 @@ def still_moving(curve, num_samples, z=Z):
     var = sum(a * (1 - a) + b * (1 - b) for a, b in at) / num_samples / r ** 2
     se, change = math.sqrt(var), p2 - p1
     verdict = ('rises' if change > z * se and change > 0 else
-               'falls' if change < -z * se and change < 0 else 'settled')
+               'falls' if change < -z * se and change < 0 else STILL)
     return {'num_train': curve['num_train'], 'steps': (s1, s2), 'rates': (p1, p2),
             'change': change, 'se': se, 'verdict': verdict}
 
@@ -144,7 +145,7 @@ def movement_table(data):
     for criterion, _ in CRITERIA:
         for m, moves in movement(data, criterion):
             at = {x['num_train']: f'{x["change"]:+.2f} ± {x["se"]:.2f}' + (
-                '' if x['verdict'] == 'settled' else f' {x["verdict"]}') for x in moves}
+                '' if x['verdict'] == STILL else f' {x["verdict"]}') for x in moves}
             if at:
                 rows.append([f'{m}, {criterion}', *(at.get(n, '–') for n in ns)])
     if not rows:
@@ -153,9 +154,25 @@ def movement_table(data):
 
 
 def survives(s, threshold):
-    """Whether one sampler's series goes from copying to creating: its interval at the
-    smallest N at or above τ, at the largest N at or below 1 − τ."""
-    return s['low'][0] >= threshold and s['high'][-1] <= 1 - threshold
+    """Whether one sampler's series goes from copying to creating: True when its interval
+    at its smallest N lies at or above τ and at its largest N at or below 1 − τ; False when
+    either clearly fails; None when it cannot tell (fewer than two N, or a bound is not a
+    number)."""
+    if len(s['num_train']) < 2:
+        return None
+    low, high = s['low'][0], s['high'][-1]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)):
+        return None
+    return low >= threshold and high <= 1 - threshold
+
+
+def interval_basis(data):
+    """What the intervals cover: 'models and samples', 'the samples of one model per N', or
+    both where the seeds per N differ."""
+    over = {o for c, _ in CRITERIA for _, s in samplers(data, c) for o in s['interval_over']}
+    return ('models and samples' if over == {'models and samples'} else
+            'the samples of one model per N' if over == {'samples'} else
+            'models and samples where N has several seeds, one model\'s samples where it has one')
 
 
 def crossing_sentence(data):
@@ -168,57 +185,55 @@ def crossing_sentence(data):
                 f'{m} {crossing_text(s.get("crossing"))}' for m, s in series))
     if not parts:
         return None
-    over = {o for c, _ in CRITERIA for _, s in samplers(data, c) for o in s['interval_over']}
-    basis = ('models and samples' if over == {'models and samples'} else
-             'the samples of one model per N' if over == {'samples'} else
-             'models and samples where N has several seeds, one model\'s samples where it has one')
     return (f'The EMM N* (where the logistic fitted in log N crosses τ = '
-            f'{_n(data["threshold"], "g")}; 95 % bootstrap over {basis}): '
+            f'{_n(data["threshold"], "g")}; 95 % bootstrap over {interval_basis(data)}): '
             + '; '.join(parts) + '.')
 
 
 def survival_sentence(data):
     """Whether the transition survives the N-independent criterion, per sampler."""
-    series = samplers(data, 'distance')
+    series = [(m, s) for m, s in samplers(data, 'distance') if len(s['num_train']) >= 2]
     if not series:
         return None
     t = data['threshold']
-    lo_n, hi_n = series[0][1]['num_train'][0], series[0][1]['num_train'][-1]
-    held = [m for m, s in series if survives(s, t)]
-    failed = [m for m, s in series if not survives(s, t)]
+    verdicts = {m: survives(s, t) for m, s in series}
+    held = [m for m, v in verdicts.items() if v is True]
+    failed = [m for m, v in verdicts.items() if v is False]
+    unknown = [m for m, v in verdicts.items() if v is None]
     detail = '; '.join(f'{m}: {_interval(s["rate"][0], s["low"][0], s["high"][0])} at N = '
                        f'{s["num_train"][0]}, {_interval(s["rate"][-1], s["low"][-1], s["high"][-1])} '
                        f'at N = {s["num_train"][-1]}' for m, s in series)
-    rule_text = (f'(rule: the interval at the smallest N at or above τ = {_n(t, "g")}, at the '
-                 f'largest N at or below {_n(1 - t, "g")})')
-    if not failed:
-        head = (f'The transition from copying to creating survives the N-independent '
-                f'criterion {rule(data, "distance")} for every sampler')
-    elif not held:
-        head = (f'Under the N-independent criterion {rule(data, "distance")} no sampler goes '
-                f'from copying at N = {lo_n} to creating at N = {hi_n}')
+    rule_text = (f'(rule: the 95 % interval, over {interval_basis(data)}, at the smallest N at '
+                 f'or above τ = {_n(t, "g")} and at the largest N at or below {_n(1 - t, "g")})')
+    criterion = f'the N-independent criterion {rule(data, "distance")}'
+    if held and not failed and not unknown:
+        head = (f'The transition from copying to creating survives {criterion} for every '
+                'sampler')
+    elif failed and not held and not unknown:
+        head = f'Under {criterion} no sampler goes from copying to creating'
     else:
-        head = (f'Under the N-independent criterion {rule(data, "distance")} the transition '
-                f'holds for {", ".join(held)} but not for {", ".join(failed)}')
+        said = [f'holds for {", ".join(held)}' if held else '',
+                f'does not hold for {", ".join(failed)}' if failed else '',
+                f'cannot be told for {", ".join(unknown)} (a bound is missing)' if unknown
+                else '']
+        head = f'Under {criterion} the transition ' + ', '.join(x for x in said if x)
     return f'{head} {rule_text}: {detail}.'
 
 
 def calibration_sentence(data):
     """What the criteria flag on the data alone at the smallest and the largest N."""
     cal = data.get('calibration') or []
-    if not cal:
+    if len(cal) < 1 or not cal[0].get('noisy'):
         return None
     first, last = cal[0], cal[-1]
-    sigma = first['noisy'][len(first['noisy']) // 2]['sigma'] if first['noisy'] else None
-    if sigma is None:
-        return None
-    pick = lambda c, r: next(x[r] for x in c['noisy'] if x['sigma'] == sigma)
+    sigma = first['noisy'][len(first['noisy']) // 2]['sigma']
+    pick = lambda c, r: next((x[r] for x in c.get('noisy', []) if x['sigma'] == sigma), None)
     text = (f'On the data alone (no model), a training image plus noise of RMS σ = {sigma:g} '
             f'is flagged by the ratio criterion at rate {_n(pick(first, "ratio"))} at N = '
             f'{first["num_train"]} and {_n(pick(last, "ratio"))} at N = {last["num_train"]}, '
             f'by the distance criterion at {_n(pick(first, "distance"))} and '
             f'{_n(pick(last, "distance"))}')
-    if first['heldout'] is not None and last['heldout'] is not None:
+    if first.get('heldout') is not None and last.get('heldout') is not None:
         text += (f'; held-out images (new draws of the source) are flagged at '
                  f'{_n(first["heldout"]["ratio"])} and {_n(last["heldout"]["ratio"])} (ratio), '
                  f'{_n(first["heldout"]["distance"])} and {_n(last["heldout"]["distance"])} '
@@ -226,28 +241,55 @@ def calibration_sentence(data):
     return text + '.'
 
 
+def steps_sentence(data):
+    """Where the seeds of one N ended at different steps (an unfinished or shorter run among
+    them): their pooled rate mixes training lengths. None where every final step is one."""
+    mixed = {}
+    for criterion, _ in CRITERIA:
+        for _, s in samplers(data, criterion):
+            for n, steps in zip(s['num_train'], s.get('final_step', [])):
+                if len(set(steps)) > 1:
+                    mixed[n] = sorted(set(steps))
+    if not mixed:
+        return None
+    return ('The seeds of ' + '; '.join(f'N = {n} end at steps {", ".join(map(str, st))}'
+                                        for n, st in sorted(mixed.items()))
+            + ': their pooled rate mixes training lengths.')
+
+
 def _moving(data):
-    """{criterion: {sampler: [still_moving() that rise or fall]}} and the last steps seen."""
-    moving, last_steps = {}, set()
+    """({criterion: {sampler: [still_moving() that rise or fall]}}, the last steps seen,
+    how many (sampler, criterion, N) were compared)."""
+    moving, last_steps, compared = {}, set(), 0
     for criterion, _ in CRITERIA:
         for m, moves in movement(data, criterion):
             last_steps.update(x['steps'][1] for x in moves)
-            changed = [x for x in moves if x['verdict'] != 'settled']
+            compared += len(moves)
+            changed = [x for x in moves if x['verdict'] != STILL]
             if changed:
                 moving.setdefault(criterion, {})[m] = changed
-    return moving, sorted(last_steps)
+    return moving, sorted(last_steps), compared
 
 
 def near_crossing(s, num_train):
-    """Whether num_train lies within the swept sizes that bracket the series' N* interval
-    (from the largest swept N at or below its low end to the smallest at or above its high
-    end; a bound outside the range counts as the range's end)."""
-    c = s.get('crossing') or {}
-    swept = s['num_train']
-    low = c.get('low') if isinstance(c.get('low'), (int, float)) else swept[0]
-    high = c.get('high') if isinstance(c.get('high'), (int, float)) else swept[-1]
-    if c.get('n_star') is None and not c.get('separated'):
+    """Whether num_train lies within the swept sizes that bracket the series' N* interval:
+    from the largest swept N at or below its low end to the smallest at or above its high
+    end, a bound outside the range (None, flagged '< smallest N' / '> largest N') taken as
+    the range's end; for separated counts the two sizes [N_a, N_b] (an end None: the
+    range's). False for no crossing or degenerate counts."""
+    c = s.get('crossing')
+    if not c or c.get('degenerate'):
         return False
+    swept = s['num_train']
+    ends = {transition.BELOW: swept[0], transition.ABOVE: swept[-1]}
+    if c.get('separated') and c['position'].get('n_star') == transition.SEPARATED:
+        low, high = c['separated']
+    else:
+        low, high = c.get('low'), c.get('high')
+    if low is None:
+        low = ends.get(c['position'].get('low'), swept[0])
+    if high is None:
+        high = ends.get(c['position'].get('high'), swept[-1])
     below = max([n for n in swept if n <= low], default=swept[0])
     above = min([n for n in swept if n >= high], default=swept[-1])
     return below <= num_train <= above
@@ -256,15 +298,16 @@ def near_crossing(s, num_train):
 def movement_sentence(data):
     """Where the rate still rises or falls at the end of training, per criterion and
     sampler; what that means for N*."""
-    moving, last_steps = _moving(data)
+    moving, last_steps, compared = _moving(data)
     if not last_steps:
         return None
     at = ', '.join(str(s) for s in last_steps)
     rule_text = (f'(rule: the mean over seeds changes by more than {Z:g} standard errors '
-                 f'between the last two evaluations)')
+                 f'between the last two evaluations; {compared} comparisons, of which about '
+                 f'at most about 1 in 20 would show a change by chance where there is none)')
     if not moving:
-        return (f'No rate still moves at the last evaluated step ({at}) {rule_text}: N* is '
-                f'that of models whose rates have settled.')
+        return (f'No change beyond {Z:g} standard errors was detected between the last two '
+                f'evaluated steps (up to {at}) {rule_text}.')
     parts = []
     for criterion, per in moving.items():
         parts.append(f'{criterion} criterion: ' + '; '.join(
@@ -272,8 +315,8 @@ def movement_sentence(data):
                 f'{x["num_train"]} ({_n(x["rates"][0])} → {_n(x["rates"][1])} from step '
                 f'{x["steps"][0]})' for x in xs) for m, xs in per.items()))
     text = (f'At the last evaluated step ({at}) the rate still moves {rule_text}: '
-            + '. '.join(parts) + f'. Every other N shows no change beyond {Z:g} standard '
-            'errors.')
+            + '. '.join(parts) + f'. At every other N no change beyond {Z:g} standard '
+            'errors was detected.')
     near = sorted({f'{m} ({criterion})' for criterion, per in moving.items()
                    for m, xs in per.items() if any(near_crossing(
                        dict(samplers(data, criterion))[m], x['num_train']) for x in xs)})
@@ -285,17 +328,19 @@ def movement_sentence(data):
 
 def summary(data):
     """The transition in a few sentences (README.md): the EMM per criterion and sampler,
-    whether the transition survives the N-independent criterion, the N whose rate still
-    moves at the end of training."""
+    whether the transition survives the N-independent criterion (and over what its
+    intervals are), the N whose rate still moves at the end of training."""
     parts = [crossing_sentence(data)]
-    series = samplers(data, 'distance')
+    series = [(m, s) for m, s in samplers(data, 'distance') if len(s['num_train']) >= 2]
     if series:
-        t = data['threshold']
-        failed = [m for m, s in series if not survives(s, t)]
-        parts.append('The transition survives the N-independent criterion for every sampler.'
-                     if not failed else
-                     f'Under the N-independent criterion it does not hold for {", ".join(failed)}.')
-    moving, last_steps = _moving(data)
+        verdicts = {m: survives(s, data['threshold']) for m, s in series}
+        failed = [m for m, v in verdicts.items() if v is not True]
+        parts.append(f'The transition survives the N-independent criterion for every sampler '
+                     f'(intervals over {interval_basis(data)}).' if not failed else
+                     f'Under the N-independent criterion it is not shown for '
+                     f'{", ".join(failed)}.')
+    parts.append(steps_sentence(data))
+    moving, last_steps, _ = _moving(data)
     if moving:
         sizes_moving = sorted({x['num_train'] for per in moving.values() for xs in per.values()
                                for x in xs})
@@ -308,7 +353,8 @@ def summary(data):
 def reading(data):
     """The reading's sentences, in order (those the file has numbers for)."""
     return [s for s in (crossing_sentence(data), survival_sentence(data),
-                        calibration_sentence(data), movement_sentence(data)) if s]
+                        calibration_sentence(data), steps_sentence(data),
+                        movement_sentence(data)) if s]
 
 
 def markdown(data):
