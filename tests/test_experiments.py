@@ -116,7 +116,8 @@ def test_e6_reports_its_point_and_a_sweep(ctx, tmp_path):
     assert n == len(ctx.x_T) and numbers['num_train'] == ctx.train_rows.num_rows
     assert numbers['memorisation_ratio_se'] == pytest.approx(np.sqrt(p * (1 - p) / n))
     # the N-independent criterion on the same samples, recomputed here: d_1 < δ in float64
-    samples = ctx.sample(ctx.network(), 'ddim', num_steps=ctx.config.analysis.sampler_steps)
+    samples = numbers['_samples']
+    assert samples.shape == ctx.x_T.shape
     train = np.asarray(ctx.dataset.train, np.float64).reshape(ctx.dataset.train.shape[0], -1)
     x = np.asarray(samples, np.float64).reshape(len(samples), -1)
     d1 = np.sqrt(((x[:, None] - train[None]) ** 2).mean(-1)).min(1)

@@ -67,7 +67,7 @@ def run_two_processes(workdir, *flags, expect=0):
             [os.path.join(REPO, 'launch', 'local.sh'), '--cpu_devices=4',
              '--config=configs/digits.py', f'--workdir={workdir}', '--mode=train', *flags],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = [w.communicate(timeout=400) for w in workers]
+    outputs = [w.communicate(timeout=900) for w in workers]   # a hang guard (a loaded machine)
     for w, (out, err) in zip(workers, outputs):
         assert w.returncode == expect, out[-2000:] + err[-3000:]
     return outputs

@@ -157,8 +157,10 @@ def write_sweep_summary(sweep_dir, rows, threshold, figure_path=None):
 
 
 def measure(ctx, cfg):
-    """This run's memorisation ratio (with its binomial standard error) and exact-copy rate
-    of DDIM samples; with cfg.sweep_dir, the sweep's numbers (sweep_summary)."""
+    """This run's memorisation ratio (with its binomial standard error), near-copy rate
+    (d_1 < δ) and exact-copy rate of DDIM samples (kept for figures as '_samples', not
+    stored), both criteria's calibration; with cfg.sweep_dir, the sweep's numbers
+    (sweep_summary)."""
     steps = ctx.config.analysis.sampler_steps
     samples = ctx.sample(ctx.network(), 'ddim', num_steps=steps)
     d1, d2, _ = metrics.nearest_two(samples, ctx.distance_rows, mesh=ctx.mesh)
@@ -170,7 +172,7 @@ def measure(ctx, cfg):
                'near_copy_rate_se': math.sqrt(near * (1 - near) / len(samples)),
                'exact_copy_rate': metrics.exact_copy_rate(d1), 'num_samples': len(samples),
                'sampler': f'ddim, {steps} steps', 'threshold': cfg.threshold,
-               'calibration': ctx.calibration()}
+               'calibration': ctx.calibration(), '_samples': samples}
     summary = sweep_summary(read_results(cfg.sweep_dir), cfg.threshold) if cfg.sweep_dir else None
     if summary is not None:
         numbers['sweep'] = {'sweep_dir': cfg.sweep_dir, **summary}
