@@ -790,8 +790,9 @@ def transition_sentence(sweep):
     has one, else from results.csv's E6 columns (e6.num_train, e6.memorisation_ratio,
     e6.threshold); None when neither has a number."""
     data = transition_data(sweep)
-    if data is not None and transition_reading.summary(data):
-        return transition_reading.summary(data)
+    said = transition_reading.summary(data) if data is not None else None
+    if said:
+        return said
     points = transition_points((sweep.get('transition') or {}).get('data'))
     if points:
         parts = []
