@@ -608,8 +608,7 @@ def collect(runs, sweep_dir, config):
     result = transition.summarise(
         sweep_dir, triples, config.evaluation.num_samples if not finished_runs
         else finished_runs[0].config.evaluation.num_samples, threshold,
-        calibration=calibrate(finished_runs) if transition.read_curves(sweep_dir, triples)
-        else [])
+        calibration=lambda: calibrate(finished_runs))
     for sampler, per_criterion in (result or {'samplers': {}})['samplers'].items():
         for criterion, s in per_criterion.items():
             print(f'{sampler}, {criterion} criterion ({transition.RULES[criterion]}): rate by N '

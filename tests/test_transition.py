@@ -235,4 +235,10 @@ def test_summary_from_eval_csv_with_both_criteria_and_seeds(tmp_path):
         assert json.load(f) == json.loads(json.dumps(result))
     for name in (transition.RATIO_FIGURE, transition.CURVES_FIGURE):
         assert os.path.getsize(tmp_path / name) > 0
-    assert transition.summarise(str(tmp_path / 'empty'), runs, n) is None
+    def never():
+        raise AssertionError('the calibration is computed only when there are curves')
+    assert transition.summarise(str(tmp_path / 'empty'), runs, n, calibration=never) is None
+    calls = []
+    with_callable = transition.summarise(str(tmp_path), runs, n, num_boot=200,
+                                         calibration=lambda: calls.append(1) or [])
+    assert calls == [1] and with_callable['calibration'] == []

@@ -554,12 +554,15 @@ def plot_curves(result, path):
 def summarise(sweep_dir, runs, num_samples, threshold=0.9, num_boot=NUM_BOOT, seed=0,
               calibration=None):
     """Reads the sweep's eval.csv files (runs: (run name, N, seed) triples), writes
-    transition.json (summary(), with calibration: copies.sweep_calibration's list),
-    transition_ratio.png and transition_curves.png into sweep_dir; returns summary() (None
-    if no run has evaluations)."""
+    transition.json (summary(), with calibration: copies.sweep_calibration's list, or a
+    callable returning it, called only when some run has evaluations), transition_ratio.png
+    and transition_curves.png into sweep_dir; returns summary() (None if no run has
+    evaluations)."""
     curves = read_curves(sweep_dir, runs)
     if not curves:
         return None
+    if callable(calibration):
+        calibration = calibration()
     result = summary(curves, num_samples, threshold, num_boot, seed, calibration)
     files.write_text(os.path.join(sweep_dir, JSON), json.dumps(result, indent=1))
     plot_ratio_against_n(result, os.path.join(sweep_dir, RATIO_FIGURE))
