@@ -551,13 +551,21 @@ def render_run(run):
 
 
 def transition_data(sweep):
-    """The sweep's transition.json when it is format 2 (per sampler and criterion: what
-    diffgen/analysis/transition_reading.py reads), else None."""
+    """The sweep's transition.json when it is of transition.FORMAT (per sampler and
+    criterion: what diffgen/analysis/transition_reading.py reads), else None (an older
+    layout, read by transition_points). CorruptFileError, naming the file, where it claims
+    that format but its reading fails on a missing or mistyped entry."""
     data = (sweep.get('transition') or {}).get('data')
-    ok = (isinstance(data, dict) and isinstance(data.get('samplers'), dict)
-          and isinstance(data.get('criteria'), dict) and 'threshold' in data
-          and 'num_samples' in data)
-    return data if ok else None
+    if not (isinstance(data, dict) and data.get('format') == transition.FORMAT):
+        return None
+    try:
+        transition_reading.markdown(data)
+        transition_reading.summary(data)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise CorruptFileError(
+            f'{sweep["transition"]["path"]} is damaged ({type(e).__name__}: {e}): delete it '
+            'and rerun launch.sweep --collect on the sweep dir') from None
+    return data
 
 
 def _details(summary, lines):

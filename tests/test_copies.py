@@ -6,6 +6,7 @@ import pytest
 from scipy import stats
 
 from diffgen.analysis import copies
+from diffgen.errors import UserError
 
 
 def _source(num, dim, seed=0):
@@ -73,17 +74,20 @@ def test_calibration_counts_heldout_and_noisy_copies():
 def test_calibration_with_max_queries_uses_subsets_of_that_size():
     source = _source(600, 8, seed=4)
     train, heldout = source[:300], source[300:]
-    delta = copies.threshold(source, 0.05)
+    delta = copies.threshold(source, 0.5)   # a held-out rate near 0.3: a subset's can differ
     cal = copies.calibration(train, heldout, delta, (0.0, 10.0), max_queries=50)
     assert cal['num_copies'] == 50 and cal['num_heldout'] == 50
     assert cal['noisy_0'] == {'ratio': 1.0, 'distance': 1.0}   # every copy is its source
-    # the held-out rate is a fraction of 50 of them, and within the binomial error (5 SE)
-    # of the brute-force rate over all 300
+    # the held-out rate is a fraction of 50 of them, and within 5 SE of the brute-force rate
+    # over all 300 (a draw of 50 of 300 without replacement: the hypergeometric SE)
     d = np.sqrt(((heldout[:, None].astype(np.float64) - train[None]) ** 2).mean(-1))
     d.sort(axis=1)
     full = np.mean(d[:, 0] < delta)
-    assert (cal['heldout']['distance'] * 50) % 1 == pytest.approx(0, abs=1e-9)
-    assert abs(cal['heldout']['distance'] - full) <= 5 * np.sqrt(max(full * (1 - full), 1e-2) / 50)
+    count = cal['heldout']['distance'] * 50
+    assert abs(count - round(count)) < 1e-9
+    assert 0.1 < full < 0.9
+    se = np.sqrt(full * (1 - full) / 50 * (300 - 50) / (300 - 1))
+    assert abs(cal['heldout']['distance'] - full) <= 5 * se
     # max_queries at least the sizes: the same as without it
     assert copies.calibration(train, heldout, delta, (0.1,), max_queries=1000) == \
         copies.calibration(train, heldout, delta, (0.1,))
@@ -110,3 +114,7 @@ def test_sweep_calibration_means_each_n_over_its_seeds(digits_data_dir):
             assert entry['noisy'][0][rule] == pytest.approx(
                 np.mean([s['noisy_0.1'][rule] for s in singles]))
     assert copies.sweep_calibration([]) == []
+    # runs of other noise levels cannot share one calibration: a one-line error, no work
+    configs[0][2].analysis.copy_noise_levels = (0.2,)
+    with pytest.raises(UserError, match='copy_noise_levels.*vs'):
+        copies.sweep_calibration(configs)

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from diffgen import docs
-from diffgen.analysis import report
+from diffgen.analysis import report, transition
 from diffgen.errors import CorruptFileError, UserError, WorkdirError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -287,6 +287,21 @@ def test_the_transition_sentence_reads_transition_json_defensively(runs):
     snapshot['sweep']['results'].update(columns=[], rows=[])
     assert docs.transition_sentence(snapshot['sweep']) is None
     assert 'no finished run of' in docs.render(snapshot)[1]
+
+
+def test_a_damaged_transition_json_of_the_current_format_names_it_and_nothing_is_written(
+        runs, tmp_path):
+    """A transition.json that claims transition.FORMAT but lacks what the reading needs (a
+    series without its intervals) is a CorruptFileError naming the file, not a traceback."""
+    kwargs, _ = runs
+    path = os.path.join(kwargs['sweep'], docs.TRANSITION_JSON)
+    with open(path, 'w') as f:
+        json.dump({'format': transition.FORMAT, 'threshold': 0.9, 'num_samples': 100,
+                   'criteria': {}, 'samplers': {'ddim': {'ratio': {'num_train': [16, 32]}}}}, f)
+    out = tmp_path / 'out'
+    with pytest.raises(CorruptFileError, match=f'{re.escape(path)} is damaged .*--collect'):
+        docs.write_page(str(out), **kwargs)
+    assert not (out / 'results.md').exists()
 
 
 def test_a_readme_without_the_block_is_an_error_and_nothing_is_written(runs, tmp_path):

@@ -66,7 +66,8 @@ def test_every_rate_interval_and_crossing_on_the_page_is_the_files(data):
             assert row in page
             assert f'{sampler} {crossing}' in reading.crossing_sentence(data)
     assert '| seeds (models) | 3 | 3 | 3 | 3 |  |' in page
-    assert 'over models and samples' in reading.crossing_sentence(data)
+    assert 'over models (3 seeds) and samples' in reading.crossing_sentence(data)
+    assert f'{np.sqrt(2 / 3):.2f} at R = 3' in page   # the plug-in variance's (R − 1)/R
 
 
 def test_survival_holds_for_a_falling_sampler_and_not_for_one_that_stays_high(data):
@@ -172,12 +173,30 @@ def test_survival_is_unknown_for_a_missing_bound_and_absent_for_one_n():
     ok = _series([16, 64], [1.0, 0.0], [0.95, 0.0], [1.0, 0.05])
     nan = _series([16, 64], [1.0, 0.0], [float('nan'), 0.0], [1.0, 0.05])
     data = _file({'a': {'distance': ok}, 'b': {'distance': nan}})
-    assert reading.survives(ok, 0.9) is True and reading.survives(nan, 0.9) is None
+    assert reading.survives(ok, 0.9) == reading.HOLDS and reading.survives(nan, 0.9) is None
     assert 'holds for a, cannot be told for b' in reading.survival_sentence(data)
     assert 'not shown for b' in reading.summary(data)
     one = _file({'a': {'distance': _series([16], [1.0], [0.9], [1.0])}})
     assert reading.survives(one['samplers']['a']['distance'], 0.9) is None
     assert reading.survival_sentence(one) is None
+
+
+def test_survival_straddling_its_bound_is_not_shown_and_wholly_wrong_side_fails():
+    """Intervals that straddle τ at the smallest N or 1 − τ at the largest show neither a
+    transition nor its absence; one wholly below τ at the smallest N, or wholly above 1 − τ
+    at the largest, fails."""
+    straddles = _series([16, 64], [0.9, 0.1], [0.85, 0.05], [0.95, 0.15])
+    below = _series([16, 64], [0.5, 0.0], [0.4, 0.0], [0.6, 0.05])
+    above = _series([16, 64], [1.0, 0.5], [0.95, 0.4], [1.0, 0.6])
+    assert reading.survives(straddles, 0.9) == reading.NOT_SHOWN
+    assert reading.survives(below, 0.9) == reading.survives(above, 0.9) == reading.FAILS
+    sentence = reading.survival_sentence(_file({'a': {'distance': straddles}}))
+    assert 'the transition is not shown for a' in sentence and 'no sampler' not in sentence
+    assert 'no sampler goes from copying to creating' in reading.survival_sentence(
+        _file({'b': {'distance': below}, 'c': {'distance': above}}))
+    mixed = reading.survival_sentence(_file({'a': {'distance': straddles},
+                                             'b': {'distance': below}}))
+    assert 'does not hold for b, is not shown for a' in mixed
 
 
 def test_near_crossing_brackets_the_interval_and_reads_the_flags():
@@ -218,7 +237,7 @@ def test_no_change_detected_is_said_as_such():
     sentence = reading.movement_sentence(_file({'a': {'ratio': s}}))
     assert sentence.startswith('No change beyond 2 standard errors was detected between the '
                                'last two evaluated steps (up to 2)')
-    assert '1 comparisons' in sentence
+    assert '1 comparison, of which' in sentence
 
 
 def test_every_number_of_the_reading_is_in_the_file(data):

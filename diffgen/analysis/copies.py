@@ -35,6 +35,7 @@ import numpy as np
 from diffgen.analysis import metrics
 from diffgen.data import dataset as datasets
 from diffgen.data.dataset import source_images
+from diffgen.errors import UserError
 from diffgen.optimum import chunked
 from diffgen.optimum.neighbors import knn
 
@@ -119,10 +120,19 @@ def sweep_calibration(runs, max_queries=SWEEP_QUERIES, mesh=None):
     by N ascending, each rate the mean over the seeds of N of calibration(the run's training
     and held-out sets, δ, analysis.copy_noise_levels, max_queries); 'heldout' is None where
     the runs have no held-out images. δ is the source's (source_threshold of the first
-    config). [] for no runs; DataError where a run's data cannot be read."""
+    config). [] for no runs; DataError where a run's data cannot be read; UserError where
+    the runs differ in source, image transform, copy_quantile or copy_noise_levels (one δ
+    and one set of σ serve them all)."""
     runs = sorted(runs, key=lambda r: (r[0], r[1]))
     if not runs:
         return []
+    shared = lambda c: (c.data.source, c.data.center_crop, c.data.image_size,
+                        c.analysis.copy_quantile, tuple(c.analysis.copy_noise_levels))
+    differ = sorted({repr(shared(c)) for _, _, c in runs})
+    if len(differ) > 1:
+        raise UserError('the runs to calibrate differ in (data.source, data.center_crop, '
+                        'data.image_size, analysis.copy_quantile, analysis.copy_noise_levels): '
+                        + ' vs '.join(differ))
     delta = source_threshold(runs[0][2], mesh=mesh)
     per_n = {}
     for num_train, seed, config in runs:

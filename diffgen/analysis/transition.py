@@ -493,8 +493,8 @@ def plot_calibration(ax, calibration, criterion):
     sizes = [c['num_train'] for c in calibration]
     sigmas = [n['sigma'] for n in calibration[0]['noisy']]
     for i, sigma in enumerate(sigmas):
-        ax.plot(sizes, [next(n[criterion] for n in c['noisy'] if n['sigma'] == sigma)
-                        for c in calibration], '-', marker='x', ms=3, lw=0.8,
+        ax.plot(sizes, [next((n[criterion] for n in c['noisy'] if n['sigma'] == sigma),
+                             math.nan) for c in calibration], '-', marker='x', ms=3, lw=0.8,
                 color=str(0.25 + 0.45 * i / max(len(sigmas) - 1, 1)),
                 label=f'data alone: training image + noise σ={sigma:g}')
     if all(c['heldout'] is not None for c in calibration):

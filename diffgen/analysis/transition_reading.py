@@ -153,26 +153,70 @@ def movement_table(data):
     return report.markdown_table(['sampler, criterion', *(f'N = {n}' for n in ns)], rows)
 
 
+HOLDS, FAILS, NOT_SHOWN = 'holds', 'fails', 'not shown'
+
+
 def survives(s, threshold):
-    """Whether one sampler's series goes from copying to creating: True when its interval
-    at its smallest N lies at or above τ and at its largest N at or below 1 − τ; False when
-    either clearly fails; None when it cannot tell (fewer than two N, or a bound is not a
-    number)."""
+    """Whether one sampler's series goes from copying to creating, from its 95 % intervals
+    at its smallest N ([l_0, h_0]) and its largest N ([l_1, h_1]):
+      'holds' when l_0 ≥ τ and h_1 ≤ 1 − τ (copies at the smallest N, creates at the largest);
+      'fails' when h_0 < τ or l_1 > 1 − τ (an interval lies wholly on the wrong side);
+      'not shown' otherwise (an interval straddles its bound);
+      None when it cannot tell (fewer than two N, or a bound is not a number)."""
     if len(s['num_train']) < 2:
         return None
-    low, high = s['low'][0], s['high'][-1]
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)):
+    bounds = s['low'][0], s['high'][0], s['low'][-1], s['high'][-1]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bounds):
         return None
-    return low >= threshold and high <= 1 - threshold
+    low0, high0, low1, high1 = bounds
+    if low0 >= threshold and high1 <= 1 - threshold:
+        return HOLDS
+    if high0 < threshold or low1 > 1 - threshold:
+        return FAILS
+    return NOT_SHOWN
+
+
+def survival(data):
+    """[(sampler, series, survives())] of the distance criterion's series with two N or more."""
+    return [(m, s, survives(s, data['threshold'])) for m, s in samplers(data, 'distance')
+            if len(s['num_train']) >= 2]
+
+
+def seeds_text(data):
+    """'2–3 seeds' (the range of seeds over the N that have several), '' where none has."""
+    counts = {k for c, _ in CRITERIA for _, s in samplers(data, c)
+              for k in s.get('num_seeds', []) if isinstance(k, int) and k > 1}
+    if not counts:
+        return ''
+    low, high = min(counts), max(counts)
+    return f'{low} seeds' if low == high else f'{low}–{high} seeds'
+
+
+def few_seeds_note(data):
+    """With R seeds the bootstrap's between-model variance is the plug-in one, (R − 1)/R of
+    the unbiased (docs/math.md §7): the note saying so for the file's smallest R > 1 (None
+    where no N has several seeds)."""
+    counts = [k for c, _ in CRITERIA for _, s in samplers(data, c)
+              for k in s.get('num_seeds', []) if isinstance(k, int) and k > 1]
+    if not counts:
+        return None
+    r = min(counts)
+    return (f'With R seeds per N the bootstrap over models draws R of R, so the between-model '
+            f'part of an interval is √((R − 1)/R) as wide as the seeds\' spread warrants: '
+            f'{math.sqrt((r - 1) / r):.2f} at R = {r}, so these intervals are too narrow '
+            'where the seeds disagree.')
 
 
 def interval_basis(data):
     """What the intervals cover: 'models and samples', 'the samples of one model per N', or
     both where the seeds per N differ."""
-    over = {o for c, _ in CRITERIA for _, s in samplers(data, c) for o in s['interval_over']}
-    return ('models and samples' if over == {'models and samples'} else
+    over = {o for c, _ in CRITERIA for _, s in samplers(data, c)
+            for o in s.get('interval_over', [])}
+    seeds = seeds_text(data)
+    models = f'models ({seeds}) and samples' if seeds else 'models and samples'
+    return (models if over == {'models and samples'} else
             'the samples of one model per N' if over == {'samples'} else
-            'models and samples where N has several seeds, one model\'s samples where it has one')
+            f'{models} where N has several seeds, one model\'s samples where it has one')
 
 
 def crossing_sentence(data):
@@ -192,28 +236,29 @@ def crossing_sentence(data):
 
 def survival_sentence(data):
     """Whether the transition survives the N-independent criterion, per sampler."""
-    series = [(m, s) for m, s in samplers(data, 'distance') if len(s['num_train']) >= 2]
+    series = survival(data)
     if not series:
         return None
     t = data['threshold']
-    verdicts = {m: survives(s, t) for m, s in series}
-    held = [m for m, v in verdicts.items() if v is True]
-    failed = [m for m, v in verdicts.items() if v is False]
-    unknown = [m for m, v in verdicts.items() if v is None]
+    held, failed, open_, unknown = ([m for m, _, v in series if v == want]
+                                    for want in (HOLDS, FAILS, NOT_SHOWN, None))
     detail = '; '.join(f'{m}: {_interval(s["rate"][0], s["low"][0], s["high"][0])} at N = '
                        f'{s["num_train"][0]}, {_interval(s["rate"][-1], s["low"][-1], s["high"][-1])} '
-                       f'at N = {s["num_train"][-1]}' for m, s in series)
+                       f'at N = {s["num_train"][-1]}' for m, s, _ in series)
     rule_text = (f'(rule: the 95 % interval, over {interval_basis(data)}, at the smallest N at '
-                 f'or above τ = {_n(t, "g")} and at the largest N at or below {_n(1 - t, "g")})')
+                 f'or above τ = {_n(t, "g")} and at the largest N at or below {_n(1 - t, "g")}; '
+                 'it does not hold where an interval lies wholly on the wrong side, and is not '
+                 'shown where one straddles its bound)')
     criterion = f'the N-independent criterion {rule(data, "distance")}'
-    if held and not failed and not unknown:
+    if held and not (failed or open_ or unknown):
         head = (f'The transition from copying to creating survives {criterion} for every '
                 'sampler')
-    elif failed and not held and not unknown:
+    elif failed and not (held or open_ or unknown):
         head = f'Under {criterion} no sampler goes from copying to creating'
     else:
         said = [f'holds for {", ".join(held)}' if held else '',
                 f'does not hold for {", ".join(failed)}' if failed else '',
+                f'is not shown for {", ".join(open_)}' if open_ else '',
                 f'cannot be told for {", ".join(unknown)} (a bound is missing)' if unknown
                 else '']
         head = f'Under {criterion} the transition ' + ', '.join(x for x in said if x)
@@ -303,8 +348,9 @@ def movement_sentence(data):
         return None
     at = ', '.join(str(s) for s in last_steps)
     rule_text = (f'(rule: the mean over seeds changes by more than {Z:g} standard errors '
-                 f'between the last two evaluations; {compared} comparisons, of which about '
-                 f'at most about 1 in 20 would show a change by chance where there is none)')
+                 f'between the last two evaluations; {compared} comparison{"s" * (compared != 1)}, '
+                 'of which at most about 1 in 20 would show a change by chance where there is '
+                 'none)')
     if not moving:
         return (f'No change beyond {Z:g} standard errors was detected between the last two '
                 f'evaluated steps (up to {at}) {rule_text}.')
@@ -315,8 +361,8 @@ def movement_sentence(data):
                 f'{x["num_train"]} ({_n(x["rates"][0])} → {_n(x["rates"][1])} from step '
                 f'{x["steps"][0]})' for x in xs) for m, xs in per.items()))
     text = (f'At the last evaluated step ({at}) the rate still moves {rule_text}: '
-            + '. '.join(parts) + f'. At every other N no change beyond {Z:g} standard '
-            'errors was detected.')
+            + '. '.join(parts) + f'. At the other N compared no change beyond {Z:g} '
+            'standard errors was detected.')
     near = sorted({f'{m} ({criterion})' for criterion, per in moving.items()
                    for m, xs in per.items() if any(near_crossing(
                        dict(samplers(data, criterion))[m], x['num_train']) for x in xs)})
@@ -331,10 +377,9 @@ def summary(data):
     whether the transition survives the N-independent criterion (and over what its
     intervals are), the N whose rate still moves at the end of training."""
     parts = [crossing_sentence(data)]
-    series = [(m, s) for m, s in samplers(data, 'distance') if len(s['num_train']) >= 2]
+    series = survival(data)
     if series:
-        verdicts = {m: survives(s, data['threshold']) for m, s in series}
-        failed = [m for m, v in verdicts.items() if v is not True]
+        failed = [m for m, _, v in series if v != HOLDS]
         parts.append(f'The transition survives the N-independent criterion for every sampler '
                      f'(intervals over {interval_basis(data)}).' if not failed else
                      f'Under the N-independent criterion it is not shown for '
@@ -367,6 +412,9 @@ def markdown(data):
                       f'({rule(data, criterion)}), mean over seeds [95 % bootstrap], of '
                       f'{data["num_samples"]} samples per model:', '',
                       rate_table(data, criterion), '']
+    note = few_seeds_note(data)
+    if note:
+        lines += [note, '']
     table = calibration_table(data)
     if table:
         cal = data['calibration']
