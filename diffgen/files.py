@@ -287,7 +287,8 @@ def workdir_lock(workdir):
     mine = _holder_text()
     while not _create_exclusive(path, mine):
         try:
-            holder = json.loads(read_text(path))
+            text = read_text(path)
+            holder = json.loads(text)
             host, pid, since = holder['host'], int(holder['pid']), holder.get('since', '?')
             alive, verified = _holder_state(path, holder)
         except FileNotFoundError:  # released meanwhile: try again
@@ -311,6 +312,11 @@ def workdir_lock(workdir):
         gone = ('no longer running' if not _pid_running(pid) else
                 'this run has its pid now' if pid == os.getpid() else
                 'its pid now belongs to another process')
+        try:   # another rerun may have taken the stale lock over since it was read:
+            if read_text(path) != text:   # then its fresh lock is not deleted, but met again
+                continue
+        except FileNotFoundError:
+            continue
         logging.warning('taking over the stale lock %s of pid %d (%s)', path, pid, gone)
         epath.Path(path).unlink(missing_ok=True)
     _HELD.add(_held_key(path))

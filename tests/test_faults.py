@@ -257,6 +257,29 @@ def test_a_stale_lock_is_taken_over(tmp_path, caplog):
     assert not lock.exists()
 
 
+def test_a_stale_lock_another_rerun_took_over_meanwhile_is_not_deleted(tmp_path, monkeypatch):
+    """Two reruns meet the same stale lock: the one that took it over first has written its
+    own lock by the time the other would delete the stale one; that fresh lock stays and the
+    second rerun meets it (here: held on another host, so it stops with the holder named)."""
+    gone = subprocess.Popen([sys.executable, '-c', 'pass'])
+    gone.wait()
+    lock = tmp_path / files.LOCK
+    lock.write_text(json.dumps({'host': socket.gethostname(), 'pid': gone.pid, 'since': 'x'}))
+    fresh = json.dumps({'host': 'node-7', 'pid': 1, 'since': 'y'})
+    state = files._holder_state
+
+    def first_rerun_wins(path, holder):
+        out = state(path, holder)
+        if holder['pid'] == gone.pid:   # the other rerun takes the stale lock over now
+            lock.write_text(fresh)
+        return out
+    monkeypatch.setattr(files, '_holder_state', first_rerun_wins)
+    with pytest.raises(WorkdirError, match='pid 1 on host node-7'):
+        with files.workdir_lock(str(tmp_path)):
+            pass
+    assert lock.read_text() == fresh
+
+
 def test_a_lock_held_on_another_host_names_it(tmp_path):
     (tmp_path / files.LOCK).write_text(json.dumps({'host': 'node-7', 'pid': 1, 'since': 'x'}))
     with pytest.raises(WorkdirError, match=f'pid 1 on host node-7.*delete {tmp_path}/'):
