@@ -583,9 +583,9 @@ def render_sweep(sweep):
                         f'  (then add `--sweep={sweep["path"]}` to this page\'s command)']
     if not sweep['exists']:
         return lines + [f'- `{sweep["dir"]}` does not exist: made by `{sweep["command"]}`']
-    lines += [f'From `{sweep["dir"]}` (`{sweep["transition"]["path"]}`, each run\'s eval.csv '
-              'and report).', '']
     data = transition_data(sweep)
+    lines += [f'From `{sweep["dir"]}` (' + (f'`{sweep["transition"]["path"]}`, ' if data
+                                           else '') + 'each run\'s eval.csv and report).', '']
     if data is not None:
         lines += transition_reading.markdown(data)
     for figure in sweep['figures']:
