@@ -194,17 +194,16 @@ def seeds_text(data):
 
 def few_seeds_note(data):
     """With R seeds the bootstrap's between-model variance is the plug-in one, (R − 1)/R of
-    the unbiased (docs/math.md §7): the note saying so for the file's smallest R > 1 (None
+    the unbiased (docs/math.md §7): the note saying so for each R > 1 of the file (None
     where no N has several seeds)."""
     counts = [k for c, _ in CRITERIA for _, s in samplers(data, c)
               for k in s.get('num_seeds', []) if isinstance(k, int) and k > 1]
     if not counts:
         return None
-    r = min(counts)
     return (f'With R seeds per N the bootstrap over models draws R of R, so the between-model '
-            f'part of an interval is √((R − 1)/R) as wide as the seeds\' spread warrants: '
-            f'{math.sqrt((r - 1) / r):.2f} at R = {r}, so these intervals are too narrow '
-            'where the seeds disagree.')
+            f'part of an interval is √((R − 1)/R) as wide as the seeds\' spread warrants ('
+            + ', '.join(f'{math.sqrt((r - 1) / r):.2f} at R = {r}' for r in sorted(set(counts)))
+            + '): these intervals are too narrow where the seeds disagree.')
 
 
 def interval_basis(data):
