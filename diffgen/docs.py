@@ -134,8 +134,10 @@ def cell(text):
 
 
 def _git(*args):
+    """git's output with trailing whitespace removed (leading kept: a porcelain status line
+    starts with its two status columns, ' M path')."""
     return subprocess.run(['git', *args], cwd=REPO, capture_output=True, text=True,
-                          check=True).stdout.strip()
+                          check=True).stdout.rstrip()
 
 
 def commit(out, readme=None):

@@ -449,3 +449,25 @@ def test_e8_across_sweeps_compares_with_the_paper_and_names_the_settings(tmp_pat
     assert 'attn at N = 512: ELS 0.850, 0.08 above their 0.77' in block
     assert ('here 8×8 digits images with N ≤ 512 training images, small UNets trained 1234 '
             'steps, ddim-50 samples (64 per run)') in block
+
+
+def test_the_stamp_is_dirty_only_for_changes_outside_the_pages_it_writes(tmp_path, monkeypatch):
+    """commit(): a changed README.md or page (the first line of git's status, whose leading
+    status column must survive) is the command's own output, not '+dirty'; another file is."""
+    repo = tmp_path / 'repo'
+    (repo / 'docs').mkdir(parents=True)
+    for name in ('README.md', 'docs/results.md', 'code.py'):
+        (repo / name).write_text('a\n')
+    git = lambda *a: subprocess.run(['git', '-C', str(repo), *a], check=True,
+                                    capture_output=True, text=True).stdout
+    git('init', '-q')
+    git('add', '.')
+    git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'x')
+    head = git('rev-parse', '--short', 'HEAD').strip()
+    monkeypatch.setattr(docs, 'REPO', str(repo))
+    monkeypatch.chdir(repo)
+    (repo / 'README.md').write_text('b\n')
+    (repo / 'docs' / 'results.md').write_text('b\n')
+    assert docs.commit('docs', 'README.md') == head
+    (repo / 'code.py').write_text('b\n')
+    assert docs.commit('docs', 'README.md') == head + '+dirty'
