@@ -552,22 +552,20 @@ def render_run(run):
     return lines
 
 
-def transition_data(sweep):
-    """The sweep's transition.json when it is of transition.FORMAT (per sampler and
-    criterion: what diffgen/analysis/transition_reading.py reads), else None (an older
-    layout, read by transition_points). CorruptFileError, naming the file, where it claims
-    that format but its reading fails on a missing or mistyped entry."""
+def transition_reading_of(sweep, render):
+    """render(the sweep's transition.json) (a transition_reading function) when the file is
+    of transition.FORMAT, else None (an older layout, read by transition_points).
+    CorruptFileError, naming the file, where it claims that format but the reading fails on
+    a missing or mistyped entry."""
     data = (sweep.get('transition') or {}).get('data')
     if not (isinstance(data, dict) and data.get('format') == transition.FORMAT):
         return None
     try:
-        transition_reading.markdown(data)
-        transition_reading.summary(data)
+        return render(data)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         raise CorruptFileError(
             f'{sweep["transition"]["path"]} is damaged ({type(e).__name__}: {e}): delete it '
             'and rerun launch.sweep --collect on the sweep dir') from None
-    return data
 
 
 def _details(summary, lines):
@@ -585,11 +583,10 @@ def render_sweep(sweep):
                         f'  (then add `--sweep={sweep["path"]}` to this page\'s command)']
     if not sweep['exists']:
         return lines + [f'- `{sweep["dir"]}` does not exist: made by `{sweep["command"]}`']
-    data = transition_data(sweep)
-    lines += [f'From `{sweep["dir"]}` (' + (f'`{sweep["transition"]["path"]}`, ' if data
+    reading = transition_reading_of(sweep, transition_reading.markdown)
+    lines += [f'From `{sweep["dir"]}` (' + (f'`{sweep["transition"]["path"]}`, ' if reading
                                            else '') + 'each run\'s eval.csv and report).', '']
-    if data is not None:
-        lines += transition_reading.markdown(data)
+    lines += reading or []
     for figure in sweep['figures']:
         lines += [f'![sweep: {figure["name"]}]({figure["path"]})' if figure['path']
                   else f'- figure `{figure["source"]}` does not exist: made by '
@@ -799,8 +796,7 @@ def transition_sentence(sweep):
     (memorisation ratio against N at the last step per sampler, and the EMM) when the sweep
     has one, else from results.csv's E6 columns (e6.num_train, e6.memorisation_ratio,
     e6.threshold); None when neither has a number."""
-    data = transition_data(sweep)
-    said = transition_reading.summary(data) if data is not None else None
+    said = transition_reading_of(sweep, transition_reading.summary)
     if said:
         return said
     points = transition_points((sweep.get('transition') or {}).get('data'))

@@ -182,10 +182,15 @@ def survival(data):
             if len(s['num_train']) >= 2]
 
 
+def seed_counts(data):
+    """The seeds per N over the N that have several (R > 1), ascending, each once."""
+    return sorted({k for c, _ in CRITERIA for _, s in samplers(data, c)
+                   for k in s.get('num_seeds', []) if isinstance(k, int) and k > 1})
+
+
 def seeds_text(data):
     """'2–3 seeds' (the range of seeds over the N that have several), '' where none has."""
-    counts = {k for c, _ in CRITERIA for _, s in samplers(data, c)
-              for k in s.get('num_seeds', []) if isinstance(k, int) and k > 1}
+    counts = seed_counts(data)
     if not counts:
         return ''
     low, high = min(counts), max(counts)
@@ -196,13 +201,12 @@ def few_seeds_note(data):
     """With R seeds the bootstrap's between-model variance is the plug-in one, (R − 1)/R of
     the unbiased (docs/math.md §7): the note saying so for each R > 1 of the file (None
     where no N has several seeds)."""
-    counts = [k for c, _ in CRITERIA for _, s in samplers(data, c)
-              for k in s.get('num_seeds', []) if isinstance(k, int) and k > 1]
+    counts = seed_counts(data)
     if not counts:
         return None
     return (f'With R seeds per N the bootstrap over models draws R of R, so the between-model '
             f'part of an interval is √((R − 1)/R) as wide as the seeds\' spread warrants ('
-            + ', '.join(f'{math.sqrt((r - 1) / r):.2f} at R = {r}' for r in sorted(set(counts)))
+            + ', '.join(f'{math.sqrt((r - 1) / r):.2f} at R = {r}' for r in counts)
             + '): these intervals are too narrow where the seeds disagree.')
 
 
