@@ -3,6 +3,11 @@ once as TFDS `diffgen_digits`, the quality classifier of the tiny config trained
 it), one persistent JAX compilation cache (in-process and for every `python -m diffgen.main`
 a test starts), and `unoptimized` for tests that check behaviour rather than numbers.
 
+The session's directory is shared by pytest-xdist's workers (the first to need the digits
+or the classifier prepares them, the others wait for it: diffgen.files.shared_lock, as runs
+of `launch.sweep --parallel` share a data dir), and by several pytest sessions where
+$DIFFGEN_TEST_SESSION_DIR names it (.ci/run's two): nothing is prepared or compiled twice.
+
 A test that changes or damages its data dir, or that tests data preparation or the
 classifier cache themselves, makes its own data dir instead of digits_data_dir."""
 import contextlib
@@ -15,6 +20,7 @@ import jax
 import pytest
 
 _SESSION = {}
+SESSION_DIR_ENV = 'DIFFGEN_TEST_SESSION_DIR'
 
 
 def pytest_configure(config):
@@ -24,11 +30,15 @@ def pytest_configure(config):
     Every compilation is cached (no minimum time or size), here and in the subprocesses,
     which inherit the two settings through the environment."""
     del config
-    root = pathlib.Path(tempfile.mkdtemp(prefix='diffgen_tests_'))
+    if SESSION_DIR_ENV in os.environ:      # made by .ci/run, or by the xdist controller
+        root, owned = pathlib.Path(os.environ[SESSION_DIR_ENV]), False
+    else:   # inherited by the xdist workers, which start after pytest_configure
+        root, owned = pathlib.Path(tempfile.mkdtemp(prefix='diffgen_tests_')), True
+        os.environ[SESSION_DIR_ENV] = str(root)
     data_dir = root / 'data'
     cache = data_dir / 'jax_compilation_cache'
-    cache.mkdir(parents=True)
-    _SESSION.update(root=root, data_dir=data_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    _SESSION.update(root=root, data_dir=data_dir, owned=owned)
     os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
     os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
     jax.config.update('jax_compilation_cache_dir', str(cache))
@@ -38,7 +48,7 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     del config
-    if 'root' in _SESSION:
+    if _SESSION.get('owned'):
         shutil.rmtree(_SESSION['root'], ignore_errors=True)
 
 

@@ -33,7 +33,9 @@ def free_port():
 
 
 @pytest.mark.slow
-def test_two_processes_train_and_one_process_restores(digits_data_dir, tmp_path):
+def test_two_processes_train_and_one_process_restores(digits_data_dir, tmp_path, unoptimized):
+    # unoptimized: it checks who prints, what is saved and that one process restores it,
+    # not numbers
     data_dir = digits_data_dir
     config = tiny_digits_config(data_dir, **STEPS)
     dataset = data.load(config)  # prepares the digits once, before the workers read them
@@ -76,7 +78,7 @@ def run_two_processes(workdir, *flags, expect=0):
 @pytest.mark.slow
 @pytest.mark.parametrize('flag', ['--config.optim.ema_decay=1.5',    # found after start-up
                                   '--config.optim.no_such_key=1'])   # found parsing the flags
-def test_only_process_0_prints_the_one_line_error(digits_data_dir, tmp_path, flag):
+def test_only_process_0_prints_the_one_line_error(digits_data_dir, tmp_path, flag, unoptimized):
     (out0, err0), (out1, err1) = run_two_processes(
         tmp_path / 'work', *override_flags(digits_data_dir), flag, expect=2)
     assert [l for l in err0.splitlines() if l.startswith('diffgen: error:')], err0[-2000:]
