@@ -193,7 +193,7 @@ def seeds_text(data):
     counts = seed_counts(data)
     if not counts:
         return ''
-    low, high = min(counts), max(counts)
+    low, high = counts[0], counts[-1]   # seed_counts is ascending
     return f'{low} seeds' if low == high else f'{low}–{high} seeds'
 
 
